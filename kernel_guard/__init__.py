@@ -1,0 +1,63 @@
+"""kernel_guard: a layered hardening guard for shared Jupyter kernels.
+
+``%load_ext kernel_guard`` (or ``c.InteractiveShellApp.extensions =
+["kernel_guard"]``) installs the IPython layer, the audit hook and execution
+events in a running kernel; ``python -m kernel_guard.launch`` adds the
+seccomp filter and the exec supervisor before the kernel starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .config import KernelGuard
+from .events import Event, make_event, validate_event
+from .exceptions import (
+    ConfigError,
+    EnvironmentRefused,
+    ExecRefused,
+    GuardTampering,
+    InterpreterRefused,
+    KernelGuardError,
+    PersistenceRefused,
+    ProfileError,
+    Refused,
+    ShellRefused,
+    SinkError,
+)
+
+__all__ = [
+    "ConfigError",
+    "EnvironmentRefused",
+    "Event",
+    "ExecRefused",
+    "GuardTampering",
+    "InterpreterRefused",
+    "KernelGuard",
+    "KernelGuardError",
+    "PersistenceRefused",
+    "ProfileError",
+    "Refused",
+    "ShellRefused",
+    "SinkError",
+    "__version__",
+    "load_ipython_extension",
+    "make_event",
+    "unload_ipython_extension",
+    "validate_event",
+]
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext kernel_guard``: guard this shell (idempotent)."""
+    from .guard import guard_shell
+
+    guard_shell(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """``%unload_ext kernel_guard`` is refused: the guard stays."""
+    from .extension import refuse
+
+    refuse("%unload_ext", "kernel_guard", tampering=True)

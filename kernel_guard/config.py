@@ -1,0 +1,271 @@
+"""Configuration: one ``KernelGuard`` configurable, and where its values may come from.
+
+Values are read, in rising priority, from: the defaults and the environment
+(``KERNEL_GUARD_MODE``, ``KERNEL_GUARD_SINKS``), Jupyter/IPython config files
+(``c.KernelGuard.mode = ...``) and the command line (``--KernelGuard.mode=``).
+
+A setting that *weakens* the guard is honoured only from a trusted source: the
+environment the server gave the kernel, the kernelspec's command line, or a
+config file owned by root, not writable by others, and outside the user's
+home.  From any other file it is ignored, and a ``config-ignored`` event says
+so.  Sinks from an untrusted file are added to the trusted ones, never
+replace them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, Callable
+
+from traitlets import Bool, Enum, Int, List, TraitError, Unicode, default, validate
+from traitlets.config import Application, Config, Configurable
+from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+from .exceptions import ConfigError
+from .sinks import validate_sink_url
+
+__all__ = ["KernelGuard", "load_config", "trusted_file"]
+
+MODES = ("enforce", "audit")
+CODE_POLICIES = ("sha256", "truncated", "full")  # least to most recorded
+
+
+#: problems found in KERNEL_GUARD_* variables, reported as config-ignored events
+ENV_PROBLEMS: list[dict[str, Any]] = []
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+class KernelGuard(Configurable):
+    """Policy and event settings of kernel_guard."""
+
+    mode = Enum(
+        list(MODES),
+        help="""``enforce`` refuses shell routes, process creation and the other
+        audited actions and records them; ``audit`` only records (not a security
+        boundary). Default: $KERNEL_GUARD_MODE, else ``enforce``.""",
+    ).tag(config=True)
+
+    @default("mode")
+    def _mode_default(self) -> str:
+        value = os.environ.get("KERNEL_GUARD_MODE", "enforce").strip() or "enforce"
+        if value not in MODES:
+            ENV_PROBLEMS.append({"setting": "KERNEL_GUARD_MODE", "value": repr(value),
+                                 "reason": "not 'enforce' or 'audit'; using 'enforce'"})
+            return "enforce"
+        return value
+
+    sinks = List(
+        Unicode(),
+        help="""Where events go, as URLs: file:///abs/path.jsonl, stderr://,
+        logging://logger.name, syslog+udp://host:port, syslog+tcp://host:port,
+        syslog+unix:///dev/log, http(s)://host:port/path.
+        Default: $KERNEL_GUARD_SINKS (comma-separated), else ``stderr://``
+        (the Jupyter server's log).""",
+    ).tag(config=True)
+
+    @default("sinks")
+    def _sinks_default(self) -> list[str]:
+        urls = []
+        for url in _env_list("KERNEL_GUARD_SINKS"):
+            try:
+                urls.append(validate_sink_url(url))
+            except ConfigError as exc:
+                ENV_PROBLEMS.append({"setting": "KERNEL_GUARD_SINKS", "value": repr(url),
+                                     "reason": f"{exc}; sink left out"})
+        return urls or ["stderr://"]
+
+    @validate("sinks")
+    def _validate_sinks(self, proposal: Any) -> list[str]:
+        return [validate_sink_url(url) for url in proposal["value"]]
+
+    unsafe_allow_package_magics = Bool(
+        False,
+        help="""Allow %pip, %uv, %conda, %mamba and %micromamba. They run a shell
+        command, so this also needs the audit layer in audit mode and no seccomp
+        filter; weakens the guard.""",
+    ).tag(config=True)
+
+    code_policy = Enum(
+        list(CODE_POLICIES),
+        default_value="truncated",
+        help="""How much of each cell's code goes into ``cell-executed`` events:
+        ``full``, ``truncated`` (first ``code_max_chars`` characters) or
+        ``sha256`` (only the hash). The sha256 of the full code is always included.""",
+    ).tag(config=True)
+
+    code_max_chars = Int(
+        200, help="Characters of code kept in events under code_policy='truncated'."
+    ).tag(config=True)
+
+    @validate("code_max_chars")
+    def _validate_code_max_chars(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise TraitError("KernelGuard.code_max_chars must be 0 or more characters")
+        return proposal["value"]
+
+    queue_size = Int(
+        10_000,
+        help="""Events held in memory while the writer catches up; beyond this
+        they are counted as dropped and the count is recorded (events).""",
+    ).tag(config=True)
+
+    @validate("queue_size")
+    def _validate_queue_size(self, proposal: Any) -> int:
+        if not 100 <= proposal["value"] <= 10_000_000:
+            raise TraitError("KernelGuard.queue_size must be between 100 and 10,000,000 events")
+        return proposal["value"]
+
+    redact_patterns = List(
+        Unicode(),
+        help="Extra regular expressions whose matches are replaced by [REDACTED] in events.",
+    ).tag(config=True)
+
+    extra_persistence_paths = List(
+        Unicode(),
+        help="Extra absolute directories that cells may not write to (like IPython startup).",
+    ).tag(config=True)
+
+    @validate("extra_persistence_paths")
+    def _validate_paths(self, proposal: Any) -> list[str]:
+        for path in proposal["value"]:
+            if not os.path.isabs(os.path.expanduser(path)):
+                raise TraitError(
+                    f"KernelGuard.extra_persistence_paths entry {path!r} must be an absolute path"
+                )
+        return proposal["value"]
+
+    extra_protected_env = List(
+        Unicode(),
+        help="Extra environment variable names that cells may not change.",
+    ).tag(config=True)
+
+
+# -- where settings come from ------------------------------------------------
+
+def _weakens_mode(new: str, old: str) -> bool:
+    return new == "audit" and old == "enforce"
+
+
+def _less(new: Any, old: Any) -> bool:
+    return new < old
+
+
+def _fewer_recorded(new: str, old: str) -> bool:
+    return CODE_POLICIES.index(new) < CODE_POLICIES.index(old)
+
+
+#: trait -> "does new weaken compared to old?"
+WEAKENS: dict[str, Callable[[Any, Any], bool]] = {
+    "mode": _weakens_mode,
+    "unsafe_allow_package_magics": lambda new, old: bool(new) and not old,
+    "code_policy": _fewer_recorded,
+    "code_max_chars": _less,
+    "queue_size": _less,
+}
+#: traits where an untrusted file may add entries but not remove them
+ADDITIVE = ("sinks", "redact_patterns", "extra_persistence_paths", "extra_protected_env")
+
+
+def trusted_file(path: str) -> bool:
+    """Root-owned, not group/world-writable (nor its folder), outside the home."""
+    try:
+        real = os.path.realpath(path)
+        home = os.path.realpath(os.path.expanduser("~"))
+        if real == home or real.startswith(home + os.sep):
+            return False
+        for target in (real, os.path.dirname(real)):
+            st = os.stat(target)
+            if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return False
+        return True
+    except OSError:
+        return False
+
+
+def _load_file(path: str) -> Config:
+    loader_cls = JSONFileConfigLoader if path.endswith(".json") else PyFileConfigLoader
+    loader = loader_cls(os.path.basename(path), path=os.path.dirname(path))
+    return loader.load_config()
+
+
+def _guard_section(config: Config) -> dict[str, Any]:
+    return dict(config.KernelGuard) if "KernelGuard" in config else {}
+
+
+def _sources(app: Application | None, merged: Config) -> tuple[dict[str, Any], list[str]]:
+    """(KernelGuard settings from trusted sources, untrusted files loaded)."""
+    trusted: dict[str, Any] = {}
+    untrusted_files: list[str] = []
+    if app is None:
+        return _guard_section(merged), untrusted_files
+    for path in getattr(app, "loaded_config_files", []):
+        if trusted_file(path):
+            try:
+                trusted.update(_guard_section(_load_file(path)))
+            except Exception:
+                pass
+        else:
+            untrusted_files.append(path)
+    trusted.update(_guard_section(getattr(app, "cli_config", Config())))
+    return trusted, untrusted_files
+
+
+def load_config(merged: Config | None = None, app: Application | None = None) -> tuple[KernelGuard, list[dict[str, Any]]]:
+    """Build the effective ``KernelGuard``; return it with the settings ignored.
+
+    Each ignored setting is ``{"setting", "value", "reason", "files"}`` for a
+    ``config-ignored`` event.  Invalid values fall back to the strict default
+    (and are reported) rather than quietly weakening the guard.
+    """
+    if app is None and Application.initialized():
+        app = Application.instance()
+    if merged is None:
+        merged = app.config if app is not None else Config()
+    trusted, untrusted_files = _sources(app, merged)
+    ignored: list[dict[str, Any]] = []
+    ENV_PROBLEMS.clear()
+    guard = KernelGuard()
+    guard.mode, guard.sinks  # evaluate the environment defaults now
+    ignored.extend(ENV_PROBLEMS)
+    for name, value in trusted.items():
+        _apply(guard, name, value, ignored, "trusted source")
+    for name, value in _guard_section(merged).items():
+        if name in trusted and trusted[name] == value:
+            continue
+        _apply_untrusted(guard, name, value, ignored, untrusted_files)
+    return guard, ignored
+
+
+def _apply(guard: KernelGuard, name: str, value: Any, ignored: list, source: str) -> None:
+    """Set one trait; an invalid value is reported and the default kept."""
+    if not guard.has_trait(name):
+        ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value),
+                        "reason": f"unknown setting from {source}"})
+        return
+    try:
+        setattr(guard, name, value)
+    except (TraitError, ConfigError) as exc:
+        ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value),
+                        "reason": f"invalid, kept {getattr(guard, name)!r}: {exc}"})
+
+
+def _apply_untrusted(guard: KernelGuard, name: str, value: Any, ignored: list, files: list[str]) -> None:
+    """Apply a setting from a user-writable file unless it weakens the guard."""
+    if name in ADDITIVE and isinstance(value, (list, tuple)):
+        current = list(getattr(guard, name))
+        _apply(guard, name, current + [v for v in value if v not in current], ignored, "user config")
+        return
+    if name in WEAKENS and guard.has_trait(name):
+        try:
+            weaker = WEAKENS[name](value, getattr(guard, name))
+        except Exception:
+            weaker = True
+        if weaker:
+            ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value), "files": files,
+                            "reason": "weakening setting from a user-writable config file ignored"})
+            return
+    _apply(guard, name, value, ignored, "user config")

@@ -1,0 +1,182 @@
+"""The event model: one ECS-shaped dict per thing that happened.
+
+Every event is a plain ``dict`` (``Event``) with Elastic Common Schema field
+names as nested objects, so Fluent Bit, OpenSearch, Loki and SIEMs ingest the
+JSON line as is.  Sources (the IPython layer, the audit hook, the supervisor,
+the server extension) build events with :func:`make_event`; the processors in
+:mod:`kernel_guard.processors` add context, redact and number them; sinks
+write them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import socket
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterable
+
+__all__ = [
+    "ECS_VERSION",
+    "Event",
+    "KernelContext",
+    "make_event",
+    "to_json",
+    "validate_event",
+]
+
+#: An event: a JSON-serialisable dict in the ECS layout described in the README.
+Event = Dict[str, Any]
+
+ECS_VERSION = "8.11.0"
+
+_CATEGORY = {
+    # action -> (event.category, event.type)
+    "cell-executed": (["process"], ["info"]),
+    "kernel-started": (["process"], ["start"]),
+    "kernel-stopped": (["process"], ["end"]),
+    "shell-refused": (["process"], ["start", "denied"]),
+    "shell-command": (["process"], ["start", "allowed"]),
+    "exec-denied": (["process"], ["start", "denied"]),
+    "exec-attempt": (["process"], ["start", "allowed"]),
+    "library-loaded": (["library"], ["info"]),
+    "symbol-denied": (["library"], ["denied"]),
+    "persistence-denied": (["file"], ["creation", "denied"]),
+    "persistence-write": (["file"], ["creation", "allowed"]),
+    "env-denied": (["configuration"], ["change", "denied"]),
+    "env-change": (["configuration"], ["change", "allowed"]),
+    "guard-tampering": (["configuration"], ["change", "denied"]),
+    "config-ignored": (["configuration"], ["change", "denied"]),
+    "interpreter-denied": (["process"], ["start", "denied"]),
+    "events-dropped": (["configuration"], ["info"]),
+    "events-aggregated": (["process"], ["info"]),
+    "sink-error": (["configuration"], ["error"]),
+    "guard-loaded": (["configuration"], ["start"]),
+    "guard-error": (["configuration"], ["error"]),
+}
+
+_JUPYTER_KERNEL_FILE = re.compile(r"kernel-(?P<id>[0-9A-Za-z._-]+)\.json$")
+
+
+def _now() -> str:
+    """RFC 3339 UTC timestamp with microseconds and a ``Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_event(
+    action: str,
+    *,
+    outcome: str,
+    layer: str,
+    reason: str | None = None,
+    process: dict[str, Any] | None = None,
+    kind: str = "event",
+    **guard_fields: Any,
+) -> Event:
+    """Build one event; context (user, host, kernel) is added by processors.
+
+    ``outcome`` is ECS's ``success``, ``failure`` or ``unknown``; refused and
+    denied attempts are ``failure``.  Extra keyword arguments land under
+    ``kernel_guard`` (``technique``, ``execution_count`` ...).
+    """
+    category, types = _CATEGORY.get(action, (["process"], ["info"]))
+    event: Event = {
+        "@timestamp": _now(),
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": kind,
+            "category": list(category),
+            "type": list(types),
+            "action": action,
+            "outcome": outcome,
+            "id": str(uuid.uuid4()),
+        },
+        "kernel_guard": {"layer": layer, **guard_fields},
+    }
+    if reason:
+        event["event"]["reason"] = reason
+    if process:
+        event["process"] = process
+    return event
+
+
+def to_json(event: Event) -> str:
+    """One line of UTF-8 JSON, no trailing newline; never raises on odd values."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
+class KernelContext:
+    """Who and where: the fields every event of this process carries.
+
+    Read once from the environment (``JUPYTERHUB_USER``, ``JPY_SESSION_NAME``)
+    and the kernel's connection file; the kernel id and session are filled in
+    later by the IPython layer or the launcher when they become known.
+    """
+
+    def __init__(self, kernel_id: str | None = None, mode: str = "enforce") -> None:
+        self.user = os.environ.get("JUPYTERHUB_USER") or _os_user()
+        self.hostname = socket.gethostname()
+        self.notebook = os.environ.get("JPY_SESSION_NAME") or None
+        self.kernel_id = kernel_id
+        self.mode = mode
+        self.pid = os.getpid()
+
+    @staticmethod
+    def kernel_id_from_connection_file(path: str | None) -> str | None:
+        """The kernel id that jupyter_client encodes in ``kernel-<id>.json``."""
+        if not path:
+            return None
+        match = _JUPYTER_KERNEL_FILE.search(os.path.basename(path))
+        return match.group("id") if match else None
+
+
+def _os_user() -> str:
+    """The OS user name, or the uid when it has no passwd entry (containers)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+_REQUIRED: tuple[tuple[str, ...], ...] = (
+    ("@timestamp",),
+    ("ecs", "version"),
+    ("event", "action"),
+    ("event", "outcome"),
+    ("event", "id"),
+    ("event", "kind"),
+    ("kernel_guard", "layer"),
+)
+_OUTCOMES = frozenset({"success", "failure", "unknown"})
+
+
+def validate_event(event: Event) -> list[str]:
+    """Problems with an event against the documented schema (empty when valid)."""
+    problems = []
+    for path in _REQUIRED:
+        node: Any = event
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node in (None, ""):
+            problems.append("missing " + ".".join(path))
+    outcome = event.get("event", {}).get("outcome")
+    if outcome is not None and outcome not in _OUTCOMES:
+        problems.append(f"event.outcome {outcome!r} is not one of {sorted(_OUTCOMES)}")
+    ts = event.get("@timestamp", "")
+    if ts and not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ts):
+        problems.append(f"@timestamp {ts!r} is not RFC 3339 UTC")
+    for key in ("category", "type"):
+        value = event.get("event", {}).get(key)
+        if value is not None and not isinstance(value, list):
+            problems.append(f"event.{key} must be a list")
+    return problems
+
+
+def iter_events(lines: Iterable[str]) -> Iterable[Event]:
+    """Parse JSON lines, skipping blank ones (for readers and tests)."""
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)

@@ -1,0 +1,113 @@
+"""The exceptions kernel_guard raises.
+
+    KernelGuardError              configuration and set-up problems (never raised in a cell)
+    ├── ConfigError               a setting is invalid: names the setting and the fix
+    ├── SinkError                 a sink URL cannot be opened
+    └── ProfileError              a seccomp profile is invalid: names the file and field
+    Refused                       the guard refused something a cell tried
+    ├── ShellRefused              an IPython shell route (!cmd, %%bash, %sx, ...)
+    ├── GuardTampering            an attempt to unload, reconfigure or patch the guard
+    ├── ExecRefused               process creation (also a PermissionError)
+    ├── PersistenceRefused        a write to a startup/config path (also a PermissionError)
+    ├── EnvironmentRefused        a change to a loader or path variable (also a PermissionError)
+    └── InterpreterRefused        subinterpreters, foreign audit hooks, forkpty
+
+Refusals carry ``_render_traceback_`` so IPython shows two short lines rather
+than a traceback wall.  ``ExecRefused`` and its siblings subclass
+``PermissionError`` because callers that probe for tools (``platform``,
+``ctypes.util``, matplotlib) already handle an exec that fails with EPERM.
+``InterpreterRefused`` deliberately is *not* an ``OSError``: ``pty.fork`` falls
+back to ``os.fork`` on any ``OSError`` from ``os.forkpty``, and a refusal must
+not be retried around.  Nor is it a ``RuntimeError``, which ``sys.addaudithook``
+swallows silently.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EnvironmentRefused",
+    "ExecRefused",
+    "GuardTampering",
+    "InterpreterRefused",
+    "KernelGuardError",
+    "PersistenceRefused",
+    "ProfileError",
+    "Refused",
+    "ShellRefused",
+    "SinkError",
+]
+
+
+class KernelGuardError(Exception):
+    """Base class for set-up and configuration errors."""
+
+
+class ConfigError(KernelGuardError, ValueError):
+    """A setting is invalid; the message names the setting and the fix."""
+
+
+class SinkError(KernelGuardError):
+    """A sink could not be opened or written."""
+
+
+class ProfileError(KernelGuardError, ValueError):
+    """A seccomp profile is invalid; the message names the file and the field."""
+
+
+class Refused(Exception):
+    """Base class for everything the guard refuses inside a kernel."""
+
+    #: what to do instead; subclasses override
+    hint = "Use Python libraries instead, or ask your administrator."
+
+    def __init__(self, what: str, hint: str | None = None, layer: str = "ipython") -> None:
+        self.what = what
+        self.layer = layer
+        if hint is not None:
+            self.hint = hint
+        super().__init__(f"kernel_guard refused {what}.")
+
+    def _render_traceback_(self) -> list[str]:
+        """Two short lines for IPython instead of a traceback (at most three)."""
+        red, reset = "\x1b[31m", "\x1b[0m"
+        return [f"{red}{type(self).__name__}{reset}: {self}", self.hint]
+
+
+class ShellRefused(Refused, PermissionError):
+    """An IPython route to a shell (``!``, ``%%bash``, ``%sx``, aliases, ...)."""
+
+    hint = (
+        "Shell commands are disabled in this kernel. Use Python instead "
+        "(pathlib, shutil, os.listdir, requests)."
+    )
+
+
+class GuardTampering(Refused):
+    """An attempt to unload, reconfigure or patch the guard."""
+
+    hint = "kernel_guard cannot be unloaded or weakened from inside the kernel."
+
+
+class ExecRefused(Refused, PermissionError):
+    """Process creation refused by the audit layer."""
+
+    hint = "Starting programs is disabled in this kernel. Use Python libraries instead."
+
+
+class PersistenceRefused(Refused, PermissionError):
+    """A write to a path that runs code at the next start."""
+
+    hint = "Startup files, Jupyter/IPython config and .pth files are read-only here."
+
+
+class EnvironmentRefused(Refused, PermissionError):
+    """A change to a loader or search-path environment variable."""
+
+    hint = "Loader and search-path variables (LD_*, PATH, PYTHON*) are fixed in this kernel."
+
+
+class InterpreterRefused(Refused):
+    """Subinterpreters, foreign audit hooks and pseudo-terminal forks."""
+
+    hint = "This interpreter feature is disabled in this kernel."

@@ -1,0 +1,143 @@
+"""Processors: small callables that each take an event and return it.
+
+The pipeline runs them in order on the emitting thread, before the event is
+queued: context first, then redaction (so no sink ever sees a secret), then
+numbering (``event.sequence`` is per kernel process, so a gap downstream
+shows a lost event).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import threading
+from typing import Any, Callable, Iterable
+
+from .events import Event, KernelContext
+
+__all__ = ["AddContext", "Processor", "Redact", "Sequence", "redact_text"]
+
+#: A processor: ``event -> event`` (may mutate and return the same dict).
+Processor = Callable[[Event], Event]
+
+REDACTED = "[REDACTED]"
+
+_SECRET_NAMES = r"(?:[A-Za-z0-9_.-]*(?:token|passw(?:or)?d|passwd|secret|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credential|auth)[A-Za-z0-9_.-]*)"
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # Authorization: Bearer xyz / Authorization: Basic xyz (header values)
+    (re.compile(r"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*)(?:(bearer|basic|token|digest)\s+)?[^\s'\"]+"),
+     r"\1\2\3 " + REDACTED),
+    # --password=xyz, token=xyz, API_KEY: xyz, "secret": "xyz"
+    (re.compile(r"(?i)(\b" + _SECRET_NAMES + r"[\"']?\s*[=:]\s*[\"']?)([^\s'\",;&]+)"), r"\1" + REDACTED),
+    # scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)"), r"\1" + REDACTED + r"\3"),
+    # well-known token shapes: GitHub, Slack, AWS access keys, JWTs
+    (re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),
+     REDACTED),
+]
+_SECRET_FLAG = re.compile(r"(?i)^--?" + _SECRET_NAMES + "$")
+
+#: environment variables whose *values* are secrets wherever they appear
+SECRET_ENV_PREFIXES = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_OAUTH", "JUPYTER_TOKEN")
+
+
+def _secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of secret-looking environment variables, longest first."""
+    env = os.environ if environ is None else environ
+    values = {
+        value for name, value in env.items()
+        if len(value) >= 8 and (name.startswith(SECRET_ENV_PREFIXES) or re.search(r"(?i)token|secret|passw", name))
+    }
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str, literals: Iterable[str] = ()) -> str:
+    """Replace secrets in free text: known literal values, then patterns."""
+    for literal in literals:
+        if literal in text:
+            text = text.replace(literal, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_argv(argv: list[Any], literals: Iterable[str] = ()) -> list[Any]:
+    """Redact an argv: each argument as text, and the value after ``--token``."""
+    out: list[Any] = []
+    hide_next = False
+    for arg in argv:
+        text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+        out.append(REDACTED if hide_next else redact_text(text, literals))
+        hide_next = bool(_SECRET_FLAG.match(text))
+    return out
+
+
+class AddContext:
+    """Add user, host, kernel and mode from a :class:`KernelContext`."""
+
+    def __init__(self, context: KernelContext) -> None:
+        self.context = context
+
+    def __call__(self, event: Event) -> Event:
+        ctx = self.context
+        event.setdefault("user", {"name": ctx.user})
+        event.setdefault("host", {"hostname": ctx.hostname})
+        proc = event.setdefault("process", {})
+        proc.setdefault("pid", os.getpid())
+        guard = event.setdefault("kernel_guard", {})
+        guard.setdefault("mode", ctx.mode)
+        if ctx.kernel_id:
+            guard.setdefault("kernel_id", ctx.kernel_id)
+        if ctx.notebook:
+            guard.setdefault("notebook", ctx.notebook)
+        return event
+
+
+class Redact:
+    """Remove secrets from commands, arguments, code and reasons."""
+
+    _TEXT_FIELDS = (("process", "command_line"), ("kernel_guard", "code"),
+                    ("kernel_guard", "target"), ("event", "reason"), ("file", "path"))
+
+    def __init__(self, extra_patterns: Iterable[str] = (), environ: dict[str, str] | None = None) -> None:
+        self.literals = _secret_env_values(environ)
+        self.extra = [re.compile(p) for p in extra_patterns]
+
+    def _text(self, text: str) -> str:
+        text = redact_text(text, self.literals)
+        for pattern in self.extra:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    def __call__(self, event: Event) -> Event:
+        for outer, inner in self._TEXT_FIELDS:
+            node = event.get(outer)
+            if isinstance(node, dict) and isinstance(node.get(inner), str):
+                node[inner] = self._text(node[inner])
+        proc = event.get("process")
+        if isinstance(proc, dict) and isinstance(proc.get("args"), list):
+            proc["args"] = [self._text(a) for a in redact_argv(proc["args"], self.literals)]
+        guard = event.get("kernel_guard")
+        if isinstance(guard, dict) and isinstance(guard.get("user_expressions"), dict):
+            guard["user_expressions"] = {k: self._text(str(v)) for k, v in guard["user_expressions"].items()}
+        return event
+
+
+class Sequence:
+    """Number events of this process: ``event.sequence`` 1, 2, 3 ..."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Start again (a forked child is its own stream of events)."""
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> Event:
+        with self._lock:
+            event["event"]["sequence"] = next(self._counter)
+        return event

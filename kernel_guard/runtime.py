@@ -1,0 +1,128 @@
+"""The guard's state in this process: its settings, its context and its pipeline.
+
+Both entry points (the IPython extension and the launcher) call
+:func:`start`, which is idempotent: the second caller gets the first one's
+runtime, so the launcher and a ``%load_ext`` in the same kernel share one
+pipeline and one audit hook.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from traitlets.config import Config
+
+from . import pipeline as _pipeline
+from .config import KernelGuard, load_config
+from .events import Event, KernelContext, make_event
+from .exceptions import SinkError
+from .pipeline import EventPipeline
+from .processors import AddContext, Redact, Sequence
+from .sinks import Sink, describe_url, open_sink
+
+__all__ = ["Runtime", "current", "emit", "start"]
+
+
+class Runtime:
+    """Settings, context and pipeline of the guard in this process."""
+
+    def __init__(self, guard: KernelGuard, context: KernelContext, pipeline: EventPipeline) -> None:
+        self.guard = guard
+        self.context = context
+        self.pipeline = pipeline
+        self.kernel_started = False
+        self.layers: dict[str, str] = {}
+
+    @property
+    def mode(self) -> str:
+        return self.guard.mode
+
+    def emit(self, event: Event) -> None:
+        """Emit through this runtime's pipeline."""
+        self.pipeline.emit(event)
+
+
+_runtime: Optional[Runtime] = None
+
+
+def current() -> Optional[Runtime]:
+    """The runtime of this process, if the guard has started."""
+    return _runtime
+
+
+def emit(event: Event) -> None:
+    """Emit an event through the process's pipeline (kept until there is one)."""
+    _pipeline.emit(event)
+
+
+def open_sinks(urls: list[str]) -> tuple[list[Sink], list[tuple[str, str]]]:
+    """Open every sink that can be opened; return them and the failures."""
+    sinks: list[Sink] = []
+    failures: list[tuple[str, str]] = []
+    for url in urls:
+        try:
+            sinks.append(open_sink(url))
+        except (SinkError, OSError, ValueError) as exc:
+            failures.append((describe_url(url), str(exc)))
+    return sinks, failures
+
+
+def _stderr(text: str) -> None:
+    _pipeline._stderr_line(text)
+
+
+def start(config: Config | None = None, kernel_id: str | None = None) -> Runtime:
+    """Start the guard's runtime once per process and return it."""
+    global _runtime
+    if _runtime is not None:
+        if kernel_id and not _runtime.context.kernel_id:
+            _runtime.context.kernel_id = kernel_id
+        return _runtime
+    guard, ignored = load_config(config)
+    context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
+    sinks, failures = open_sinks(list(guard.sinks))
+    if not sinks:
+        # never run without a record: fall back to the server log
+        from .sinks.stream import StderrSink
+
+        sinks = [StderrSink()]
+    processors = [AddContext(context), Redact(guard.redact_patterns), Sequence()]
+    pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size)
+    _pipeline.set_pipeline(pipe)
+    _runtime = Runtime(guard, context, pipe)
+    for url, reason in failures:
+        _stderr(f"kernel_guard: {reason}")
+        pipe.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
+    for item in ignored:
+        _stderr(f"kernel_guard: ignored {item['setting']}={item['value']}: {item['reason']}")
+        pipe.emit(make_event("config-ignored", outcome="failure", layer="config",
+                             reason=item["reason"], setting=item["setting"], value=item["value"],
+                             files=item.get("files", [])))
+    return _runtime
+
+
+def kernel_id_from_app() -> Optional[str]:
+    """The kernel id of the running ipykernel, from its connection file."""
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+
+        if IPKernelApp.initialized():
+            return KernelContext.kernel_id_from_connection_file(IPKernelApp.instance().connection_file)
+    except Exception:
+        pass
+    return None
+
+
+def status_fields() -> dict[str, Any]:
+    """Facts about this process for ``guard-loaded`` and ``%guard_status``."""
+    status: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("Seccomp", "NoNewPrivs", "Seccomp_filters"):
+                    status[key] = value.strip()
+    except OSError:
+        pass
+    return status
