@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from traitlets import Bool, Enum, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application, Config, Configurable
-from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+from traitlets.config.loader import DeferredConfigString, JSONFileConfigLoader, PyFileConfigLoader
 
 from .exceptions import ConfigError
 from .sinks import validate_sink_url
@@ -80,13 +80,17 @@ class KernelGuard(Configurable):
 
     @validate("sinks")
     def _validate_sinks(self, proposal: Any) -> list[str]:
-        return [validate_sink_url(url) for url in proposal["value"]]
+        try:
+            return [validate_sink_url(url) for url in proposal["value"]]
+        except ConfigError as exc:
+            raise TraitError(f"KernelGuard.sinks: {exc}") from None
 
     unsafe_allow_package_magics = Bool(
         False,
-        help="""Allow %pip, %uv, %conda, %mamba and %micromamba. They run a shell
-        command, so this also needs the audit layer in audit mode and no seccomp
-        filter; weakens the guard.""",
+        help="""Let %pip, %uv, %conda, %mamba and %micromamba past the IPython layer.
+        They start a program, which the audit layer (mode='enforce') and the seccomp
+        filter still refuse: package installs only run with mode='audit' and no
+        filter. Installing a package runs its code outside any guard; weakens the guard.""",
     ).tag(config=True)
 
     code_policy = Enum(
@@ -247,6 +251,9 @@ def _apply(guard: KernelGuard, name: str, value: Any, ignored: list, source: str
                         "reason": f"unknown setting from {source}"})
         return
     try:
+        if isinstance(value, DeferredConfigString):
+            # --KernelGuard.x=... arrives as text: kernel apps don't list our class
+            value = value.get_value(guard.traits()[name])
         setattr(guard, name, value)
     except (TraitError, ConfigError) as exc:
         ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value),
@@ -255,6 +262,11 @@ def _apply(guard: KernelGuard, name: str, value: Any, ignored: list, source: str
 
 def _apply_untrusted(guard: KernelGuard, name: str, value: Any, ignored: list, files: list[str]) -> None:
     """Apply a setting from a user-writable file unless it weakens the guard."""
+    if isinstance(value, DeferredConfigString) and guard.has_trait(name):
+        try:
+            value = value.get_value(guard.traits()[name])
+        except Exception:
+            pass
     if name in ADDITIVE and isinstance(value, (list, tuple)):
         current = list(getattr(guard, name))
         _apply(guard, name, current + [v for v in value if v not in current], ignored, "user config")

@@ -126,11 +126,15 @@ class KernelContext:
 
     @staticmethod
     def kernel_id_from_connection_file(path: str | None) -> str | None:
-        """The kernel id that jupyter_client encodes in ``kernel-<id>.json``."""
+        """The kernel id that jupyter_server encodes in ``kernel-<id>.json``.
+
+        Standalone clients name the file freely; its stem is the best id then.
+        """
         if not path:
             return None
-        match = _JUPYTER_KERNEL_FILE.search(os.path.basename(path))
-        return match.group("id") if match else None
+        name = os.path.basename(path)
+        match = _JUPYTER_KERNEL_FILE.search(name)
+        return match.group("id") if match else os.path.splitext(name)[0] or None
 
 
 def _os_user() -> str:

@@ -17,6 +17,7 @@ do that.  In ``audit`` mode this layer records and lets the call through.
 from __future__ import annotations
 
 import re
+import threading
 import types
 from typing import Any, Callable
 
@@ -65,7 +66,10 @@ class _Installed:
     shells: set[int] = set()
     originals: dict[str, Callable[..., Any]] = {}
     classes_patched = False
-    package_magics_allowed = False
+    package_call = threading.local()  # .active: inside an allowed %pip/%conda
+
+
+_Installed.package_call.active = False
 
 
 # -- refusing ----------------------------------------------------------------
@@ -109,7 +113,8 @@ def _shell_method(name: str) -> Callable[..., Any]:
     route = {"getoutput": "!!", "system_raw": "system_raw()"}.get(name, "!")
 
     def guarded(self: Any, cmd: Any = "", *args: Any, **kwargs: Any) -> Any:
-        refuse(route, str(cmd), technique=f"InteractiveShell.{name}")
+        if not _Installed.package_call.active:
+            refuse(route, str(cmd), technique=f"InteractiveShell.{name}")
         return _Installed.originals[name](self, cmd, *args, **kwargs)
 
     guarded.__name__ = guarded.__qualname__ = name
@@ -201,6 +206,29 @@ def _patch_magics_classes(allow_packages: bool) -> None:
             replacement._kernel_guard = True  # type: ignore[attr-defined]
             replacement.__name__ = method
             setattr(cls, method, replacement)
+
+
+def _allow_package_magics() -> None:
+    """Let package magics reach ``shell.system`` (the audit layer still decides)."""
+    import importlib
+
+    module_name, class_name, methods = PACKAGE_METHODS
+    cls = getattr(importlib.import_module(module_name), class_name)
+    for method in methods:
+        original = vars(cls).get(method)
+        if original is None or getattr(original, "_kernel_guard", False):
+            continue
+
+        def allowed(self: Any, line: str = "", _original: Callable[..., Any] = original) -> Any:
+            _Installed.package_call.active = True
+            try:
+                return _original(self, line)
+            finally:
+                _Installed.package_call.active = False
+
+        allowed._kernel_guard = True  # type: ignore[attr-defined]
+        allowed.__name__, allowed.__doc__ = method, original.__doc__
+        setattr(cls, method, allowed)
 
 
 def _register_refusing_magics(ip: Any, allow_packages: bool) -> None:
@@ -324,6 +352,8 @@ def install(ip: Any) -> bool:
     if rt.mode == "enforce":
         steps += [lambda: _patch_magics_classes(allow), lambda: _register_refusing_magics(ip, allow),
                   lambda: _guard_alias_manager(ip)]
+        if allow:
+            steps.append(_allow_package_magics)
     steps += [lambda: _guard_extension_manager(ip), lambda: _guard_config_magic(ip), lambda: _guard_traits(ip)]
     failed = []
     for step in steps:

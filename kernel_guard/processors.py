@@ -27,10 +27,11 @@ _SECRET_NAMES = r"(?:[A-Za-z0-9_.-]*(?:token|passw(?:or)?d|passwd|secret|api[_-]
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization: Bearer xyz / Authorization: Basic xyz (header values)
-    (re.compile(r"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*)(?:(bearer|basic|token|digest)\s+)?[^\s'\"]+"),
+    (re.compile(r"(?i)\b(authorization|proxy-authorization)([\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token|digest)\s+)?[^\s'\"]+"),
      r"\1\2\3 " + REDACTED),
     # --password=xyz, token=xyz, API_KEY: xyz, "secret": "xyz"
-    (re.compile(r"(?i)(\b" + _SECRET_NAMES + r"[\"']?\s*[=:]\s*[\"']?)([^\s'\",;&]+)"), r"\1" + REDACTED),
+    (re.compile(r"(?i)(\b" + _SECRET_NAMES + r"[\"']?\s*[=:]\s*[\"']?)((?:bearer|basic|token)\s+)?([^\s'\",;&]+)"),
+     r"\1\2" + REDACTED),
     # scheme://user:password@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)"), r"\1" + REDACTED + r"\3"),
     # well-known token shapes: GitHub, Slack, AWS access keys, JWTs

@@ -82,7 +82,8 @@ class KernelSession:
     """
 
     def __init__(self, argv: Optional[List[str]] = None, kernel_name: Optional[str] = None,
-                 env: Optional[dict] = None, cwd: Optional[str] = None, startup_timeout: float = 60) -> None:
+                 env: Optional[dict] = None, cwd: Optional[str] = None, startup_timeout: float = 60,
+                 stderr_path: Optional[str] = None) -> None:
         from jupyter_client import KernelManager
         from jupyter_client.kernelspec import KernelSpecManager
 
@@ -98,8 +99,17 @@ class KernelSession:
             self.manager = KernelManager(kernel_name=kernel_name, kernel_spec_manager=ksm)
         else:
             self.manager = KernelManager(kernel_name=kernel_name or "python3")
+        # name the connection file as jupyter_server does, so the kernel knows its id
+        import uuid
+
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+        self.manager.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
+        self.stderr_path = stderr_path
+        self._stderr_file: Any = None
         self.startup_timeout = startup_timeout
         self.client: Any = None
 
@@ -115,6 +125,9 @@ class KernelSession:
         kwargs: dict[str, Any] = {"env": self.env}
         if self.cwd:
             kwargs["cwd"] = self.cwd
+        if self.stderr_path:
+            self._stderr_file = open(self.stderr_path, "ab")
+            kwargs["stderr"] = self._stderr_file
         self.manager.start_kernel(**kwargs)
         self.client = self.manager.client()
         self.client.start_channels()
@@ -197,6 +210,9 @@ class KernelSession:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self._stderr_file is not None:
+            self._stderr_file.close()
+            self._stderr_file = None
 
 
 def iter_failure_events(events: List[Event], layer: Optional[str] = None) -> Iterator[Event]:

@@ -1,0 +1,173 @@
+"""The audit layer in a real kernel: process creation and friends refused and recorded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import assert_short_refusal
+
+EXEC_ROUTES = [
+    ("subprocess.run", "import subprocess\nsubprocess.run(['id'])", "id"),
+    ("subprocess shell", "import subprocess\nsubprocess.check_output('id', shell=True)", "id"),
+    ("os.system", "import os\nos.system('id')", "id"),
+    ("os.popen", "import os\nos.popen('id').read()", "id"),
+    ("os.posix_spawn", "import os\nos.posix_spawn('/usr/bin/id', ['id'], dict(os.environ))", "/usr/bin/id"),
+    ("os.execv", "import os\nos.execv('/usr/bin/id', ['id'])", "/usr/bin/id"),
+    ("pty.spawn", "import pty\npty.spawn(['id'])", "id"),
+    ("pexpect", "import pexpect\npexpect.spawn('id')", "forkpty"),
+    ("asyncio subprocess",
+     "import asyncio\nasync def main():\n    p = await asyncio.create_subprocess_exec('id')\n    await p.wait()\n"
+     "await main()", "id"),
+    ("webbrowser-style probe", "import shutil, subprocess\nsubprocess.Popen([shutil.which('true') or 'true'])", "true"),
+]
+
+
+@pytest.mark.parametrize("name,code,needle", EXEC_ROUTES, ids=[n for n, _, _ in EXEC_ROUTES])
+def test_process_creation_is_refused_and_recorded(guarded, name, code, needle):
+    """Every stdlib process route fails with the short message and an audit-layer event naming the program."""
+    guarded.mark()
+    result = guarded.execute(code)
+    assert_short_refusal(result)
+    failures = guarded.failures("audit")
+    assert failures, "no audit-layer failure event"
+    event = failures[0]
+    assert event["event"]["action"] == "exec-denied"
+    proc = event.get("process", {})
+    described = " ".join([proc.get("executable", ""), proc.get("command_line", ""), event["event"].get("reason", "")])
+    assert needle in described, event
+    assert guarded.alive()
+
+
+def test_fork_then_exec_is_refused_in_the_child_and_recorded(guarded):
+    """After os.fork the child's exec is refused, and the child's event reaches the sink before it exits."""
+    guarded.mark()
+    result = guarded.execute(
+        "import os\npid = os.fork()\nif pid == 0:\n"
+        "    try:\n        os.execv('/usr/bin/id', ['id'])\n    finally:\n        os._exit(7)\n"
+        "print(os.waitpid(pid, 0)[1] >> 8, pid)"
+    )
+    status, child = result.stdout.split()
+    assert status == "7"
+    failures = guarded.failures("audit")
+    assert any(e["process"]["pid"] == int(child) and e["event"]["action"] == "exec-denied" for e in failures)
+
+
+def test_fork_based_multiprocessing_still_works(guarded):
+    """A fork-context multiprocessing pool runs: fork alone is not refused."""
+    result = guarded.execute(
+        "import multiprocessing as mp\nwith mp.get_context('fork').Pool(2) as pool:\n"
+        "    print(sum(pool.map(abs, range(-5, 5))))"
+    )
+    assert result.stdout.strip() == "25", result.error_text
+
+
+def test_ctypes_exec_symbols_are_refused(guarded):
+    """Looking up libc's system() through ctypes is refused; loading libc is recorded."""
+    guarded.mark()
+    result = guarded.execute("import ctypes\nlibc = ctypes.CDLL(None)\nlibc.system(b'id')")
+    assert_short_refusal(result, "system()")
+    failures = guarded.failures("audit")
+    assert failures[0]["event"]["action"] == "symbol-denied"
+    loaded = [e for e in guarded.new_events() if e["event"]["action"] == "library-loaded"]
+    assert loaded and loaded[0]["event"]["outcome"] == "unknown"
+
+
+@pytest.mark.parametrize("code,variable", [
+    ("import os\nos.environ['LD_PRELOAD'] = '/tmp/evil.so'", "LD_PRELOAD"),
+    ("%env PATH=/tmp/evil:/usr/bin", "PATH"),
+    ("import os\nos.putenv('PYTHONPATH', '/tmp')", "PYTHONPATH"),
+    ("import os\ndel os.environ['PATH']", "PATH"),
+])
+def test_loader_and_path_variables_are_protected(guarded, code, variable):
+    """Changing loader or search-path variables is refused and recorded."""
+    guarded.mark()
+    assert_short_refusal(guarded.execute(code), variable)
+    assert guarded.failures("audit")[0]["event"]["action"] == "env-denied"
+    assert guarded.execute(f"import os; print(os.environ.get('{variable}', '') != '/tmp/evil.so')").stdout
+
+
+def test_ordinary_environment_changes_are_allowed(guarded):
+    """Other variables (OMP_NUM_THREADS) can still be set."""
+    assert guarded.execute("import os\nos.environ['OMP_NUM_THREADS'] = '2'\nprint(os.environ['OMP_NUM_THREADS'])").stdout == "2\n"
+
+
+def _persistence_targets(home):
+    return [
+        os.path.join(home, ".ipython", "profile_default", "startup", "00-evil.py"),
+        os.path.join(home, ".ipython", "profile_default", "ipython_kernel_config.py"),
+        os.path.join(home, ".jupyter", "jupyter_server_config.py"),
+        os.path.join(home, ".local", "share", "jupyter", "kernels", "python3", "kernel.json"),
+        os.path.join(home, ".local", "lib", "python3.11", "site-packages", "evil.pth"),
+        os.path.join(home, "work", "sitecustomize.py"),
+        os.path.join(home, ".bashrc"),
+    ]
+
+
+def test_persistence_paths_cannot_be_written(guarded):
+    """Startup files, config files, kernelspecs, .pth and sitecustomize are refused and recorded."""
+    for target in _persistence_targets(guarded.home):
+        guarded.mark()
+        code = (f"import os\nos.makedirs(os.path.dirname({target!r}), exist_ok=True)\n"
+                f"open({target!r}, 'w').write('import os')")
+        assert_short_refusal(guarded.execute(code))
+        assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied", target
+        assert not os.path.exists(target)
+
+
+def test_persistence_via_rename_and_symlink_is_refused(guarded):
+    """Writing elsewhere then renaming or symlinking into the startup folder is refused too."""
+    startup = os.path.join(guarded.home, ".ipython", "profile_default", "startup")
+    for code in (f"import os\nopen('x.py', 'w').write('1')\nos.rename('x.py', {startup + '/x.py'!r})",
+                 f"import os\nos.symlink('/tmp/whatever.py', {startup + '/y.py'!r})",
+                 f"import os\nos.symlink({startup!r}, 'link')\nopen('link/z.py', 'w').write('1')"):
+        guarded.mark()
+        assert_short_refusal(guarded.execute(code))
+        assert guarded.failures("audit")
+    assert not [f for f in os.listdir(startup) if f.endswith(".py")]
+
+
+def test_ordinary_file_writes_are_allowed(guarded):
+    """Writing data files in the working directory works."""
+    assert guarded.execute("open('data.csv', 'w').write('a,b\\n1,2\\n')\nprint(open('data.csv').read())").stdout == "a,b\n1,2\n\n"
+
+
+def test_foreign_audit_hooks_are_refused(guarded):
+    """User code cannot add its own audit hook (CPython drops it silently; the attempt is recorded)."""
+    guarded.mark()
+    result = guarded.execute("import sys\nseen = []\nsys.addaudithook(lambda e, a: seen.append(e))\n"
+                             "compile('1', 'x', 'eval')\nprint(len(seen))")
+    assert result.stdout.strip() == "0"
+    assert guarded.failures("audit")[0]["event"]["action"] == "guard-tampering"
+
+
+def test_subinterpreters_are_refused(guarded):
+    """Creating a subinterpreter (which would run without the hook) is refused (CPython reports it as failed)."""
+    guarded.mark()
+    result = guarded.execute("import _xxsubinterpreters as i\ni.create()")
+    assert result.status == "error" and "interpreter creation failed" in result.error_text
+    assert guarded.failures("audit")[0]["event"]["action"] == "interpreter-denied"
+
+
+def test_hook_cannot_be_rewired(guarded):
+    """Replacing the hook's defaults or code is refused."""
+    guarded.mark()
+    result = guarded.execute(
+        "from kernel_guard import audit\nhook = audit._State.installed['enforce']\n"
+        "hook.__defaults__ = (frozenset(), None, None)"
+    )
+    assert_short_refusal(result)
+    assert guarded.failures("audit")[0]["event"]["action"] == "guard-tampering"
+    assert_short_refusal(guarded.execute("import os; os.system('id')"))
+
+
+def test_audit_mode_records_process_creation(make_kernel):
+    """In audit mode subprocess runs, and the attempt is recorded (outcome unknown)."""
+    kernel = make_kernel(env={"KERNEL_GUARD_MODE": "audit"})
+    kernel.mark()
+    result = kernel.execute("import subprocess\nprint(subprocess.run(['echo', 'ran'], capture_output=True, text=True).stdout)")
+    assert "ran" in result.stdout
+    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "exec-attempt" for e in evs))
+    attempts = [e for e in events if e["event"]["action"] == "exec-attempt"]
+    assert attempts and attempts[0]["process"]["args"] == ["echo", "ran"]
