@@ -327,7 +327,41 @@ def install(mode: str, **policy_options: Any) -> bool:
     if mode == "enforce" and "audit" in _State.installed:
         _State.quiet_record_hook = True
     _State.installed[mode] = hook
+    if mode == "enforce":
+        _guard_fork_exec(True)
     return True
+
+
+def _guard_fork_exec(enforce: bool) -> None:
+    """Put a check in front of ``_posixsubprocess.fork_exec``, which raises no event.
+
+    A speed bump, not a boundary: the original stays reachable (for example by
+    re-importing the extension module), which is why the seccomp layer exists.
+    It does stop the direct call and multiprocessing's spawn/forkserver starts.
+    """
+    try:
+        import _posixsubprocess
+    except ImportError:
+        return
+    original = _posixsubprocess.fork_exec
+    if getattr(original, "_kernel_guard", False):
+        return
+
+    def fork_exec(*args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_globals.get("__name__")
+        if caller != "subprocess":  # Popen already passed the subprocess.Popen event
+            # fork_exec(args, executable_list, close_fds, ...)
+            argv = _argv(args[0]) if args and isinstance(args[0], (list, tuple)) else []
+            exes = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+            proc = {"executable": _text(exes[0]) if exes else (argv[0] if argv else ""),
+                    "args": argv, "command_line": " ".join(argv)}
+            _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", "_posixsubprocess.fork_exec",
+                              f"starting a program (_posixsubprocess.fork_exec: {_short(' '.join(argv))})",
+                              process=proc)
+        return original(*args, **kwargs)
+
+    fork_exec._kernel_guard = True  # type: ignore[attr-defined]
+    _posixsubprocess.fork_exec = fork_exec
 
 
 def installed_mode() -> str | None:

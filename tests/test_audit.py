@@ -171,3 +171,28 @@ def test_audit_mode_records_process_creation(make_kernel):
     events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "exec-attempt" for e in evs))
     attempts = [e for e in events if e["event"]["action"] == "exec-attempt"]
     assert attempts and attempts[0]["process"]["args"] == ["echo", "ran"]
+
+
+def test_direct_fork_exec_is_refused_in_extension_mode(guarded):
+    """Calling _posixsubprocess.fork_exec directly (no audit event) meets the fork_exec check."""
+    guarded.mark()
+    code = (
+        "import _posixsubprocess, os, subprocess\n"
+        "args = [b'/usr/bin/id']\n"
+        "r, w = os.pipe()\n"
+        "_posixsubprocess.fork_exec(args, args, True, (), None, None, -1, -1, -1, -1, -1, -1, r, w,"
+        " False, False, None, None, None, -1, None, False)\n"
+    )
+    assert_short_refusal(guarded.execute(code), "fork_exec")
+    failures = guarded.failures("audit")
+    assert failures[0]["process"]["executable"] == "/usr/bin/id"
+
+
+def test_multiprocessing_spawn_is_refused(guarded):
+    """multiprocessing's spawn start method (fork_exec underneath) is refused and recorded."""
+    guarded.mark()
+    result = guarded.execute(
+        "import multiprocessing as mp\nctx = mp.get_context('spawn')\np = ctx.Process(target=print)\np.start()"
+    )
+    assert result.status == "error"
+    assert guarded.failures("audit")
