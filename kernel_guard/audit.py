@@ -82,6 +82,8 @@ _LIBC_LIKE = re.compile(r"(^|/)(libc|libdl|libpthread|ld-linux)[.-]|(^|/)libc$")
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
+_PROC_SECRETS = ("/environ", "/mem")
+
 _HOME_RC = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile",
             ".pythonrc", ".pythonrc.py")
 
@@ -251,6 +253,13 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
 
 def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: tuple, files: frozenset) -> None:
     path, mode, flags = args
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if isinstance(path, str) and path.startswith("/proc/") and path.endswith(_PROC_SECRETS):
+        # another process's environment (the server's API token) or memory
+        _refuse_or_record(enforce, PersistenceRefused, "credential-denied", "credential-read", "open",
+                          f"reading {_short(path)}", file={"path": path})
+        return
     if isinstance(mode, str):
         writing = any(c in mode for c in "wax+")
     else:
@@ -348,8 +357,10 @@ def _guard_fork_exec(enforce: bool) -> None:
         return
 
     def fork_exec(*args: Any, **kwargs: Any) -> Any:
-        caller = sys._getframe(1).f_globals.get("__name__")
-        if caller != "subprocess":  # Popen already passed the subprocess.Popen event
+        # In enforce mode every Popen was refused at its event, so whatever gets
+        # here bypassed it (a direct call, a shimmed subprocess.sys). In audit
+        # mode calls from subprocess were already recorded by that event.
+        if enforce or sys._getframe(1).f_globals.get("__name__") != "subprocess":
             # fork_exec(args, executable_list, close_fds, ...)
             argv = _argv(args[0]) if args and isinstance(args[0], (list, tuple)) else []
             exes = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
@@ -362,6 +373,10 @@ def _guard_fork_exec(enforce: bool) -> None:
 
     fork_exec._kernel_guard = True  # type: ignore[attr-defined]
     _posixsubprocess.fork_exec = fork_exec
+    # subprocess keeps its own reference (``from _posixsubprocess import fork_exec as _fork_exec``)
+    subprocess_module = sys.modules.get("subprocess")
+    if subprocess_module is not None and getattr(subprocess_module, "_fork_exec", None) is original:
+        subprocess_module._fork_exec = fork_exec
 
 
 def installed_mode() -> str | None:

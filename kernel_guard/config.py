@@ -241,6 +241,10 @@ def load_config(merged: Config | None = None, app: Application | None = None) ->
         if name in trusted and trusted[name] == value:
             continue
         _apply_untrusted(guard, name, value, ignored, untrusted_files)
+    extra = [url for url in _env_list("KERNEL_GUARD_EXTRA_SINKS") if url not in guard.sinks]
+    if extra:
+        # added by tools such as `kernel-guard check`, whatever the kernelspec sets
+        _apply(guard, "sinks", list(guard.sinks) + extra, ignored, "KERNEL_GUARD_EXTRA_SINKS")
     return guard, ignored
 
 

@@ -47,6 +47,8 @@ _CATEGORY = {
     "persistence-denied": (["file"], ["creation", "denied"]),
     "persistence-write": (["file"], ["creation", "allowed"]),
     "env-denied": (["configuration"], ["change", "denied"]),
+    "credential-denied": (["file"], ["access", "denied"]),
+    "credential-read": (["file"], ["access", "allowed"]),
     "env-change": (["configuration"], ["change", "allowed"]),
     "guard-tampering": (["configuration"], ["change", "denied"]),
     "config-ignored": (["configuration"], ["change", "denied"]),

@@ -196,3 +196,22 @@ def test_multiprocessing_spawn_is_refused(guarded):
     )
     assert result.status == "error"
     assert guarded.failures("audit")
+
+
+@pytest.mark.parametrize("path", ["/proc/self/environ", "/proc/1/environ", "/proc/self/mem"])
+def test_process_environments_and_memory_cannot_be_read(guarded, path):
+    """Reading /proc/*/environ (tokens of the server) or /proc/*/mem is refused and recorded."""
+    guarded.mark()
+    assert_short_refusal(guarded.execute(f"open({path!r}, 'rb').read(10)"))
+    assert guarded.failures("audit")[0]["event"]["action"] == "credential-denied"
+
+
+def test_shimmed_subprocess_sys_is_still_refused(guarded):
+    """Replacing subprocess.sys to silence its audit event still meets the fork_exec check."""
+    guarded.mark()
+    code = ("import subprocess, sys, types\n"
+            "shim = types.SimpleNamespace(**{k: getattr(sys, k) for k in dir(sys) if not k.startswith('__')})\n"
+            "shim.audit = lambda *a: None\nsubprocess.sys = shim\n"
+            "try:\n    subprocess.run(['/usr/bin/id'])\nfinally:\n    subprocess.sys = sys")
+    assert_short_refusal(guarded.execute(code), "fork_exec")
+    assert guarded.failures("audit")
