@@ -288,7 +288,7 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
         _record(denied, "failure", f"refused {what}", technique, process=process, **fields)
         raise exc(what, layer="audit")
     if not _State.quiet_record_hook:
-        _record(allowed, "unknown", f"audit mode: recorded, not refused: {what}", technique,
+        _record(allowed, "unknown", f"recorded, not refused (audit mode, or kernel start-up): {what}", technique,
                 process=process, **fields)
 
 

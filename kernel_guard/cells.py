@@ -58,6 +58,11 @@ def _cell_event(code: str, *, silent: bool, reply: Any, duration: float, cell_id
     return event
 
 
+def _context() -> Any:
+    rt = runtime.current()
+    return rt.context if rt is not None else None
+
+
 def _wrap_do_execute(kernel: Any) -> None:
     """Record every execute request, silent ones and user_expressions included."""
     original = kernel.do_execute
@@ -70,13 +75,21 @@ def _wrap_do_execute(kernel: Any) -> None:
                          **kwargs: Any) -> Any:
         started = time.perf_counter()
         reply: Any = {"status": "error", "ename": "KernelGuardInternal"}
+        cell_meta = kwargs.get("cell_meta") or {}
+        context = _context()
+        if context is not None:
+            # events raised while the cell runs name it (and aggregate per cell)
+            shell = getattr(kernel, "shell", None)
+            context.execution_count = None if silent else getattr(shell, "execution_count", None)
+            context.cell_id = kwargs.get("cell_id") or cell_meta.get("cellId")
         try:
             reply = original(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
             if inspect.isawaitable(reply):
                 reply = await reply
             return reply
         finally:
-            cell_meta = kwargs.get("cell_meta") or {}
+            if context is not None:
+                context.execution_count = context.cell_id = None
             parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else {}
             runtime.emit(_cell_event(
                 code, silent=silent, reply=reply, duration=time.perf_counter() - started,

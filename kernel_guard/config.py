@@ -18,16 +18,19 @@ import os
 import stat
 from typing import Any, Callable
 
-from traitlets import Bool, Enum, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application, Config, Configurable
 from traitlets.config.loader import DeferredConfigString, JSONFileConfigLoader, PyFileConfigLoader
 
 from .exceptions import ConfigError
-from .sinks import validate_sink_url
+from .sinks import SinkOptions, validate_sink_url
 
 __all__ = ["KernelGuard", "load_config", "trusted_file"]
 
 MODES = ("enforce", "audit")
+_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+               "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
+               *(f"local{i}" for i in range(8)))
 CODE_POLICIES = ("sha256", "truncated", "full")  # least to most recorded
 
 
@@ -147,6 +150,156 @@ class KernelGuard(Configurable):
         help="Extra environment variable names that cells may not change.",
     ).tag(config=True)
 
+    # -- delivery: spool, aggregation, network sinks (docs/sinks.md) -----------
+    spool_dir = Unicode(
+        help="""Directory under which each network sink (syslog, http) keeps a
+        spool of events not yet delivered: they survive a kernel kill and are
+        sent by the next start. "" keeps them in memory only (lost with the
+        process; weakens the guard). Default: $XDG_STATE_HOME/kernel_guard/spool,
+        else ~/.local/state/kernel_guard/spool.""",
+    ).tag(config=True)
+
+    @default("spool_dir")
+    def _spool_dir_default(self) -> str:
+        from .spool import default_spool_root
+
+        return default_spool_root()
+
+    @validate("spool_dir")
+    def _validate_spool_dir(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            raise TraitError(f"KernelGuard.spool_dir {value!r} must be an absolute path (or '' for memory only)")
+        return os.path.expanduser(value)
+
+    spool_max_bytes = Int(
+        64 << 20,
+        help="""Most undelivered data kept per network sink's spool (bytes,
+        shared by the kernels using it). Beyond it events are counted and
+        recorded as events-dropped.""",
+    ).tag(config=True)
+
+    @validate("spool_max_bytes")
+    def _validate_spool_max_bytes(self, proposal: Any) -> int:
+        if not 1 << 20 <= proposal["value"] <= 1 << 40:
+            raise TraitError("KernelGuard.spool_max_bytes must be between 1 MiB and 1 TiB (bytes)")
+        return proposal["value"]
+
+    aggregate_interval = Float(
+        5.0,
+        help="""Seconds over which repeats of an identical event (same action,
+        process, file, reason) are counted into one events-aggregated event;
+        the first occurrence is always recorded in full. 0 records every
+        repeat one by one (a flood then fills the queue and events are dropped).""",
+    ).tag(config=True)
+
+    @validate("aggregate_interval")
+    def _validate_aggregate_interval(self, proposal: Any) -> float:
+        if not 0 <= proposal["value"] <= 3600:
+            raise TraitError("KernelGuard.aggregate_interval must be between 0 and 3600 seconds")
+        return float(proposal["value"])
+
+    syslog_facility = Enum(
+        list(_FACILITIES),
+        default_value="user",
+        help="Syslog facility of the syslog sinks' messages (user, auth, authpriv, daemon, local0 ... local7).",
+    ).tag(config=True)
+
+    syslog_app_name = Unicode(
+        "kernel_guard",
+        help="APP-NAME of the syslog sinks' RFC 5424 messages (printable ASCII, at most 48 characters).",
+    ).tag(config=True)
+
+    @validate("syslog_app_name")
+    def _validate_app_name(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if not 0 < len(value) <= 48 or not all(33 <= ord(c) <= 126 for c in value):
+            raise TraitError("KernelGuard.syslog_app_name must be 1-48 printable ASCII characters without spaces")
+        return value
+
+    syslog_max_message_bytes = Int(
+        8192,
+        help="""Largest syslog message (bytes; rsyslog's default maxMessageSize
+        is 8k). Longer events have their long strings cut and carry
+        kernel_guard.truncated.""",
+    ).tag(config=True)
+
+    @validate("syslog_max_message_bytes")
+    def _validate_max_message(self, proposal: Any) -> int:
+        if not 480 <= proposal["value"] <= 1 << 20:
+            raise TraitError("KernelGuard.syslog_max_message_bytes must be between 480 and 1048576 bytes")
+        return proposal["value"]
+
+    http_format = Enum(
+        ["ndjson", "json"],
+        default_value="ndjson",
+        help="""Body of the HTTP sinks' POSTs: ``ndjson`` (one event per line,
+        application/x-ndjson) or ``json`` (one array, application/json, for
+        Fluent Bit's http input).""",
+    ).tag(config=True)
+
+    http_gzip = Bool(False, help="Compress HTTP sink bodies with gzip (Content-Encoding: gzip).").tag(config=True)
+
+    http_headers_file = Unicode(
+        "",
+        help="""Absolute path of a file of 'Name: value' lines sent as headers by
+        the HTTP sinks (e.g. 'Authorization: Bearer ...'); read again on each
+        new connection. Never logged.""",
+    ).tag(config=True)
+
+    @validate("http_headers_file", "http_ca_bundle")
+    def _validate_abs_file(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            raise TraitError(f"KernelGuard.{proposal['trait'].name} {value!r} must be an absolute path")
+        return os.path.expanduser(value)
+
+    http_headers_env = Unicode(
+        "",
+        help="""Name of an environment variable holding 'Name: value' header
+        lines (separated by newlines or a literal \\n) for the HTTP sinks.""",
+    ).tag(config=True)
+
+    @validate("http_headers_env")
+    def _validate_env_name(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if value and not value.replace("_", "a").isalnum():
+            raise TraitError(f"KernelGuard.http_headers_env {value!r} must be an environment variable name")
+        return value
+
+    http_ca_bundle = Unicode(
+        "",
+        help="PEM file of CA certificates the HTTPS sinks trust (default: the system's).",
+    ).tag(config=True)
+
+    http_timeout = Float(
+        10.0,
+        help="Seconds an HTTP sink waits to connect, send or read an answer before retrying later.",
+    ).tag(config=True)
+
+    @validate("http_timeout")
+    def _validate_http_timeout(self, proposal: Any) -> float:
+        if not 0.1 <= proposal["value"] <= 300:
+            raise TraitError("KernelGuard.http_timeout must be between 0.1 and 300 seconds")
+        return float(proposal["value"])
+
+    unsafe_http_skip_tls_verify = Bool(
+        False,
+        help="""Do not verify HTTPS sinks' certificates: anyone on the path can
+        read or drop events. Weakens the guard; honoured only from a trusted source.""",
+    ).tag(config=True)
+
+    def sink_options(self) -> SinkOptions:
+        """The network sinks' settings."""
+        return SinkOptions(
+            syslog_facility=self.syslog_facility, syslog_app_name=self.syslog_app_name,
+            syslog_max_message_bytes=self.syslog_max_message_bytes,
+            http_format=self.http_format, http_gzip=self.http_gzip,
+            http_headers_file=self.http_headers_file, http_headers_env=self.http_headers_env,
+            http_ca_bundle=self.http_ca_bundle, http_timeout=self.http_timeout,
+            unsafe_http_skip_tls_verify=self.unsafe_http_skip_tls_verify,
+        )
+
 
 # -- where settings come from ------------------------------------------------
 
@@ -156,6 +309,15 @@ def _weakens_mode(new: str, old: str) -> bool:
 
 def _less(new: Any, old: Any) -> bool:
     return new < old
+
+
+def _changed(new: Any, old: Any) -> bool:
+    return new != old
+
+
+def _later(new: float, old: float) -> bool:
+    """A longer aggregation interval, or none at all, records less and later."""
+    return (new == 0 and old > 0) or new > old
 
 
 def _fewer_recorded(new: str, old: str) -> bool:
@@ -169,6 +331,20 @@ WEAKENS: dict[str, Callable[[Any, Any], bool]] = {
     "code_policy": _fewer_recorded,
     "code_max_chars": _less,
     "queue_size": _less,
+    # delivery: less kept, later, or sent elsewhere/differently is weaker evidence
+    "spool_dir": _changed,
+    "spool_max_bytes": _less,
+    "aggregate_interval": _later,
+    "syslog_facility": _changed,
+    "syslog_app_name": _changed,
+    "syslog_max_message_bytes": _less,
+    "http_format": _changed,
+    "http_gzip": _changed,
+    "http_headers_file": _changed,
+    "http_headers_env": _changed,
+    "http_ca_bundle": _changed,
+    "http_timeout": _changed,
+    "unsafe_http_skip_tls_verify": lambda new, old: bool(new) and not old,
 }
 #: traits where an untrusted file may add entries but not remove them
 ADDITIVE = ("sinks", "redact_patterns", "extra_persistence_paths", "extra_protected_env")

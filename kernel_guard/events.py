@@ -58,6 +58,9 @@ _CATEGORY = {
     "sink-error": (["configuration"], ["error"]),
     "guard-loaded": (["configuration"], ["start"]),
     "guard-error": (["configuration"], ["error"]),
+    "supervisor-lost": (["process"], ["end"]),
+    "supervisor-stopped": (["process"], ["end"]),
+    "credentials-scrubbed": (["configuration"], ["change"]),
 }
 
 _JUPYTER_KERNEL_FILE = re.compile(r"kernel-(?P<id>[0-9A-Za-z._-]+)\.json$")
@@ -75,14 +78,16 @@ def make_event(
     layer: str,
     reason: str | None = None,
     process: dict[str, Any] | None = None,
+    file: dict[str, Any] | None = None,
     kind: str = "event",
     **guard_fields: Any,
 ) -> Event:
     """Build one event; context (user, host, kernel) is added by processors.
 
     ``outcome`` is ECS's ``success``, ``failure`` or ``unknown``; refused and
-    denied attempts are ``failure``.  Extra keyword arguments land under
-    ``kernel_guard`` (``technique``, ``execution_count`` ...).
+    denied attempts are ``failure``.  ``process`` and ``file`` are ECS's
+    objects; extra keyword arguments land under ``kernel_guard``
+    (``technique``, ``execution_count`` ...).
     """
     category, types = _CATEGORY.get(action, (["process"], ["info"]))
     event: Event = {
@@ -102,6 +107,8 @@ def make_event(
         event["event"]["reason"] = reason
     if process:
         event["process"] = process
+    if file:
+        event["file"] = file
     return event
 
 
@@ -124,6 +131,9 @@ class KernelContext:
         self.notebook = os.environ.get("JPY_SESSION_NAME") or None
         self.kernel_id = kernel_id
         self.mode = mode
+        # the cell being executed, set by the execution-event wrapper
+        self.execution_count: int | None = None
+        self.cell_id: str | None = None
         self.pid = os.getpid()
 
     @staticmethod

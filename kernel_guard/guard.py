@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import audit, cells, extension, runtime
+from . import audit, cells, extension, runtime, status
 from .events import make_event
 
 __all__ = ["guard_shell"]
@@ -27,6 +27,7 @@ def guard_shell(ip: Any) -> runtime.Runtime:
     )
     rt.layers["audit"] = audit.installed_mode() or "off"
     first = extension.install(ip)
+    status.register_magic(ip)  # %guard_status
     cells.install(ip)
     if first:
         cells.started()

@@ -93,6 +93,10 @@ class AddContext:
             guard.setdefault("kernel_id", ctx.kernel_id)
         if ctx.notebook:
             guard.setdefault("notebook", ctx.notebook)
+        if ctx.execution_count is not None:
+            guard.setdefault("execution_count", ctx.execution_count)
+        if ctx.cell_id:
+            guard.setdefault("cell_id", ctx.cell_id)
         return event
 
 

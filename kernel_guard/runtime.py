@@ -14,12 +14,13 @@ from typing import Any, Optional
 from traitlets.config import Config
 
 from . import pipeline as _pipeline
+from .aggregate import Aggregate
 from .config import KernelGuard, load_config
 from .events import Event, KernelContext, make_event
 from .exceptions import SinkError
 from .pipeline import EventPipeline
 from .processors import AddContext, Redact, Sequence
-from .sinks import Sink, describe_url, open_sink
+from .sinks import Sink, SinkOptions, describe_url, open_sink
 
 __all__ = ["Runtime", "current", "emit", "start"]
 
@@ -56,13 +57,13 @@ def emit(event: Event) -> None:
     _pipeline.emit(event)
 
 
-def open_sinks(urls: list[str]) -> tuple[list[Sink], list[tuple[str, str]]]:
+def open_sinks(urls: list[str], options: SinkOptions | None = None) -> tuple[list[Sink], list[tuple[str, str]]]:
     """Open every sink that can be opened; return them and the failures."""
     sinks: list[Sink] = []
     failures: list[tuple[str, str]] = []
     for url in urls:
         try:
-            sinks.append(open_sink(url))
+            sinks.append(open_sink(url, options))
         except (SinkError, OSError, ValueError) as exc:
             failures.append((describe_url(url), str(exc)))
     return sinks, failures
@@ -81,14 +82,18 @@ def start(config: Config | None = None, kernel_id: str | None = None) -> Runtime
         return _runtime
     guard, ignored = load_config(config)
     context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
-    sinks, failures = open_sinks(list(guard.sinks))
+    sinks, failures = open_sinks(list(guard.sinks), guard.sink_options())
     if not sinks:
         # never run without a record: fall back to the server log
         from .sinks.stream import StderrSink
 
         sinks = [StderrSink()]
-    processors = [AddContext(context), Redact(guard.redact_patterns), Sequence()]
-    pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size)
+    # aggregate before redacting and numbering: repeats cost no regex work, and
+    # event.sequence stays gap-free for what is actually written
+    processors = [AddContext(context), Aggregate(guard.aggregate_interval),
+                  Redact(guard.redact_patterns), Sequence()]
+    pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size,
+                         spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes)
     _pipeline.set_pipeline(pipe)
     _runtime = Runtime(guard, context, pipe)
     for url, reason in failures:

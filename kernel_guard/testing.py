@@ -145,8 +145,13 @@ class KernelSession:
         return KernelContext.kernel_id_from_connection_file(self.manager.connection_file)
 
     def execute(self, code: str, timeout: float = 30, silent: bool = False,
-                user_expressions: Optional[dict] = None, cell_id: Optional[str] = None) -> CellResult:
-        """Run ``code`` and collect the reply and IOPub output for it."""
+                user_expressions: Optional[dict] = None, cell_id: Optional[str] = None,
+                interrupt_after: Optional[float] = None) -> CellResult:
+        """Run ``code`` and collect the reply and IOPub output for it.
+
+        ``interrupt_after`` interrupts the kernel (as a front end's stop
+        button does) that many seconds after sending the request.
+        """
         content = {"code": code, "silent": silent, "store_history": not silent,
                    "user_expressions": user_expressions or {}, "allow_stdin": False, "stop_on_error": False}
         msg = self.client.session.msg("execute_request", content)
@@ -155,9 +160,13 @@ class KernelSession:
         self.client.shell_channel.send(msg)
         msg_id = msg["header"]["msg_id"]
         result = CellResult(reply={})
-        deadline = time.monotonic() + timeout
+        sent = time.monotonic()
+        deadline = sent + timeout
         idle = False
         while not idle or not result.reply:
+            if interrupt_after is not None and time.monotonic() - sent >= interrupt_after:
+                interrupt_after = None
+                self.interrupt()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no reply within {timeout}s for {code[:60]!r}")
@@ -165,7 +174,7 @@ class KernelSession:
                 idle = self._collect_iopub(msg_id, result, remaining)
             if not result.reply:
                 try:
-                    reply = self.client.get_shell_msg(timeout=0.05 if not idle else remaining)
+                    reply = self.client.get_shell_msg(timeout=0.05 if not idle else min(remaining, 0.25))
                 except queue.Empty:
                     continue
                 if reply["parent_header"].get("msg_id") == msg_id:

@@ -7,19 +7,41 @@ A sink is three methods, like httpx's transports::
     close()       release the connection or file
 
 The pipeline calls them from its writer thread (or, in a forked child, from
-the emitting thread), so a sink needs no locking of its own.  :func:`open_sink`
-maps a URL scheme to a sink class; new schemes register in ``SCHEMES``.
+the emitting thread), so a sink needs no locking of its own.  A sink that
+talks to the network sets ``spooled = True``: the pipeline then gives it a
+spool and a sender thread of its own (see :mod:`kernel_guard.pipeline`), and
+``emit`` may block and raise as the network does; it may also offer
+``emit_lines(lines)`` to take the spool's JSON lines without decoding them.
+:func:`open_sink` maps a URL scheme to a sink class; new schemes register in
+``SCHEMES``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from ..events import Event
 from ..exceptions import ConfigError
 
-__all__ = ["SCHEMES", "Sink", "describe_url", "open_sink", "validate_sink_url"]
+__all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "open_sink", "validate_sink_url"]
+
+
+@dataclass
+class SinkOptions:
+    """Settings of the network sinks (from ``KernelGuard``; see docs/sinks.md)."""
+
+    syslog_facility: str = "user"
+    syslog_app_name: str = "kernel_guard"
+    syslog_max_message_bytes: int = 8192
+    http_format: str = "ndjson"
+    http_gzip: bool = False
+    http_headers_file: str = ""
+    http_headers_env: str = ""
+    http_ca_bundle: str = ""
+    http_timeout: float = 10.0
+    unsafe_http_skip_tls_verify: bool = False
 
 
 class Sink:
@@ -27,6 +49,10 @@ class Sink:
 
     #: the URL the sink was opened from, with any credentials removed
     url = ""
+    #: network sink: written from a spool by a sender thread of its own
+    spooled = False
+    #: seconds a send must stay unchallenged by :meth:`check` before it counts as delivered
+    confirm_after = 0.0
 
     def emit(self, events: List[Event]) -> None:
         """Write a batch of events, oldest first."""
@@ -41,30 +67,33 @@ class Sink:
     def after_fork(self) -> None:
         """Reset locks or buffers in a forked child (default: nothing to reset)."""
 
+    def check(self) -> None:
+        """Raise if what was sent may not have arrived (default: sends are final)."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
 
 
-def _file(url: str) -> Sink:
+def _file(url: str, options: Optional[SinkOptions] = None) -> Sink:
     from .file import FileSink
 
     return FileSink.from_url(url)
 
 
-def _stderr(url: str) -> Sink:
+def _stderr(url: str, options: Optional[SinkOptions] = None) -> Sink:
     from .stream import StderrSink
 
     return StderrSink()
 
 
-def _logging(url: str) -> Sink:
+def _logging(url: str, options: Optional[SinkOptions] = None) -> Sink:
     from .logger import LoggingSink
 
     return LoggingSink.from_url(url)
 
 
-#: URL scheme -> factory.  Later schemes (syslog, http) register here.
-SCHEMES: Dict[str, Callable[[str], Sink]] = {
+#: URL scheme -> factory ``(url, options=None)``.  syslog and http register here.
+SCHEMES: Dict[str, Callable[..., Sink]] = {
     "file": _file,
     "stderr": _stderr,
     "logging": _logging,
@@ -83,8 +112,11 @@ def describe_url(url: str) -> str:
     """The URL without user info or query (never log credentials)."""
     parts = urlsplit(url)
     netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    try:
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError:  # not a number: leave it out rather than fail while reporting
+        pass
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
@@ -103,10 +135,23 @@ def validate_sink_url(url: str) -> str:
             raise ConfigError(
                 f"file sink {url!r} needs an absolute path: write file:///abs/path/events.jsonl"
             )
+    parts = urlsplit(url)
+    if scheme in ("syslog+udp", "syslog+tcp", "http", "https"):
+        try:
+            parts.port  # raises ValueError on a port that is not a number
+        except ValueError:
+            raise ConfigError(f"sink {scheme}://{parts.hostname or ''} has an invalid port: "
+                              f"write {scheme}://host:port") from None
+        if not parts.hostname:
+            raise ConfigError(f"sink {scheme}:// needs a host: write {scheme}://host:port"
+                              + ("/path" if scheme.startswith("http") else ""))
+    if scheme == "syslog+unix" and (not parts.path.startswith("/") or parts.netloc not in ("", "localhost")):
+        raise ConfigError("syslog+unix:// needs an absolute socket path: write syslog+unix:///dev/log")
     return url
 
 
-def open_sink(url: str) -> Sink:
+def open_sink(url: str, options: Optional[SinkOptions] = None) -> Sink:
     """Open the sink for a URL (raises SinkError when it cannot be used)."""
     validate_sink_url(url)
-    return SCHEMES[urlsplit(url).scheme](url)
+    factory = SCHEMES[urlsplit(url).scheme]
+    return factory(url) if options is None else factory(url, options)

@@ -1,0 +1,419 @@
+"""The spool: a directory per sink where events wait until the sink has taken them.
+
+Every event for a sink that can fail (syslog, HTTP) is appended here first
+and sent from here, so an event is on disk before anything depends on the
+network, and a kernel killed with SIGKILL loses nothing that reached the
+spool.  Layout of one sink's directory::
+
+    <root>/<sink-key>/
+        00001763791200123456789-4242-a1b2c3.jsonl   a segment: JSON lines, oldest first
+        00001763791200123456789-4242-a1b2c3.ack     bytes of that segment already delivered
+
+Segment names start with the creation time in nanoseconds, so sorting them
+sorts events by age.  One process appends to a segment, and holds
+``flock(LOCK_EX)`` on it while it lives: a segment whose lock can be taken
+belongs to a process that has gone (exited, crashed, was killed), and the
+next process that opens the spool adopts it and sends it on from its
+``.ack`` offset.  Acknowledgements are written with a rename, so the offset
+is either the old one or the new one: at worst a batch is sent twice
+(at-least-once; consumers de-duplicate by ``event.id``).
+
+The spool is size-capped (``max_bytes`` of undelivered data, counted over
+every process sharing the directory, approximately): what does not fit is
+counted by the caller and reported as an ``events-dropped`` event.
+
+The spool lives where the kernel can write, so code in the kernel can delete
+or add to it; the per-kernel ``event.sequence`` shows deletions downstream.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Optional, Tuple
+
+__all__ = ["MemorySpool", "Spool", "default_spool_root", "open_spool", "sink_key"]
+
+#: (segment name, start offset, end offset) of one read batch
+Token = Tuple[str, int, int]
+
+_SEGMENT = re.compile(r"^\d{20}-\d+-[0-9a-f]+\.jsonl$")
+_SCAN_EVERY = 2.0  # seconds between looks for segments other processes left behind
+_ACK_EVERY = 0.5  # seconds between .ack file updates of one segment (more often is only cost)
+
+
+def default_spool_root() -> str:
+    """``$XDG_STATE_HOME/kernel_guard/spool``, else ``~/.local/state/kernel_guard/spool``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "kernel_guard", "spool")
+
+
+def sink_key(url: str) -> str:
+    """A directory name for a sink URL (readable, and unique by a hash of the URL)."""
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://", 1)[-1]).strip("_")[:60]
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    return f"{url.split('://', 1)[0]}-{readable}-{digest}"
+
+
+@dataclass
+class _Segment:
+    """One segment file this process holds the lock on."""
+
+    name: str
+    fd: int
+    size: int  # bytes in the file (whole lines only, for our own segments)
+    acked: int  # bytes delivered
+    read: int  # bytes handed out by read() (>= acked)
+    own: bool  # appended to by this process
+    ack_written: float = 0.0
+    ack_dirty: bool = False
+
+
+class Spool:
+    """Segments of JSON lines in one directory, appended and read in order."""
+
+    def __init__(self, directory: str, max_bytes: int = 64 << 20, segment_bytes: int = 1 << 20) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.lost_torn = 0  # partial lines found in segments of killed processes
+        self._lock = threading.Lock()
+        self._segments: Dict[str, _Segment] = {}
+        self._active: Optional[_Segment] = None
+        self._foreign_bytes = 0  # undelivered bytes in segments other live processes hold
+        self._scanned = 0.0
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.scan(force=True)
+
+    # -- appending (the pipeline's writer thread) -------------------------
+    def append(self, lines: List[bytes]) -> int:
+        """Append whole lines (each ending in a newline); return how many were not kept."""
+        if not lines:
+            return 0
+        data = b"".join(lines)
+        with self._lock:
+            if self._pending() + len(data) > self.max_bytes:
+                self._scan()  # other processes may have delivered meanwhile
+            room = self.max_bytes - self._pending()
+            if len(data) > room:
+                kept = 0
+                size = 0
+                for line in lines:
+                    if size + len(line) > room:
+                        break
+                    size += len(line)
+                    kept += 1
+                if not kept:
+                    return len(lines)
+                return self._write(b"".join(lines[:kept]), kept) + len(lines) - kept
+            return self._write(data, len(lines))
+
+    def _write(self, data: bytes, count: int) -> int:
+        """One write(2) to the active segment; 0, or ``count`` if it failed."""
+        try:
+            segment = self._active_segment()
+            written = os.write(segment.fd, data)
+        except OSError:
+            return count
+        if written != len(data):
+            # disk full: take the partial line back so no torn record remains
+            try:
+                os.ftruncate(segment.fd, segment.size)
+            except OSError:
+                pass
+            return count
+        segment.size += written
+        return 0
+
+    def _active_segment(self) -> _Segment:
+        """The segment appended to, rotated once it reaches ``segment_bytes``."""
+        active = self._active
+        if active is not None and active.size < self.segment_bytes:
+            return active
+        self._active = None
+        if active is not None:
+            self._maybe_remove(active)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        fd = os.open(os.path.join(self.directory, name),
+                     os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        segment = _Segment(name, fd, 0, 0, 0, own=True)
+        self._segments[name] = segment
+        self._active = segment
+        return segment
+
+    # -- reading (the sink's sender thread) -------------------------------
+    def read(self, max_bytes: int = 512 * 1024) -> Optional[Tuple[List[bytes], Token]]:
+        """The next unsent whole lines of the oldest segment, or None when all is sent."""
+        with self._lock:
+            for name in sorted(self._segments):
+                segment = self._segments[name]
+                if segment.read >= segment.size:
+                    continue
+                want = min(max_bytes, segment.size - segment.read)
+                chunk = os.pread(segment.fd, want, segment.read)
+                end = chunk.rfind(b"\n") + 1
+                if end == 0:
+                    if len(chunk) < segment.size - segment.read:
+                        # one line longer than max_bytes: read it whole
+                        chunk = os.pread(segment.fd, segment.size - segment.read, segment.read)
+                        end = chunk.rfind(b"\n") + 1
+                    if end == 0:
+                        continue  # a torn last line; dealt with when the segment is done
+                start = segment.read
+                segment.read += end
+                return chunk[:end].splitlines(keepends=True), (name, start, start + end)
+            return None
+
+    def ack(self, token: Token) -> None:
+        """Record that the lines of ``token`` were delivered."""
+        name, _start, end = token
+        with self._lock:
+            segment = self._segments.get(name)
+            if segment is None:
+                return
+            segment.acked = max(segment.acked, end)
+            segment.ack_dirty = True
+            if not self._maybe_remove(segment) and time.monotonic() - segment.ack_written > _ACK_EVERY:
+                self._write_ack(segment)
+
+    def rewind(self) -> None:
+        """Forget what was read but not acknowledged: it will be read again."""
+        with self._lock:
+            for segment in self._segments.values():
+                segment.read = segment.acked
+
+    def pending_bytes(self) -> int:
+        """Undelivered bytes in this spool (ours and other live processes')."""
+        with self._lock:
+            return self._pending()
+
+    def _pending(self) -> int:
+        return self._foreign_bytes + sum(s.size - s.acked for s in self._segments.values())
+
+    def unread(self) -> bool:
+        """Whether read() has something to return."""
+        with self._lock:
+            return any(s.read < s.size for s in self._segments.values())
+
+    def empty(self) -> bool:
+        """Whether everything this process holds has been delivered."""
+        with self._lock:
+            return all(s.acked >= s.size for s in self._segments.values())
+
+    # -- bookkeeping ----------------------------------------------------------
+    def _maybe_remove(self, segment: _Segment) -> bool:
+        """Delete a fully delivered segment that nobody appends to any more."""
+        if segment is self._active or segment.acked < segment.size:
+            return False
+        for path in (self._path(segment.name), self._path(segment.name[:-6] + ".ack")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        os.close(segment.fd)
+        del self._segments[segment.name]
+        return True
+
+    def _write_ack(self, segment: _Segment) -> None:
+        """Persist the delivered offset with a rename (old or new, never half)."""
+        path = self._path(segment.name[:-6] + ".ack")
+        tmp = path + f".{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(str(segment.acked))
+            os.replace(tmp, path)
+            segment.ack_written = time.monotonic()
+            segment.ack_dirty = False
+        except OSError:
+            pass
+
+    def scan(self, force: bool = False) -> int:
+        """Adopt segments whose writer has gone; return how many were adopted."""
+        with self._lock:
+            return self._scan(force)
+
+    def _scan(self, force: bool = False) -> int:
+        now = time.monotonic()
+        if not force and now - self._scanned < _SCAN_EVERY:
+            return 0
+        self._scanned = now
+        adopted = 0
+        foreign = 0
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if _SEGMENT.match(n))
+        except OSError:
+            return 0
+        for name in names:
+            if name in self._segments:
+                continue
+            held = self._adopt(name)
+            if held is None:
+                foreign += max(0, _stat_size(self._path(name)) - self._read_ack(name))
+            elif held:
+                adopted += 1
+        self._foreign_bytes = foreign
+        return adopted
+
+    def _adopt(self, name: str) -> Optional[bool]:
+        """Lock a segment left behind; None when a live process holds it."""
+        try:
+            fd = os.open(self._path(name), os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            return False
+        try:
+            # another process may have finished and removed it while we waited
+            if os.fstat(fd).st_ino != os.stat(self._path(name)).st_ino:
+                raise FileNotFoundError(name)
+        except OSError:
+            os.close(fd)
+            return False
+        size = _file_size(fd)
+        whole = size
+        if size:
+            tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+            whole = size - (len(tail) - (tail.rfind(b"\n") + 1))
+        if whole < size:
+            self.lost_torn += 1  # a line cut short by a crash: cannot be sent
+        acked = min(self._read_ack(name), whole)
+        self._segments[name] = _Segment(name, fd, whole, acked, acked, own=False)
+        return True
+
+    def _read_ack(self, name: str) -> int:
+        try:
+            with open(self._path(name[:-6] + ".ack")) as fh:
+                return int(fh.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def close(self) -> None:
+        """Persist offsets and release the locks; undelivered segments stay for the next start."""
+        with self._lock:
+            self._active = None
+            for segment in list(self._segments.values()):
+                if not self._maybe_remove(segment):
+                    if segment.ack_dirty:
+                        self._write_ack(segment)
+                    os.close(segment.fd)
+            self._segments.clear()
+
+    def after_fork(self) -> None:
+        """In a forked child: leave the parent's segments (and locks) to the parent."""
+        self._lock = threading.Lock()
+        for segment in self._segments.values():
+            try:
+                os.close(segment.fd)  # closes the child's copy only; the parent keeps the lock
+            except OSError:
+                pass
+        self._segments = {}
+        self._active = None
+
+
+class MemorySpool:
+    """The spool's interface in memory, for when no directory can be used."""
+
+    directory = ""
+    lost_torn = 0
+
+    def __init__(self, max_bytes: int = 16 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._lines: Deque[bytes] = deque()
+        self._bytes = 0
+        self._read = 0  # lines handed out but not acked, at the front of the deque
+        self._lock = threading.Lock()
+
+    def append(self, lines: List[bytes]) -> int:
+        with self._lock:
+            lost = 0
+            for line in lines:
+                if self._bytes + len(line) > self.max_bytes:
+                    lost += 1
+                    continue
+                self._lines.append(line)
+                self._bytes += len(line)
+            return lost
+
+    def read(self, max_bytes: int = 512 * 1024) -> Optional[Tuple[List[bytes], Token]]:
+        with self._lock:
+            out: List[bytes] = []
+            size = 0
+            index = self._read
+            while index < len(self._lines) and (not out or size + len(self._lines[index]) <= max_bytes):
+                out.append(self._lines[index])
+                size += len(self._lines[index])
+                index += 1
+            if not out:
+                return None
+            start, self._read = self._read, index
+            return out, ("memory", start, index)
+
+    def ack(self, token: Token) -> None:
+        with self._lock:
+            count = token[2] - token[1]
+            for _ in range(min(count, len(self._lines))):
+                self._bytes -= len(self._lines.popleft())
+            self._read = max(0, self._read - count)
+
+    def rewind(self) -> None:
+        with self._lock:
+            self._read = 0
+
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def unread(self) -> bool:
+        return self._read < len(self._lines)
+
+    def empty(self) -> bool:
+        return not self._lines
+
+    def scan(self, force: bool = False) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._lines.clear()
+        self._bytes = 0
+        self._read = 0
+
+
+def open_spool(root: str, url: str, max_bytes: int) -> "Spool | MemorySpool":
+    """The spool of one sink under ``root``; in memory if the directory cannot be used."""
+    if root:
+        try:
+            return Spool(os.path.join(root, sink_key(url)), max_bytes=max_bytes)
+        except OSError:
+            pass
+    return MemorySpool(max_bytes=min(max_bytes, 16 << 20))
+
+
+def _file_size(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
+def _stat_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

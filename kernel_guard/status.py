@@ -1,0 +1,241 @@
+"""``kernel-guard status`` and ``%guard_status``: which layers are really active.
+
+Every answer is read from the system at the moment of asking, never taken
+from configuration: the seccomp state from ``/proc/<pid>/status``, the
+supervisor's liveness from ``/proc`` and from its own answer over the control
+socket, the audit hook from the hooks actually installed, the sinks' health
+and the dropped-event count from the pipeline, the kernel's transport
+(ipc, tcp with CurveZMQ, plain tcp) from the running IPKernelApp.
+
+In a kernel, ``%guard_status`` reports on that kernel.  From a shell,
+``kernel-guard status`` reports on itself (a plain process: nothing is on)
+or, with ``--pid``, on a running kernel, as far as ``/proc`` shows it from
+outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional
+
+__all__ = ["add_arguments", "collect", "collect_pid", "format_report", "register_magic", "run"]
+
+_launch: dict[str, Any] = {}
+
+
+def record_launch(**info: Any) -> None:
+    """Called by the launcher: what it set up (the facts are re-checked on each query)."""
+    _launch.clear()
+    _launch.update(info)
+
+
+def note_supervisor_lost(reason: str) -> None:
+    """Called when the kernel saw its supervisor exit."""
+    _launch["supervisor_lost"] = reason
+
+
+def _layer(state: str, active: bool, **evidence: Any) -> dict[str, Any]:
+    return {"state": state, "active": active, **evidence}
+
+
+def _seccomp_layer(pid: int | str = "self") -> dict[str, Any]:
+    from .seccomp_filter import listener_fds, proc_status
+
+    st = proc_status(pid)
+    filtered = st.get("Seccomp") == "2"
+    evidence = dict(seccomp=st.get("Seccomp", "unknown"), no_new_privs=st.get("NoNewPrivs", "unknown"),
+                    filters=st.get("Seccomp_filters", "unknown"), listener_fds_held=listener_fds(pid))
+    if pid != "self":
+        # from outside we cannot tell whose filter it is; the supervisor tells (collect_pid)
+        return _layer("filtered" if filtered else "off", filtered, **evidence)
+    profile = _launch.get("profile")
+    ours = bool(_launch.get("seccomp"))
+    if ours and filtered:
+        return _layer(profile["mode"], True, profile=profile, **evidence)
+    note = ("a seccomp filter is present, but not kernel_guard's (container runtime?)" if filtered
+            else "no seccomp filter")
+    if _launch and not ours:
+        note += "; the launcher could not load its filter (see the guard-error event)"
+    return _layer("off", False, reason=note, **evidence)
+
+
+def _supervisor_layer() -> dict[str, Any]:
+    from . import supervisor
+
+    handle = supervisor.current()
+    if handle is None:
+        return _layer("none", False, reason="no supervisor was started in this process")
+    alive = handle.alive()
+    report = handle.query(timeout=2.0) if alive else None
+    if not alive:
+        return _layer("lost", False, pid=handle.pid,
+                      reason=_launch.get("supervisor_lost") or handle.lost_reason or "not running")
+    if report is None:
+        return _layer("unresponsive", False, pid=handle.pid, reason="running but did not answer within 2s")
+    return _layer(report.get("mode", "?"), True, pid=handle.pid, counts=report.get("counts"),
+                  sinks=(report.get("pipeline") or {}).get("sinks"),
+                  dropped=(report.get("pipeline") or {}).get("dropped"),
+                  own_seccomp=(report.get("seccomp") or {}).get("Seccomp"))
+
+
+def _audit_layer() -> dict[str, Any]:
+    from . import audit
+
+    mode = audit.installed_mode()
+    return _layer(mode or "off", mode is not None)
+
+
+def _ipython_layer() -> dict[str, Any]:
+    from . import runtime
+
+    rt = runtime.current()
+    state = rt.layers.get("ipython") if rt is not None else None
+    return _layer(state or "off", bool(state))
+
+
+def _pipeline() -> dict[str, Any]:
+    from . import runtime
+
+    rt = runtime.current()
+    if rt is None:
+        return {"state": "off", "active": False}
+    stats = rt.pipeline.stats()
+    healthy = all(v == "ok" for v in stats.get("sinks", {}).values()) and stats.get("writer_alive", False)
+    return {"state": "ok" if healthy else "degraded", "active": True, **stats}
+
+
+def _transport() -> dict[str, Any]:
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return {"state": "no kernel"}
+    if not IPKernelApp.initialized():
+        return {"state": "no kernel"}
+    app = IPKernelApp.instance()
+    transport = getattr(app, "transport", "tcp")
+    curve = getattr(app, "curve_secretkey", None) is not None
+    if transport == "ipc":
+        state = "ipc"
+    else:
+        state = "tcp+curve" if curve else "tcp (plain: anyone who can reach the ports and knows the key can run code)"
+    return {"state": state, "transport": transport, "ip": getattr(app, "ip", None), "curve": curve}
+
+
+def _debugger() -> dict[str, Any]:
+    dbg = sys.modules.get("ipykernel.debugger")  # imported by a kernel; importing it here would load debugpy
+    if dbg is None:
+        return {"state": "no kernel", "active": False}
+    on = bool(getattr(dbg, "_is_debugpy_available", False))
+    return {"state": "enabled (debug_request evaluates code outside cells)" if on else "disabled", "active": on}
+
+
+def collect() -> dict[str, Any]:
+    """The status of this process, read now."""
+    return {
+        "pid": os.getpid(),
+        "launcher": bool(_launch),
+        "layers": {"ipython": _ipython_layer(), "audit": _audit_layer(), "seccomp": _seccomp_layer(),
+                   "supervisor": _supervisor_layer()},
+        "events": _pipeline(),
+        "transport": _transport(),
+        "debugger": _debugger(),
+        "credentials_scrubbed": _launch.get("scrubbed", []),
+    }
+
+
+def _supervisors_of(pid: int) -> list[dict[str, Any]]:
+    """Supervisor processes whose parent is ``pid`` (read from /proc)."""
+    from .seccomp_filter import proc_status
+
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kernel_guard.supervisor" not in argv:
+            continue
+        st = proc_status(name)
+        if st.get("PPid") == str(pid):
+            found.append({"pid": int(name), "state": st.get("State"), "seccomp": st.get("Seccomp")})
+    return found
+
+
+def collect_pid(pid: int) -> dict[str, Any]:
+    """What /proc shows about another process (a running kernel)."""
+    from .seccomp_filter import proc_status
+
+    if not proc_status(pid):
+        return {"pid": pid, "error": f"no process {pid} (or /proc/{pid}/status is not readable)"}
+    sups = _supervisors_of(pid)
+    return {"pid": pid, "layers": {
+        "seccomp": _seccomp_layer(pid),
+        "supervisor": _layer("running" if sups else "none", bool(sups), processes=sups),
+    }, "note": "the audit hook, the IPython layer and the sinks are only visible from inside the kernel "
+               "(%guard_status)"}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A short table for people."""
+    if "error" in report:
+        return report["error"]
+    lines = [f"kernel_guard status of pid {report['pid']}"
+             + (" (started by kernel_guard.launch)" if report.get("launcher") else "")]
+    for name, layer in report.get("layers", {}).items():
+        mark = "on " if layer.get("active") else "off"
+        detail = {k: v for k, v in layer.items() if k not in ("state", "active") and v not in (None, [], {})}
+        lines.append(f"  [{mark}] {name:<10} {layer['state']}" + (f"  {_short(detail)}" if detail else ""))
+    events = report.get("events")
+    if events and not events.get("active"):
+        lines.append("  events     off (no kernel_guard runtime in this process)")
+    elif events:
+        lines.append(f"  events     {events['state']}: written {events.get('written', 0)}, "
+                     f"dropped {events.get('dropped', 0)}, sinks {events.get('sinks', {})}")
+    for key in ("transport", "debugger"):
+        if key in report:
+            lines.append(f"  {key:<10} {report[key]['state']}")
+    if report.get("credentials_scrubbed"):
+        lines.append(f"  scrubbed   {', '.join(report['credentials_scrubbed'])}")
+    if report.get("note"):
+        lines.append(f"  note: {report['note']}")
+    return "\n".join(lines)
+
+
+def _short(detail: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in detail.items())
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+# -- command line and magic ------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``kernel-guard status [--pid PID] [--json]``."""
+    parser.add_argument("--pid", type=int, help="report on a running kernel process, from /proc")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the status; exit 1 if the process asked about does not exist."""
+    report = collect_pid(args.pid) if args.pid else collect()
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    return 1 if "error" in report else 0
+
+
+def register_magic(ip: Any) -> None:
+    """Register ``%guard_status [--json]`` on a shell."""
+
+    def guard_status(line: str = "") -> Optional[dict]:
+        """Which kernel_guard layers are active in this kernel, read from the system."""
+        report = collect()
+        if "--json" in line.split():
+            return report
+        sys.stdout.write(format_report(report) + "\n")
+        return None
+
+    ip.magics_manager.register_function(guard_status, "line", "guard_status")

@@ -1,0 +1,84 @@
+"""Helpers for the launcher tests: kernels started from a kernelspec installed in a temp prefix."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import psutil
+from conftest import GuardedKernel
+
+from kernel_guard import cli
+from kernel_guard.testing import KernelSession
+
+
+def install_spec(prefix: str, name: str = "guarded", *extra: str) -> Dict[str, Any]:
+    """Install a guarded kernelspec into ``prefix`` with the CLI; return its kernel.json."""
+    assert cli.main(["install-kernelspec", "--name", name, "--prefix", prefix, *extra]) == 0
+    with open(os.path.join(prefix, "share", "jupyter", "kernels", name, "kernel.json")) as fh:
+        return json.load(fh)
+
+
+class LaunchedKernel(GuardedKernel):
+    """A kernel started by name from an installed kernelspec (JUPYTER_PATH must point at it)."""
+
+    def __init__(self, root: str, kernel_name: str, env: Optional[dict] = None) -> None:
+        super().__init__(root, env=env)
+        placeholder = self.session
+        if placeholder._tmp is not None:
+            placeholder._tmp.cleanup()
+        self.session = KernelSession(kernel_name=kernel_name, env=placeholder.env, cwd=self.work,
+                                     stderr_path=self.stderr_path)
+
+    def value(self, expression: str) -> Any:
+        """Evaluate ``expression`` in the kernel and return it (via repr/eval of its stdout)."""
+        result = self.execute(f"print(repr({expression}))")
+        assert result.status == "ok", result.error_text
+        return eval(result.stdout.strip())  # noqa: S307 (our own kernel's output)
+
+    @property
+    def pid(self) -> int:
+        return int(self.value("__import__('os').getpid()"))
+
+    def supervisor_pid(self) -> int:
+        """The supervisor: the kernel's child running kernel_guard.supervisor."""
+        for child in psutil.Process(self.pid).children():
+            if "kernel_guard.supervisor" in child.cmdline():
+                return child.pid
+        raise AssertionError("no supervisor child")
+
+    def wait_event(self, predicate: Callable[[dict], bool], timeout: float = 10.0) -> dict:
+        """The first event since mark() that satisfies ``predicate``."""
+        events = self.new_events(until=lambda evs: any(predicate(e) for e in evs), timeout=timeout)
+        found = [e for e in events if predicate(e)]
+        assert found, f"no matching event among {[e['event']['action'] for e in events]}"
+        return found[0]
+
+
+def seccomp_denial(marker: str) -> Callable[[dict], bool]:
+    """Predicate: the supervisor's exec-denied event whose argv carries ``marker``."""
+
+    def match(event: dict) -> bool:
+        return (event["event"]["action"] == "exec-denied" and event["kernel_guard"]["layer"] == "seccomp"
+                and marker in " ".join(event.get("process", {}).get("args", [])))
+
+    return match
+
+
+def wait_gone(pids: List[int], timeout: float = 15.0) -> List[int]:
+    """Pids still alive (not zombies) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _running(p)]
+        time.sleep(0.1)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,126 @@
+"""examples/docker/Dockerfile, checked without a Docker engine.
+
+Every ``RUN`` line of the Dockerfile is run, in order, in a fresh virtual
+environment standing in for the image's Python (dependencies come from this
+checkout's environment through a ``.pth`` file, so nothing is downloaded), with
+``COPY`` sources copied to the same places under a temporary root.  Then the
+result is checked as the image would be used: ``python3`` is the guarded
+kernelspec, and the server extension is enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from kernel_guard.server import KernelGuardServer, assess_kernelspec
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "examples" / "docker" / "Dockerfile"
+#: what `COPY . <dest>` needs of the build context to install the package
+CONTEXT = ("pyproject.toml", "README.md", "kernel_guard", "jupyter-config", "seccomp_profiles", "examples")
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", joined, re.M)]
+
+
+def copy_into(src: str, dest: str, root: Path) -> Path:
+    """Perform ``COPY src dest`` from the repository into ``root``."""
+    target = root / dest.lstrip("/")
+    source = REPO / src
+    if src == ".":
+        target.mkdir(parents=True)
+        for name in CONTEXT:
+            if (REPO / name).is_dir():
+                shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+            elif (REPO / name).exists():
+                shutil.copy(REPO / name, target / name)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The Dockerfile's COPY and RUN steps carried out in a fresh venv under a temporary root."""
+    if os.geteuid() != 0:
+        pytest.fail("the Dockerfile's RUN lines run as root (USER root): run this test as root, as CI does")
+    root = tmp_path_factory.mktemp("image")
+    prefix = root / "venv"
+    venv.EnvBuilder(with_pip=False).create(prefix)
+    site = Path(subprocess.check_output([str(prefix / "bin" / "python"), "-c",
+                                         "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True).strip())
+    # the checkout's environment stands in for the registry: dependencies (and pip) are found, not downloaded
+    (site / "checkout-env.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    env = {"PATH": f"{prefix / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "JUPYTER_PLATFORM_DIRS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    copied: dict[str, Path] = {}
+    ran: list[str] = []
+    for instruction, args in instructions(DOCKERFILE.read_text()):
+        if instruction == "COPY":
+            src, dest = shlex.split(args)[-2:]
+            copied[dest] = copy_into(src, dest, root)
+        elif instruction == "RUN":
+            command = args
+            for dest, path in copied.items():
+                command = command.replace(dest, str(path))
+            done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], env=env, cwd=root,
+                                  capture_output=True, text=True, timeout=240)
+            assert done.returncode == 0, f"RUN {args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            ran.append(args)
+    return {"root": root, "prefix": prefix, "env": env, "ran": ran, "copied": copied}
+
+
+def test_dockerfile_runs_install_kernelspec_and_extension_steps(image: dict) -> None:
+    """The Dockerfile installs the package, the kernelspec and the extension, and locks the environment."""
+    steps = " | ".join(image["ran"])
+    for needed in ("pip install", "kernel-guard install-kernelspec", "--name python3",
+                   "server extension enable", "chown -R root:root"):
+        assert needed in steps
+
+
+def test_image_default_python3_is_the_guarded_kernelspec(image: dict) -> None:
+    """sys.prefix's python3 kernelspec runs the launcher, and the server extension would start it."""
+    folder = image["prefix"] / "share" / "jupyter" / "kernels" / "python3"
+    spec = json.loads((folder / "kernel.json").read_text())
+    assert spec["argv"][1:3] == ["-m", "kernel_guard.launch"]
+    assert spec["display_name"] == "Python 3 (kernel_guard)"
+    verdict = assess_kernelspec("python3", spec["argv"], spec.get("env", {}), str(folder), euid=1000, groups=[100])
+    assert verdict.allowed and verdict.guarded, verdict.reason
+
+
+def test_image_enables_the_server_extension(image: dict) -> None:
+    """`python -m jupyter_server extension list` in the image's Python shows kernel_guard.server enabled and OK."""
+    listing = subprocess.run([str(image["prefix"] / "bin" / "python"), "-m", "jupyter_server", "extension",
+                              "list"], env=image["env"], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
+    assert re.search(r"kernel_guard\.server\s+enabled", text), text
+    assert re.search(r"kernel_guard\.server\s+OK", text), text
+    # the package's own data file, installed by pip, enables it as well
+    data_file = image["prefix"] / "etc" / "jupyter" / "jupyter_server_config.d" / "kernel_guard.json"
+    assert json.loads(data_file.read_text()) == {"ServerApp": {"jpserver_extensions": {"kernel_guard.server": True}}}
+
+
+def test_image_server_policy_file_is_valid() -> None:
+    """The copied server policy enables the extension, turns terminals off, culls, and leaves out debug_request."""
+    policy = json.loads((REPO / "examples" / "docker" / "kernel_guard_server.json").read_text())
+    assert policy["ServerApp"] == {"jpserver_extensions": {"kernel_guard.server": True}, "terminals_enabled": False}
+    kernels = policy["MappingKernelManager"]
+    assert kernels["default_kernel_name"] == "python3" and kernels["cull_idle_timeout"] > 0
+    assert "debug_request" not in kernels["allowed_message_types"]
+    assert KernelGuardServer(config=Config(policy)).downloads == "record"

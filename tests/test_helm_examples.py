@@ -1,0 +1,140 @@
+"""The Zero to JupyterHub examples are accepted by the real chart's schema, as Helm checks them.
+
+Helm deep-merges the chart's default values with the user's file (maps
+merge, lists are replaced, ``null`` removes a key) and validates the result
+against ``values.schema.json``.  The chart's schema and defaults are kept in
+``../shared/data`` next to this repository.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from traitlets.config import Config
+
+from kernel_guard.config import KernelGuard
+from kernel_guard.server import KernelGuardServer, assess_kernelspec
+
+REPO = Path(__file__).resolve().parents[1]
+CHART_DATA = REPO.parent / "shared" / "data"
+EXAMPLES = sorted((REPO / "examples" / "helm").glob("*.yaml"))
+
+
+def deep_merge(defaults: Any, override: Any) -> Any:
+    """Helm's coalescing of values: maps merge, everything else replaces, null deletes."""
+    if not isinstance(defaults, dict) or not isinstance(override, dict):
+        return copy.deepcopy(override)
+    merged = copy.deepcopy(defaults)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = deep_merge(merged.get(key), value)
+    return merged
+
+
+def load_yaml(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="module")
+def chart() -> tuple[dict, Any]:
+    """The chart's default values and a validator for its schema."""
+    schema_path, values_path = CHART_DATA / "z2jh-values.schema.yaml", CHART_DATA / "z2jh-values.yaml"
+    assert schema_path.exists() and values_path.exists(), f"chart schema and values expected in {CHART_DATA}"
+    schema = load_yaml(schema_path)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    return load_yaml(values_path), validator_cls(schema)
+
+
+def test_both_routes_have_an_example() -> None:
+    """The ConfigMap route and the image route each have a values file."""
+    assert {p.name for p in EXAMPLES} >= {"configmap-values.yaml", "image-values.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates_against_the_chart_schema(chart: tuple[dict, Any], path: Path) -> None:
+    """Chart defaults merged with the example satisfy the chart's JSON schema."""
+    defaults, validator = chart
+    merged = deep_merge(defaults, load_yaml(path))
+    errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_schema_check_rejects_what_the_chart_does_not_know(chart: tuple[dict, Any]) -> None:
+    """The check has teeth: the seed recipe's singleuser.extraContainerConfig is not a chart value."""
+    defaults, validator = chart
+    merged = deep_merge(defaults, {"singleuser": {"extraContainerConfig": {"securityContext": {}}}})
+    assert any("extraContainerConfig" in e.message for e in validator.iter_errors(merged))
+
+
+def _extra_file(values: dict, key: str) -> dict:
+    return values["singleuser"]["extraFiles"][key]
+
+
+def test_configmap_route_mounts_a_kernel_config_that_loads_the_guard() -> None:
+    """The mounted ipython_kernel_config.py runs, loads kernel_guard by exec_lines and sets valid KernelGuard settings."""
+    values = load_yaml(REPO / "examples" / "helm" / "configmap-values.yaml")
+    entry = _extra_file(values, "kernel-guard-ipython")
+    assert entry["mountPath"] == "/etc/ipython/ipython_kernel_config.py"
+    config = Config()
+    exec(compile(entry["stringData"], entry["mountPath"], "exec"), {"get_config": lambda: config})
+    assert "%load_ext kernel_guard" in config.IPKernelApp.exec_lines
+    assert config.InteractiveShellApp.reraise_ipython_extension_failures is True
+    guard = KernelGuard(config=config)
+    assert guard.mode == "enforce" and guard.sinks == ["stderr://"]
+
+
+def test_configmap_route_kernelspec_is_allowed_by_the_mounted_server_config() -> None:
+    """The mounted kernelspec loads kernel_guard on its command line and the mounted server config allows it."""
+    values = load_yaml(REPO / "examples" / "helm" / "configmap-values.yaml")
+    spec = _extra_file(values, "kernel-guard-kernelspec")["data"]
+    server = _extra_file(values, "kernel-guard-server")["data"]
+    assert "--ext=kernel_guard" in spec["argv"] and "-P" in spec["argv"]
+    assert server["ServerApp"]["jpserver_extensions"] == {"kernel_guard.server": True}
+    assert server["ServerApp"]["terminals_enabled"] is False
+    assert "debug_request" not in server["MappingKernelManager"]["allowed_message_types"]
+    assert server["MappingKernelManager"]["cull_idle_timeout"] > 0
+    settings = KernelGuardServer(config=Config(server))
+    verdict = assess_kernelspec("python3-guarded", spec["argv"], {}, None, settings.allowed_kernelspecs,
+                                require_protected=False)
+    assert verdict.allowed
+    assert values["hub"]["config"]["KubeSpawner"]["disable_user_config"] is True
+
+
+def test_image_route_has_the_seed_recipe_security_context() -> None:
+    """Non-root, no privilege escalation, all capabilities dropped and RuntimeDefault seccomp, pod and container."""
+    values = load_yaml(REPO / "examples" / "helm" / "image-values.yaml")
+    single = values["singleuser"]
+    assert single["allowPrivilegeEscalation"] is False and single["uid"] != 0
+    pod = single["extraPodConfig"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = values["hub"]["config"]["KubeSpawner"]["container_security_context"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"]["drop"] == ["ALL"]
+    assert container["seccompProfile"] == {"type": "RuntimeDefault"} and container["runAsNonRoot"] is True
+
+
+def test_image_route_ships_events_through_a_sidecar_reading_the_sink_file() -> None:
+    """KERNEL_GUARD_SINKS writes into the volume that the Fluent Bit sidecar tails."""
+    values = load_yaml(REPO / "examples" / "helm" / "image-values.yaml")
+    single = values["singleuser"]
+    sink = single["extraEnv"]["KERNEL_GUARD_SINKS"]
+    assert KernelGuard(sinks=[sink]).sinks == [sink]
+    path = sink[len("file://"):]
+    (mount,) = single["storage"]["extraVolumeMounts"]
+    assert path.startswith(mount["mountPath"] + "/")
+    (sidecar,) = single["extraContainers"]
+    assert sidecar["image"].startswith("fluent/fluent-bit")
+    assert f"path={path}" in sidecar["args"]
+    assert {m["name"] for m in sidecar["volumeMounts"]} == {mount["name"]}
+    assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
+    json.dumps(values)  # plain data: nothing YAML-only that Helm would render differently

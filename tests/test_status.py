@@ -1,0 +1,98 @@
+"""`kernel-guard status` and `%guard_status`: each layer reported as the system shows it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+from conftest import GuardedKernel
+from launcher_support import LaunchedKernel, install_spec
+
+from kernel_guard import cli
+
+STATUS_CELL = ("import json\nr = get_ipython().run_line_magic('guard_status', '--json')\n"
+               "print(json.dumps(r, default=str))")
+
+
+def in_kernel(kernel: GuardedKernel) -> dict:
+    result = kernel.execute(STATUS_CELL)
+    assert result.status == "ok", result.error_text
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedKernel]:
+    """A kernel from an installed guarded kernelspec."""
+    prefix = str(tmp_path_factory.mktemp("prefix"))
+    install_spec(prefix, "guarded")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.path.join(prefix, "share", "jupyter"))
+        kernel = LaunchedKernel(str(tmp_path_factory.mktemp("k")), "guarded").start()
+        yield kernel
+        kernel.shutdown()
+
+
+def test_status_of_a_plain_process_reports_nothing_active() -> None:
+    """Run from a shell, status says the launcher, seccomp, supervisor and audit hook are off."""
+    proc = subprocess.run([sys.executable, "-m", "kernel_guard.cli", "status", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    layers = report["layers"]
+    assert report["launcher"] is False
+    assert layers["seccomp"]["active"] is False and layers["seccomp"]["seccomp"] == "0"
+    assert layers["supervisor"]["state"] == "none" and layers["audit"]["state"] == "off"
+    assert report["transport"]["state"] == "no kernel"
+
+
+def test_guard_status_in_a_launched_kernel_reports_every_layer(launched: LaunchedKernel) -> None:
+    """%guard_status in a launcher kernel shows seccomp 2, a live supervisor, enforcing hooks, healthy sinks."""
+    report = in_kernel(launched)
+    layers = report["layers"]
+    assert report["launcher"] is True
+    assert layers["seccomp"]["active"] and layers["seccomp"]["seccomp"] == "2"
+    assert layers["seccomp"]["no_new_privs"] == "1" and layers["seccomp"]["listener_fds_held"] == []
+    assert layers["seccomp"]["profile"]["name"] == "default"
+    sup = layers["supervisor"]
+    assert sup["active"] and sup["state"] == "enforce" and sup["pid"] == launched.supervisor_pid()
+    assert sup["own_seccomp"] == "2" and set(sup["sinks"].values()) == {"ok"}
+    assert layers["audit"]["state"] == "enforce" and layers["ipython"]["state"] == "enforce"
+    assert report["events"]["state"] == "ok" and report["events"]["dropped"] == 0
+    assert report["transport"]["transport"] == "tcp" and report["transport"]["curve"] is False
+    assert report["debugger"]["active"] is False
+
+
+def test_guard_status_table_is_readable(launched: LaunchedKernel) -> None:
+    """The magic without --json prints one line per layer with on/off marks."""
+    out = launched.execute("%guard_status").stdout
+    for line in ("[on ] seccomp", "[on ] supervisor", "[on ] audit", "[on ] ipython", "transport"):
+        assert line in out, out
+
+
+def test_status_pid_reads_a_kernel_from_outside(launched: LaunchedKernel, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kernel-guard status --pid` finds the filter and the supervisor of a running kernel in /proc."""
+    assert cli.main(["status", "--pid", str(launched.pid), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layers"]["seccomp"]["seccomp"] == "2"
+    assert [p["pid"] for p in report["layers"]["supervisor"]["processes"]] == [launched.supervisor_pid()]
+
+
+def test_status_pid_of_a_missing_process_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    """Asking about a pid that does not exist exits 1 and says so."""
+    assert cli.main(["status", "--pid", "999999999"]) == 1
+    assert "no process" in capsys.readouterr().out
+
+
+def test_guard_status_without_the_launcher_is_truthful(make_kernel) -> None:
+    """In a kernel with only `--ext=kernel_guard`, seccomp and the supervisor are reported off, the hooks on."""
+    kernel = make_kernel()
+    report = in_kernel(kernel)
+    layers = report["layers"]
+    assert report["launcher"] is False
+    assert layers["seccomp"]["active"] is False and layers["seccomp"]["seccomp"] == "0"
+    assert layers["supervisor"]["state"] == "none"
+    assert layers["audit"]["state"] == "enforce" and layers["ipython"]["state"] == "enforce"
