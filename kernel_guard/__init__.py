@@ -49,6 +49,11 @@ __all__ = [
 ]
 
 
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """``jupyter server extension enable kernel_guard`` enables the server layer."""
+    return [{"module": "kernel_guard.server"}]
+
+
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext kernel_guard``: guard this shell (idempotent)."""
     from .guard import guard_shell

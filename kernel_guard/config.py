@@ -42,6 +42,17 @@ def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
+#: numeric settings -> (lowest, highest or None, unit), checked by one validator
+_RANGES: dict[str, tuple[float, float | None, str]] = {
+    "code_max_chars": (0, None, "characters"),
+    "queue_size": (100, 10_000_000, "events"),
+    "spool_max_bytes": (1 << 20, 1 << 40, "bytes"),
+    "aggregate_interval": (0, 3600, "seconds"),
+    "syslog_max_message_bytes": (480, 1 << 20, "bytes"),
+    "http_timeout": (0.1, 300, "seconds"),
+}
+
+
 class KernelGuard(Configurable):
     """Policy and event settings of kernel_guard."""
 
@@ -108,11 +119,6 @@ class KernelGuard(Configurable):
         200, help="Characters of code kept in events under code_policy='truncated'."
     ).tag(config=True)
 
-    @validate("code_max_chars")
-    def _validate_code_max_chars(self, proposal: Any) -> int:
-        if proposal["value"] < 0:
-            raise TraitError("KernelGuard.code_max_chars must be 0 or more characters")
-        return proposal["value"]
 
     queue_size = Int(
         10_000,
@@ -120,11 +126,6 @@ class KernelGuard(Configurable):
         they are counted as dropped and the count is recorded (events).""",
     ).tag(config=True)
 
-    @validate("queue_size")
-    def _validate_queue_size(self, proposal: Any) -> int:
-        if not 100 <= proposal["value"] <= 10_000_000:
-            raise TraitError("KernelGuard.queue_size must be between 100 and 10,000,000 events")
-        return proposal["value"]
 
     redact_patterns = List(
         Unicode(),
@@ -179,11 +180,6 @@ class KernelGuard(Configurable):
         recorded as events-dropped.""",
     ).tag(config=True)
 
-    @validate("spool_max_bytes")
-    def _validate_spool_max_bytes(self, proposal: Any) -> int:
-        if not 1 << 20 <= proposal["value"] <= 1 << 40:
-            raise TraitError("KernelGuard.spool_max_bytes must be between 1 MiB and 1 TiB (bytes)")
-        return proposal["value"]
 
     aggregate_interval = Float(
         5.0,
@@ -193,11 +189,6 @@ class KernelGuard(Configurable):
         repeat one by one (a flood then fills the queue and events are dropped).""",
     ).tag(config=True)
 
-    @validate("aggregate_interval")
-    def _validate_aggregate_interval(self, proposal: Any) -> float:
-        if not 0 <= proposal["value"] <= 3600:
-            raise TraitError("KernelGuard.aggregate_interval must be between 0 and 3600 seconds")
-        return float(proposal["value"])
 
     syslog_facility = Enum(
         list(_FACILITIES),
@@ -224,11 +215,6 @@ class KernelGuard(Configurable):
         kernel_guard.truncated.""",
     ).tag(config=True)
 
-    @validate("syslog_max_message_bytes")
-    def _validate_max_message(self, proposal: Any) -> int:
-        if not 480 <= proposal["value"] <= 1 << 20:
-            raise TraitError("KernelGuard.syslog_max_message_bytes must be between 480 and 1048576 bytes")
-        return proposal["value"]
 
     http_format = Enum(
         ["ndjson", "json"],
@@ -277,11 +263,6 @@ class KernelGuard(Configurable):
         help="Seconds an HTTP sink waits to connect, send or read an answer before retrying later.",
     ).tag(config=True)
 
-    @validate("http_timeout")
-    def _validate_http_timeout(self, proposal: Any) -> float:
-        if not 0.1 <= proposal["value"] <= 300:
-            raise TraitError("KernelGuard.http_timeout must be between 0.1 and 300 seconds")
-        return float(proposal["value"])
 
     unsafe_http_skip_tls_verify = Bool(
         False,
@@ -300,6 +281,15 @@ class KernelGuard(Configurable):
             unsafe_http_skip_tls_verify=self.unsafe_http_skip_tls_verify,
         )
 
+    @validate(*_RANGES)
+    def _validate_range(self, proposal: Any) -> Any:
+        """Numeric settings stay within sane bounds; the message names the setting and the unit."""
+        name, value = proposal["trait"].name, proposal["value"]
+        low, high, unit = _RANGES[name]
+        if value < low or (high is not None and value > high):
+            bounds = f"{low:,} or more" if high is None else f"between {low:,} and {high:,}"
+            raise TraitError(f"KernelGuard.{name} must be {bounds} {unit}")
+        return value
 
 # -- where settings come from ------------------------------------------------
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from typing import Any
 
+from .techniques import RAW_SYSCALL
 from .testing import KernelSession, plain_kernel_argv, read_events
 
 ATTEMPTS = [
@@ -24,6 +25,23 @@ ATTEMPTS = [
     ("subprocess", "import subprocess; subprocess.run(['uname', '-a'])"),
     ("unloading the guard", "%unload_ext kernel_guard"),
 ]
+
+#: a raw execve system call from a forked child: no audit event exists for it,
+#: so only the launcher's seccomp filter stops it
+RAW_EXEC = (
+    "a raw execve system call (only the seccomp layer sees it)",
+    RAW_SYSCALL.replace("@MARKER@", "/dev/null")
+    + "r, w = os.pipe()\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    rc = raw_syscall(NR['execve'], ctypes.cast(_path, ctypes.c_void_p).value, ctypes.addressof(_argv), 0, 0, 0)\n"
+    "    os.write(w, str(rc).encode())\n"
+    "    os._exit(0)\n"
+    "os.close(w)\n"
+    "os.waitpid(pid, 0)\n"
+    "rc = int(os.read(r, 32) or 0)\n"
+    "print(f'execve in a forked child returned {rc} ({os.strerror(-rc)})' if rc < 0 else 'execve ran')\n",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     env = {"KERNEL_GUARD_SINKS": f"file://{events_path}", "KERNEL_GUARD_MODE": "enforce"}
     try:
         with KernelSession(argv, env=env, cwd=tmp.name) as kernel:
-            for label, code in ATTEMPTS:
+            for label, code in ATTEMPTS + ([RAW_EXEC] if "launcher" in how else []):
                 _show(label, kernel.execute(code))
     except RuntimeError as exc:
         print(f"\nthe guarded kernel did not start: {exc}", file=sys.stderr)

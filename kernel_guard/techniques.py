@@ -53,7 +53,7 @@ TOUCH = "touch @MARKER@"
 # A six-argument raw system call, machine code written for this check:
 # x86_64: rax<-rdi, rdi<-rsi, rsi<-rdx, rdx<-rcx, r10<-r8, r8<-r9; syscall; ret
 # aarch64: x8<-x0, x0..x4<-x1..x5; svc #0; ret
-_RAW_SYSCALL = '''
+RAW_SYSCALL = '''
 import ctypes, mmap, os, platform
 _STUBS = {
     "x86_64": bytes.fromhex("4889f84889f74889d64889ca4d89c24d89c80f05c3"),
@@ -154,10 +154,10 @@ TECHNIQUES: List[Technique] = [
               + _in_fork("argv = (ctypes.c_char_p * 4)(b'sh', b'-c', b'touch @MARKER@', None)\n"
                          "        libc.execv(b'/bin/sh', argv)")),
     Technique("raw syscall execve", "low-level",
-              _RAW_SYSCALL + "in_child(lambda: raw_syscall(NR['execve'], ctypes.cast(_path, ctypes.c_void_p).value,"
+              RAW_SYSCALL + "in_child(lambda: raw_syscall(NR['execve'], ctypes.cast(_path, ctypes.c_void_p).value,"
               " ctypes.addressof(_argv), 0, 0, 0))"),
     Technique("raw syscall execveat", "low-level",
-              _RAW_SYSCALL + "in_child(lambda: raw_syscall(NR['execveat'], -100, ctypes.cast(_path, ctypes.c_void_p).value,"
+              RAW_SYSCALL + "in_child(lambda: raw_syscall(NR['execveat'], -100, ctypes.cast(_path, ctypes.c_void_p).value,"
               " ctypes.addressof(_argv), 0, 0))"),
     Technique("multiprocessing spawn", "low-level",
               "import multiprocessing as mp, os\nctx = mp.get_context('spawn')\n"
@@ -191,7 +191,7 @@ TECHNIQUES: List[Technique] = [
               "            try:\n                os.kill(int(pid), signal.SIGKILL)\n"
               "            except Exception:\n                pass\n"
               "import time\ntime.sleep(0.5)\n"
-              + _RAW_SYSCALL + "in_child(lambda: raw_syscall(NR['execve'], ctypes.cast(_path, ctypes.c_void_p).value,"
+              + RAW_SYSCALL + "in_child(lambda: raw_syscall(NR['execve'], ctypes.cast(_path, ctypes.c_void_p).value,"
               " ctypes.addressof(_argv), 0, 0, 0))"),
     # -- persistence -----------------------------------------------------------
     Technique("IPython startup file", "persistence",

@@ -119,3 +119,22 @@ def assert_short_refusal(result: CellResult, *needles: str) -> None:
 def assert_schema_valid(events: List[dict]) -> None:
     for event in events:
         assert validate_event(event) == [], event
+
+
+# A skip is fine on a developer's machine without some platform feature; CI
+# runs where seccomp, user notification and root are all present, so a skip
+# there would hide a missing component: fail the run instead.
+_SKIPPED: List[str] = []
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    if report.skipped:
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    if os.environ.get("CI") and _SKIPPED:
+        print(f"\nCI: {len(_SKIPPED)} tests were skipped; every component must be tested here:")
+        for nodeid in _SKIPPED:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
