@@ -60,6 +60,8 @@ INTERESTING_EVENTS = frozenset({
     "object.__setattr__", "object.__delattr__",
 })
 
+_SELF_PROTECTION = frozenset({"object.__setattr__", "object.__delattr__"})
+
 _EXEC_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "pty.spawn"})
 
 #: libc entry points that start programs or issue raw system calls
@@ -206,6 +208,11 @@ def _short(text: str, limit: int = 60) -> str:
 def _decide(event: str, args: tuple, policy: Policy) -> None:
     """Record and, when enforcing, refuse one interesting event."""
     enforce, persist_dirs, persist_globs, persist_files, protected_env, protected_pids, protected_ids = policy
+    if not enforce and _State.quiet_record_hook and event not in _SELF_PROTECTION:
+        # a record-only hook that an enforcing one has taken over from (the
+        # launcher's first hook) would record nothing: it checks nothing but
+        # attempts to rewire itself, which only it can refuse
+        return
     if event in _EXEC_EVENTS:
         summary, proc = _process_fields(event, args)
         _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", event,
@@ -306,8 +313,17 @@ def _make_hook(policy: Policy) -> Callable[[str, tuple], None]:
     """A hook whose only state is its (audited) default arguments."""
 
     def kernel_guard_audit_hook(event: str, args: tuple, _interesting: frozenset = INTERESTING_EVENTS,
-                                _policy: Policy = policy, _decide: Callable = _decide) -> None:
+                                _policy: Policy = policy, _decide: Callable = _decide, _str: type = str) -> None:
         if event in _interesting:
+            if event == "open":
+                # The hot case, decided here without a call: reading an ordinary
+                # file (every import reads a .pyc).  The answer _check_open gives
+                # for mode "r" and a str path outside /proc/ ("/proc/" <= p <
+                # "/proc0" is exactly p.startswith("/proc/"), and cheaper).
+                # ``__class__``, not a global ``type``: module globals cannot fake it.
+                path, mode, _flags = args
+                if mode == "r" and path.__class__ is _str and (path < "/proc/" or path >= "/proc0"):
+                    return
             _decide(event, args, _policy)
 
     return kernel_guard_audit_hook
@@ -327,7 +343,7 @@ def install(mode: str, **policy_options: Any) -> bool:
     # protect the hook's own function objects from __code__/__defaults__ swaps
     protected = frozenset({id(hook), id(_decide), id(_check_open), id(_refuse_or_record),
                            id(is_persistence_path), id(_record)})
-    hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,), _decide)
+    hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,), _decide, str)
     _State.adding_own_hook = True
     try:
         sys.addaudithook(hook)

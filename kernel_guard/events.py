@@ -15,8 +15,7 @@ import json
 import os
 import re
 import socket
-import uuid
-from datetime import datetime, timezone
+import time
 from typing import Any, Dict, Iterable
 
 __all__ = [
@@ -66,9 +65,31 @@ _CATEGORY = {
 _JUPYTER_KERNEL_FILE = re.compile(r"kernel-(?P<id>[0-9A-Za-z._-]+)\.json$")
 
 
+_second: tuple[int, str] = (-1, "")  # (a second, its "YYYY-MM-DDTHH:MM:SS"): formatted once
+
+
 def _now() -> str:
-    """RFC 3339 UTC timestamp with microseconds and a ``Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC timestamp with microseconds and a ``Z``.
+
+    Every event has one: the date part is formatted once per second, which
+    makes this about 4x cheaper than ``datetime.now().strftime``.
+    """
+    global _second
+    now = time.time()
+    second = int(now)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((now - second) * 1e6):06d}Z"
+
+
+def _event_id() -> str:
+    """A random (version 4) UUID as text, without building a ``uuid.UUID`` (2x cheaper)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def make_event(
@@ -99,7 +120,7 @@ def make_event(
             "type": list(types),
             "action": action,
             "outcome": outcome,
-            "id": str(uuid.uuid4()),
+            "id": _event_id(),
         },
         "kernel_guard": {"layer": layer, **guard_fields},
     }

@@ -9,7 +9,9 @@ step is a function and :func:`launch` calls them in sequence:
                  scrubbing; imports and look-ups that need exec
                  (libseccomp bindings, ``find_library``, ``platform``);
 2. ``supervisor`` a separate process (fork + exec while exec still works)
-                 with its own sinks, connected by a socket pair;
+                 with its own sinks, connected by a socket pair; spawned at
+                 the end of step 1 once the environment is scrubbed, so its
+                 start overlaps the warm-up, and waited for here;
 3. ``filter``    no_new_privs, CAP_SYS_PTRACE dropped, the profile's filter
                  loaded with TSYNC; the listener fd passed to the supervisor
                  over SCM_RIGHTS and closed here;
@@ -223,13 +225,28 @@ def _create_profile_dir() -> None:
 
 # -- step 2: supervisor ---------------------------------------------------------
 
-def _start_supervisor(rt: Any, profile: Any, timeout: float) -> Any:
+def _spawn_supervisor(rt: Any, profile: Any) -> Any:
+    """Start the supervisor's process at the end of step 1 (the environment is scrubbed):
+    its interpreter starts while the warm-up runs; step 2 waits until it is ready.
+    Returns the pending handle, or the exception that prevented the start (raised in step 2)."""
     from . import supervisor
 
     env = dict(os.environ)
     env["KERNEL_GUARD_SINKS"] = ",".join(rt.guard.sinks)
     env["KERNEL_GUARD_MODE"] = rt.guard.mode
-    return supervisor.start(profile.mode, rt.context.kernel_id, profile.name, env, timeout=timeout)
+    try:
+        return supervisor.spawn(profile.mode, rt.context.kernel_id, profile.name, env)
+    except Exception as exc:
+        return exc
+
+
+def _start_supervisor(pending: Any, timeout: float) -> Any:
+    """Step 2: the supervisor spawned in step 1, once it is ready."""
+    from . import supervisor
+
+    if isinstance(pending, BaseException):
+        raise pending
+    return supervisor.wait_ready(pending, timeout)
 
 
 # -- step 3: filter ---------------------------------------------------------------
@@ -380,8 +397,8 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     audit.install("audit")  # step 1 begins: record from the first moment
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
-    rt, profile, scrubbed, ld_cache = _prepare(args, extra)
-    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout)  # steps 2-4
+    rt, profile, scrubbed, ld_cache, pending = _prepare(args, extra)
+    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending)  # steps 2-4
     _enforce(rt, handle)
     if handle is not None:
         _allow_supervisor_to_read(handle.pid)
@@ -393,8 +410,9 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     _run_kernel(args.connection_file, extra, handle, profile.path)
 
 
-def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str]]:
-    """Step 1: runtime and sinks, the profile, credential scrubbing, what needs exec."""
+def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any]:
+    """Step 1: runtime and sinks, the profile, credential scrubbing, the supervisor's
+    process (spawned, see :func:`_spawn_supervisor`), what needs exec."""
     from . import profiles, runtime, seccomp_filter
     from .events import KernelContext, make_event
     from .exceptions import ProfileError
@@ -415,15 +433,16 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
                                     if not args.unsafe_keep_credentials else
                                     "credential scrubbing disabled (--unsafe-keep-credentials)"),
                             variables=scrubbed, patterns=patterns))
+    pending = _spawn_supervisor(rt, profile) if profile.uses_notify else None
     try:
         ld_cache = _warm_up()
     except Exception as exc:
         _fail("record", f"{type(exc).__name__}: {exc}", profile.path, fatal=profile.fail_closed)
         ld_cache = {}
-    return rt, profile, scrubbed, ld_cache
+    return rt, profile, scrubbed, ld_cache, pending
 
 
-def _guard(rt: Any, profile: Any, timeout: float) -> tuple[Any, Any, dict[str, str]]:
+def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None) -> tuple[Any, Any, dict[str, str]]:
     """Steps 2-4: supervisor, filter, verification; (handle, loaded filter, /proc status).
 
     Fails closed under a fail_closed profile; otherwise returns (None, None, status)."""
@@ -434,7 +453,7 @@ def _guard(rt: Any, profile: Any, timeout: float) -> tuple[Any, Any, dict[str, s
     step = "supervisor"
     try:
         if profile.uses_notify:
-            handle = _start_supervisor(rt, profile, timeout)  # step 2
+            handle = _start_supervisor(pending, timeout)  # step 2
         step = "filter"
         loaded = _load_filter(profile, handle)  # step 3
         step = "verify"

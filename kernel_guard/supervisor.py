@@ -538,15 +538,13 @@ def supervisor_argv(fd: int, kernel_pid: int, mode: str, kernel_id: Optional[str
     return argv
 
 
-def start(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str],
-          timeout: float = 30.0) -> SupervisorHandle:
-    """Start the supervisor (fork + exec, while exec still works) and wait until it is ready.
+def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str]) -> SupervisorHandle:
+    """Start the supervisor process (fork + exec, while exec still works); do not wait for it.
 
     ``env`` is the kernel's scrubbed environment plus the sinks
     (``KERNEL_GUARD_SINKS``); it is not on the command line, where a sink URL
-    with a token would be visible to ``ps``.
+    with a token would be visible to ``ps``.  :func:`wait_ready` completes the start.
     """
-    global _handle
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = {**env, "PYTHONSAFEPATH": "1"}
     # cwd "/" and safe path: nothing from the notebook directory is imported
@@ -554,15 +552,26 @@ def start(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str]
                             pass_fds=[theirs.fileno()], env=env, cwd="/", stdin=subprocess.DEVNULL,
                             close_fds=True)
     theirs.close()
-    handle = SupervisorHandle(proc, ours, mode)
+    return SupervisorHandle(proc, ours, mode)
+
+
+def wait_ready(handle: SupervisorHandle, timeout: float = 30.0) -> SupervisorHandle:
+    """Wait until a spawned supervisor is ready; kill it if it is not within ``timeout``."""
+    global _handle
     try:
         handle.expect(b"ready", timeout)
     except Exception:
-        proc.kill()
-        proc.wait()
+        handle.proc.kill()
+        handle.proc.wait()
         raise
     _handle = handle
     return handle
+
+
+def start(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str],
+          timeout: float = 30.0) -> SupervisorHandle:
+    """Start the supervisor and wait until it is ready (:func:`spawn`, then :func:`wait_ready`)."""
+    return wait_ready(spawn(mode, kernel_id, profile, env), timeout)
 
 
 if __name__ == "__main__":

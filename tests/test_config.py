@@ -97,6 +97,7 @@ def test_user_config_cannot_weaken_but_can_strengthen(make_kernel):
     assert_short_refusal(kernel.execute("!ls"), "`!ls`")
     code = "x = 1  # " + "z" * 400
     kernel.execute(code)
+    events = kernel.new_events(until=lambda evs: any(e["kernel_guard"].get("code") == code for e in evs))
     events = kernel.events()
     ignored = [e for e in events if e["event"]["action"] == "config-ignored"]
     assert ignored and ignored[0]["kernel_guard"]["setting"] == "KernelGuard.mode"

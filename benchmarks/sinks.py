@@ -1,0 +1,202 @@
+"""Scenario 7: the event pipeline and the file sink under load.
+
+Throughput: in a fresh interpreter, the pipeline exactly as the guard builds
+it (``runtime.start``: context, aggregation, redaction, numbering, bounded
+queue, writer thread) with a ``file://`` sink.  Distinct ``exec-denied``
+events (nothing to aggregate) are emitted in bursts that fit the queue, and
+``flush`` waits for the writer: the whole pipeline's events per second, and
+the cost per ``emit`` on the emitting thread (what a cell pays).  The judged
+figure is the file sink's own rate: processed events through
+``FileSink.emit`` in the writer's batches (serialising and ``write(2)``).
+
+Flood: a cell in the extension-only kernel makes one million refused
+``os.system`` calls, each an ``exec-denied`` event; the kernel's resident
+memory is sampled throughout.  Identical events are aggregated, and the
+queue is bounded, so memory must stay flat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List
+
+if __package__:
+    from .kernels import BenchKernel
+    from .stats import median, rounded
+
+TARGET_EVENTS_PER_S = 100_000
+TARGET_FLOOD_MB = 50.0
+
+FLOOD = r'''
+import os as _os, time as _time
+def _bench_flood(n):
+    refused = 0
+    t = _time.perf_counter()
+    for _ in range(n):
+        try:
+            _os.system("true")
+        except PermissionError:
+            refused += 1
+    return refused, _time.perf_counter() - t
+'''
+
+
+# -- throughput (child) -----------------------------------------------------------
+
+def child(total: int, burst: int) -> Dict[str, Any]:
+    """Emit ``total`` distinct events in bursts through the guard's pipeline; measure."""
+    root = tempfile.mkdtemp(prefix="kg-bench-sink-")
+    path = os.path.join(root, "events.jsonl")
+    os.environ["KERNEL_GUARD_SINKS"] = f"file://{path}"
+    os.environ["XDG_STATE_HOME"] = os.path.join(root, "state")
+    from kernel_guard import runtime
+    from kernel_guard.events import make_event
+
+    rt = runtime.start(kernel_id="bench")
+    pipeline = rt.pipeline
+    pipeline.flush()
+    before = os.path.getsize(path) if os.path.exists(path) else 0
+
+    def event(i: int) -> dict:
+        return make_event("exec-denied", outcome="failure", layer="audit", technique="os.system",
+                          reason=f"refused starting a program (os.system: job-{i})",
+                          process={"executable": "/bin/sh", "args": ["sh", "-c", f"job-{i}"],
+                                   "command_line": f"job-{i}"})
+
+    emit_seconds = 0.0
+    started = time.perf_counter()
+    sent = 0
+    while sent < total:
+        events = [event(sent + i) for i in range(min(burst, total - sent))]
+        t = time.perf_counter()
+        for e in events:
+            pipeline.emit(e)
+        emit_seconds += time.perf_counter() - t
+        sent += len(events)
+        pipeline.flush(timeout=60)
+    elapsed = time.perf_counter() - started
+    with open(path, "rb") as fh:
+        fh.seek(before)
+        written = sum(1 for line in fh if b'"exec-denied"' in line)
+    size = os.path.getsize(path) - before
+    stats = pipeline.stats()
+    pipeline.close()
+    os.unlink(path)
+    return {"events": total, "written": written, "dropped": stats["dropped"], "seconds": elapsed,
+            "emit_us": emit_seconds / total * 1e6, "bytes_per_event": size / max(1, written),
+            "sink_events_per_s": _sink_rate(root, [event(i) for i in range(min(total, 20_000))], rt)}
+
+
+def _sink_rate(root: str, events: List[dict], rt: Any) -> float:
+    """Events per second ``FileSink.emit`` writes: the writer thread's part (JSON + write(2))."""
+    from kernel_guard.sinks.file import FileSink
+
+    for processor in rt.pipeline.processors:  # events as they reach the sink
+        events = [e for e in map(processor, events) if e is not None]
+    sink = FileSink(os.path.join(root, "sink-only.jsonl"))
+    best = 0.0
+    try:
+        for _ in range(3):
+            started = time.perf_counter()
+            for i in range(0, len(events), 1024):  # the writer's batch size
+                sink.emit(events[i:i + 1024])
+            best = max(best, len(events) / (time.perf_counter() - started))
+    finally:
+        sink.close()
+        os.unlink(sink.path)
+    return best
+
+
+# -- the parent -------------------------------------------------------------------
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def flood(kernel: BenchKernel, events: int) -> Dict[str, Any]:
+    """Run the flood cell while sampling the kernel's RSS."""
+    kernel.execute(FLOOD)
+    kernel.value("", "_bench_flood(1000)")  # warm-up
+    pid = kernel.pid
+    before = _rss_mb(pid)
+    samples: List[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                samples.append(_rss_mb(pid))
+            except OSError:
+                return
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        refused, seconds = kernel.value("", f"_bench_flood({events})", timeout=600)
+    finally:
+        done.set()
+        sampler.join()
+    after = _rss_mb(pid)
+    peak = max(samples + [after])
+    return {"events": events, "refused": refused, "seconds": rounded(seconds, 3),
+            "events_per_s": rounded(events / seconds, 0), "rss_before_mb": rounded(before, 1),
+            "rss_peak_mb": rounded(peak, 1), "rss_after_mb": rounded(after, 1),
+            "growth_mb": rounded(peak - before, 1)}
+
+
+def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
+    total, burst = (20_000, 5_000) if quick else (100_000, 5_000)
+    runs = []
+    for _ in range(repetitions):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(total), str(burst)],
+                             capture_output=True, text=True, check=True, timeout=600)
+        runs.append(json.loads(out.stdout))
+    pipeline_rate = median([r["written"] / r["seconds"] for r in runs])
+    rate = median([r["sink_events_per_s"] for r in runs])
+    emit_us = median([r["emit_us"] for r in runs])
+    complete = all(r["written"] == r["events"] and r["dropped"] == 0 for r in runs)
+    flood_result = flood(kernel, 100_000 if quick else 1_000_000)
+    flood_ok = flood_result["refused"] == flood_result["events"] and flood_result["growth_mb"] <= TARGET_FLOOD_MB
+    rows = [
+        {"metric": "file sink (JSON + write), events/s", "config": "pipeline", "plain": None,
+         "guarded": rounded(rate, 0), "ratio": None, "target": f">= {TARGET_EVENTS_PER_S}",
+         "met": complete and rate >= TARGET_EVENTS_PER_S},
+        {"metric": "whole pipeline (make_event to file), events/s", "config": "pipeline", "plain": None,
+         "guarded": rounded(pipeline_rate, 0), "ratio": None, "target": "info", "met": None},
+        {"metric": "emit() on the caller's thread, us/event", "config": "pipeline", "plain": None,
+         "guarded": rounded(emit_us, 2), "ratio": None, "target": "info", "met": None},
+        {"metric": f"RSS growth, {flood_result['events']:,} refused calls, MB", "config": "extension",
+         "plain": None, "guarded": flood_result["growth_mb"], "ratio": None,
+         "target": f"<= {TARGET_FLOOD_MB:g} MB", "met": flood_ok},
+    ]
+    return {
+        "title": "sinks",
+        "unit": "events/s; MB",
+        "repetitions": repetitions,
+        "results": {"events_per_s": rounded(rate, 0), "pipeline_events_per_s": rounded(pipeline_rate, 0),
+                    "emit_us": rounded(emit_us, 3),
+                    "complete": complete, "throughput_runs": runs, "flood": flood_result},
+        "ratios": {},
+        "target": f">= {TARGET_EVENTS_PER_S} events/s written to the file sink; "
+                  f"RSS growth <= {TARGET_FLOOD_MB:g} MB under the flood",
+        "met": all(r["met"] for r in rows if r["met"] is not None),
+        "rows": rows,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        print(json.dumps(child(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        sys.exit("usage: sinks.py --child TOTAL BURST (run benchmarks/run.py instead)")
