@@ -203,7 +203,15 @@ def run_check(kernel_name: str, only: Optional[str] = None, progress: Optional[T
             session.start()
         except Exception as exc:
             raise RuntimeError(f"{exc}\n--- kernel stderr ---\n{_tail(ws.stderr_log)}") from exc
+        category = techniques[0].category if techniques else None
         for index, technique in enumerate(techniques, 1):
+            if technique.category != category:
+                # a fresh kernel per category: an escape that worked (against an
+                # unguarded kernel) must not break the routes tried after it
+                category = technique.category
+                session.shutdown()
+                session = _session(kernel_name, ws, startup_timeout)
+                session.start()
             result = _run_technique(session, ws, index, technique)
             report.techniques.append(result)
             _progress(progress, index, total, f"{technique.category}: {technique.name}",
