@@ -166,13 +166,6 @@ class KernelGuard(Configurable):
 
         return default_spool_root()
 
-    @validate("spool_dir")
-    def _validate_spool_dir(self, proposal: Any) -> str:
-        value = proposal["value"]
-        if value and not os.path.isabs(os.path.expanduser(value)):
-            raise TraitError(f"KernelGuard.spool_dir {value!r} must be an absolute path (or '' for memory only)")
-        return os.path.expanduser(value)
-
     spool_max_bytes = Int(
         64 << 20,
         help="""Most undelivered data kept per network sink's spool (bytes,
@@ -233,11 +226,13 @@ class KernelGuard(Configurable):
         new connection. Never logged.""",
     ).tag(config=True)
 
-    @validate("http_headers_file", "http_ca_bundle")
-    def _validate_abs_file(self, proposal: Any) -> str:
-        value = proposal["value"]
+    @validate("spool_dir", "http_headers_file", "http_ca_bundle")
+    def _validate_abs_path(self, proposal: Any) -> str:
+        """Paths are absolute (``~`` expanded); empty means "not set" (spool: memory only)."""
+        value, name = proposal["value"], proposal["trait"].name
         if value and not os.path.isabs(os.path.expanduser(value)):
-            raise TraitError(f"KernelGuard.{proposal['trait'].name} {value!r} must be an absolute path")
+            hint = " (or '' for memory only)" if name == "spool_dir" else ""
+            raise TraitError(f"KernelGuard.{name} {value!r} must be an absolute path{hint}")
         return os.path.expanduser(value)
 
     http_headers_env = Unicode(
