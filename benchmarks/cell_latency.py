@@ -12,7 +12,7 @@ lasting speed (memory layout) does not pass for the guard's cost.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from .kernels import CONFIGS, GUARDED, BenchKernel, Workspace, start_all, stop_all
 from .stats import interleaved, median, percentile, rounded

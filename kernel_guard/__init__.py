@@ -15,6 +15,7 @@ from .config import KernelGuard
 from .events import Event, make_event, validate_event
 from .exceptions import (
     ConfigError,
+    CredentialRefused,
     EnvironmentRefused,
     ExecRefused,
     GuardTampering,
@@ -29,6 +30,7 @@ from .exceptions import (
 
 __all__ = [
     "ConfigError",
+    "CredentialRefused",
     "EnvironmentRefused",
     "Event",
     "ExecRefused",

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Tuple
 from . import pipeline
 from .events import make_event
 from .exceptions import (
+    CredentialRefused,
     EnvironmentRefused,
     ExecRefused,
     GuardTampering,
@@ -260,23 +261,21 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
 
 def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: tuple, files: frozenset) -> None:
     path, mode, flags = args
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if isinstance(path, str) and path.startswith("/proc/") and path.endswith(_PROC_SECRETS):
+    if not isinstance(path, (str, bytes)):
+        return  # an fd (os.fdopen): the file was opened, and checked, before
+    path = os.fsdecode(path)
+    if path.startswith("/proc/") and path.endswith(_PROC_SECRETS):
         # another process's environment (the server's API token) or memory
-        _refuse_or_record(enforce, PersistenceRefused, "credential-denied", "credential-read", "open",
+        _refuse_or_record(enforce, CredentialRefused, "credential-denied", "credential-read", "open",
                           f"reading {_short(path)}", file={"path": path})
         return
     if isinstance(mode, str):
         writing = any(c in mode for c in "wax+")
     else:
         writing = isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
-    if not writing or not isinstance(path, (str, bytes)):
-        return
-    text = os.fsdecode(path)
-    if is_persistence_path(text, dirs, globs, files):
+    if writing and is_persistence_path(path, dirs, globs, files):
         _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", "open",
-                          f"writing {_short(text)}", file={"path": text})
+                          f"writing {_short(path)}", file={"path": path})
 
 
 def _check_dlopen(name: Any) -> None:

@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import time
-from typing import Any, Dict, Iterable
+from typing import Any, Dict
 
 __all__ = [
     "ECS_VERSION",
@@ -210,10 +210,3 @@ def validate_event(event: Event) -> list[str]:
         if value is not None and not isinstance(value, list):
             problems.append(f"event.{key} must be a list")
     return problems
-
-
-def iter_events(lines: Iterable[str]) -> Iterable[Event]:
-    """Parse JSON lines, skipping blank ones (for readers and tests)."""
-    for line in lines:
-        if line.strip():
-            yield json.loads(line)

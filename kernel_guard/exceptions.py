@@ -10,6 +10,7 @@
     ├── ExecRefused               process creation (also a PermissionError)
     ├── PersistenceRefused        a write to a startup/config path (also a PermissionError)
     ├── EnvironmentRefused        a change to a loader or path variable (also a PermissionError)
+    ├── CredentialRefused         reading another process's environment or memory (also a PermissionError)
     └── InterpreterRefused        subinterpreters, foreign audit hooks, forkpty
 
 Refusals carry ``_render_traceback_`` so IPython shows two short lines rather
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CredentialRefused",
     "EnvironmentRefused",
     "ExecRefused",
     "GuardTampering",
@@ -105,6 +107,12 @@ class EnvironmentRefused(Refused, PermissionError):
     """A change to a loader or search-path environment variable."""
 
     hint = "Loader and search-path variables (LD_*, PATH, PYTHON*) are fixed in this kernel."
+
+
+class CredentialRefused(Refused, PermissionError):
+    """Reading ``/proc/*/environ`` or ``/proc/*/mem`` (where server tokens live)."""
+
+    hint = "Process environments and memory are not readable from this kernel."
 
 
 class InterpreterRefused(Refused):

@@ -21,7 +21,7 @@ import threading
 import types
 from typing import Any, Callable
 
-from . import audit, runtime
+from . import runtime
 from .events import make_event
 from .exceptions import GuardTampering, ShellRefused
 
@@ -135,11 +135,13 @@ def _module_function(module: str, name: str) -> Callable[..., Any]:
 
 
 def _magic_method(label: str) -> Callable[..., Any]:
-    """A replacement for a Magics method (``OSMagics.sx`` ...) that refuses."""
+    """A replacement for a Magics method (``OSMagics.sx`` ...) that refuses.
 
-    def guarded(self: Any, line: str = "", cell: str | None = None, *args: Any, **kwargs: Any) -> Any:
+    Only installed in enforce mode, where ``refuse`` always raises.
+    """
+
+    def guarded(self: Any, line: str = "", cell: str | None = None, *args: Any, **kwargs: Any) -> None:
         refuse(label, cell if cell is not None and label.startswith("%%") else line)
-        return _Installed.originals[label](self, line, *(() if cell is None else (cell,)), *args, **kwargs)
 
     return guarded
 
@@ -201,7 +203,6 @@ def _patch_magics_classes(allow_packages: bool) -> None:
             if method not in vars(cls) or getattr(vars(cls)[method], "_kernel_guard", False):
                 continue
             label = "%%script" if method == "shebang" else f"%{method}"
-            _Installed.originals[label] = vars(cls)[method]
             replacement = _magic_method(label)
             replacement._kernel_guard = True  # type: ignore[attr-defined]
             replacement.__name__ = method
@@ -368,8 +369,3 @@ def install(ip: Any) -> bool:
     _Installed.shells.add(id(ip))
     rt.layers["ipython"] = rt.mode if not failed else f"{rt.mode} (partial)"
     return True
-
-
-def audit_layer_mode() -> str | None:
-    """The audit hook's mode in this process (for status reports)."""
-    return audit.installed_mode()

@@ -595,13 +595,3 @@ def emit(event: Event) -> None:
 def _close_at_exit() -> None:
     if _current is not None:
         _current.close(timeout=3.0)
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until true or ``timeout`` (used by tests and checks)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -53,6 +53,7 @@ from traitlets import Bool, Enum, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from . import runtime
+from .config import trusted_file
 from .events import Event, make_event
 
 __all__ = [
@@ -697,7 +698,7 @@ class ServerGuard:
             add("MappingKernelManager.default_kernel_name",
                 f"the default kernel '{default}' is refused, so 'New notebook' fails",
                 "install the guarded kernelspec as python3 or set default_kernel_name")
-        user_files = [path for path in getattr(app, "loaded_config_files", []) if not _trusted(path)]
+        user_files = [path for path in getattr(app, "loaded_config_files", []) if not trusted_file(path)]
         if user_files:
             add("config files", "the server loaded config files its user can change, which can disable "
                 "this extension: " + ", ".join(user_files),
@@ -736,12 +737,6 @@ class ServerGuard:
         self.runtime.emit(event)
         self.app.log.info("kernel_guard: kernels that may start: %s",
                           ", ".join(fields["allowed_kernelspecs"]) or "none")
-
-
-def _trusted(path: str) -> bool:
-    from .config import trusted_file
-
-    return trusted_file(path)
 
 
 async def _await(value: Any) -> Any:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 from .events import Event
 from .sinks import Sink
@@ -222,10 +222,3 @@ class KernelSession:
         if self._stderr_file is not None:
             self._stderr_file.close()
             self._stderr_file = None
-
-
-def iter_failure_events(events: List[Event], layer: Optional[str] = None) -> Iterator[Event]:
-    """Events with ``event.outcome == failure`` (optionally of one layer)."""
-    for event in events:
-        if event["event"]["outcome"] == "failure" and (layer is None or event["kernel_guard"]["layer"] == layer):
-            yield event

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import psutil
+import pytest
 from conftest import GuardedKernel
 
 from kernel_guard import cli
 from kernel_guard.testing import KernelSession
+
+
+@contextlib.contextmanager
+def specs_on_path(prefix: str, *specs: Tuple[str, ...]) -> Iterator[str]:
+    """Install guarded kernelspecs (``(name, *extra_args)`` each) into ``prefix``; JUPYTER_PATH points there."""
+    for name, *extra in specs:
+        install_spec(prefix, name, *extra)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.path.join(prefix, "share", "jupyter"))
+        yield prefix
 
 
 def install_spec(prefix: str, name: str = "guarded", *extra: str) -> Dict[str, Any]:

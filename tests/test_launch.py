@@ -14,7 +14,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import LaunchedKernel, install_spec, seccomp_denial, wait_gone
+from launcher_support import LaunchedKernel, install_spec, seccomp_denial, specs_on_path, wait_gone
 
 from kernel_guard.testing import read_events
 
@@ -133,10 +133,7 @@ EXPECTED_EXE = {"os.system": "/bin/sh", "ctypes system": "/bin/sh", "multiproces
 @pytest.fixture(scope="module")
 def spec_prefix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A temp prefix holding the guarded kernelspecs, on JUPYTER_PATH for this module."""
-    prefix = str(tmp_path_factory.mktemp("prefix"))
-    install_spec(prefix, "guarded")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", os.path.join(prefix, "share", "jupyter"))
+    with specs_on_path(str(tmp_path_factory.mktemp("prefix")), ("guarded",)) as prefix:
         yield prefix
 
 

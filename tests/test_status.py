@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Iterator
 
 import pytest
 from conftest import GuardedKernel
-from launcher_support import LaunchedKernel, install_spec
+from launcher_support import LaunchedKernel, specs_on_path
 
 from kernel_guard import cli
 
@@ -27,10 +26,7 @@ def in_kernel(kernel: GuardedKernel) -> dict:
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedKernel]:
     """A kernel from an installed guarded kernelspec."""
-    prefix = str(tmp_path_factory.mktemp("prefix"))
-    install_spec(prefix, "guarded")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", os.path.join(prefix, "share", "jupyter"))
+    with specs_on_path(str(tmp_path_factory.mktemp("prefix")), ("guarded",)):
         kernel = LaunchedKernel(str(tmp_path_factory.mktemp("k")), "guarded").start()
         yield kernel
         kernel.shutdown()

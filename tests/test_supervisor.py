@@ -13,7 +13,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import LaunchedKernel, install_spec, wait_gone
+from launcher_support import LaunchedKernel, specs_on_path, wait_gone
 
 from kernel_guard import supervisor
 
@@ -69,11 +69,8 @@ def test_read_exec_reports_an_unreadable_target() -> None:
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Guarded kernelspecs (default and audit profile) in a temp prefix on JUPYTER_PATH."""
-    prefix = str(tmp_path_factory.mktemp("prefix"))
-    install_spec(prefix, "guarded")
-    install_spec(prefix, "guarded-audit", "--profile", "audit")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", os.path.join(prefix, "share", "jupyter"))
+    with specs_on_path(str(tmp_path_factory.mktemp("prefix")), ("guarded",),
+                       ("guarded-audit", "--profile", "audit")) as prefix:
         yield prefix
 
 
