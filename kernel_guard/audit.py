@@ -12,6 +12,13 @@ called directly, foreign calls through ctypes, native library constructors,
 anything in a subinterpreter that was allowed to start.  The seccomp layer of
 the launcher exists for those.
 
+Speed: the hook is added through the native filter ``_audit_filter`` when it
+is built, a runtime hook that calls the Python policy only for the events in
+``INTERESTING_EVENTS`` (and not for plain file reads), so the rest of the
+interpreter's events cost a few string compares instead of a Python call.
+Without it (no compiler at install time) the same policy runs as a Python
+hook; ``filter_kind()`` says which.
+
 Tamper resistance, honestly: hooks cannot be removed, and the decision data is
 an immutable tuple bound to the hook through default arguments, whose
 replacement (``__defaults__``, ``__code__``) raises an audit event the hook
@@ -41,10 +48,16 @@ from .exceptions import (
     Refused,
 )
 
+try:
+    from . import _audit_filter
+except ImportError:  # built without a C compiler: the Python hook filters for itself
+    _audit_filter = None
+
 __all__ = [
     "INTERESTING_EVENTS",
     "build_policy",
     "enforcing",
+    "filter_kind",
     "install",
     "installed_mode",
     "is_persistence_path",
@@ -93,13 +106,14 @@ _HOME_RC = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".z
 # Policy tuple layout (a plain tuple: immutable, no replaceable descriptors).
 # (enforce, persist_dirs, persist_globs, persist_files, protected_env,
 #  protected_pids, protected_ids)
-Policy = Tuple[bool, Tuple[str, ...], Tuple[str, ...], frozenset, frozenset, frozenset, frozenset]
+Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozenset, frozenset]
 
 
 class _State:
     """Mutable bookkeeping that affects only *recording*, never a decision."""
 
     installed: dict[str, Callable[..., Any]] = {}  # mode -> hook
+    kind: str | None = None  # "native" or "python": how the hooks were added
     quiet_record_hook = False  # set once an enforce hook records instead
     adding_own_hook = False
     seen_libraries: set = set()
@@ -142,17 +156,34 @@ def default_persistence(extra: Iterable[str] = ()) -> tuple[tuple[str, ...], tup
     return tuple(sorted({_dir(d) for d in dirs})), tuple(globs), files
 
 
-def is_persistence_path(path: str, dirs: tuple[str, ...], globs: tuple[str, ...], files: frozenset) -> bool:
-    """Whether writing ``path`` could run code at the next start."""
-    for candidate in {os.path.abspath(path), os.path.realpath(path)}:
-        name = os.path.basename(candidate)
+def glob_pattern(globs: Iterable[str]) -> re.Pattern:
+    """One compiled pattern matching any of the shell-style ``globs``."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs) or r"(?!)")
+
+
+def _resolve(path: str) -> str:
+    """``os.path.realpath`` of an absolute path; through realpath(3) when the filter is built."""
+    if _audit_filter is not None:
+        resolved = _audit_filter.resolve(path)
+        if resolved is not None:
+            return resolved
+    return os.path.realpath(path)
+
+
+def is_persistence_path(path: str, dirs: tuple[str, ...], globs: re.Pattern, files: frozenset) -> bool:
+    """Whether writing ``path`` could run code at the next start.
+
+    Both the path as written and its symlink-resolved form are checked: a
+    link into a start-up folder must not launder the write.
+    """
+    absolute = os.path.abspath(path)
+    resolved = _resolve(absolute)
+    for candidate in (absolute,) if resolved == absolute else (absolute, resolved):
+        name = candidate[candidate.rfind("/") + 1:]
         if name.endswith(".pth") or name.startswith(("sitecustomize.", "usercustomize.")):
             return True
-        if candidate in files or candidate.startswith(dirs):
+        if candidate in files or candidate.startswith(dirs) or globs.match(candidate):
             return True
-        for pattern in globs:
-            if fnmatch.fnmatchcase(candidate, pattern):
-                return True
     return False
 
 
@@ -259,7 +290,7 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
                               f"replacing {args[1]} of the guard's audit hook")
 
 
-def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: tuple, files: frozenset) -> None:
+def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, files: frozenset) -> None:
     path, mode, flags = args
     if not isinstance(path, (str, bytes)):
         return  # an fd (os.fdopen): the file was opened, and checked, before
@@ -304,7 +335,7 @@ def build_policy(enforce: bool, extra_persistence: Iterable[str] = (), extra_env
                  protected_pids: Iterable[int] = ()) -> Policy:
     """The immutable decision data for one hook."""
     dirs, globs, files = default_persistence(extra_persistence)
-    return (bool(enforce), dirs, globs, files, PROTECTED_ENV | frozenset(extra_env),
+    return (bool(enforce), dirs, glob_pattern(globs), files, PROTECTED_ENV | frozenset(extra_env),
             frozenset(protected_pids), frozenset())
 
 
@@ -341,11 +372,11 @@ def install(mode: str, **policy_options: Any) -> bool:
     hook = _make_hook(policy)
     # protect the hook's own function objects from __code__/__defaults__ swaps
     protected = frozenset({id(hook), id(_decide), id(_check_open), id(_refuse_or_record),
-                           id(is_persistence_path), id(_record)})
+                           id(is_persistence_path), id(_resolve), id(_record)})
     hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,), _decide, str)
     _State.adding_own_hook = True
     try:
-        sys.addaudithook(hook)
+        _add_hook(hook)
     finally:
         _State.adding_own_hook = False
     if mode == "enforce" and "audit" in _State.installed:
@@ -354,6 +385,16 @@ def install(mode: str, **policy_options: Any) -> bool:
     if mode == "enforce":
         _guard_fork_exec(True)
     return True
+
+
+def _add_hook(hook: Callable[[str, tuple], None]) -> None:
+    """Add ``hook`` behind the native filter when it is built, else as a Python hook."""
+    if _audit_filter is not None:
+        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook)
+        _State.kind = "native"
+    else:
+        sys.addaudithook(hook)
+        _State.kind = "python"
 
 
 def _guard_fork_exec(enforce: bool) -> None:
@@ -399,6 +440,12 @@ def installed_mode() -> str | None:
     if "enforce" in _State.installed:
         return "enforce"
     return "audit" if "audit" in _State.installed else None
+
+
+def filter_kind() -> str | None:
+    """``native`` (the C filter calls the hook for interesting events only),
+    ``python`` (a Python hook sees every event), or None before ``install``."""
+    return _State.kind
 
 
 def enforcing() -> bool:

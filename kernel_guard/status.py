@@ -85,7 +85,9 @@ def _audit_layer() -> dict[str, Any]:
     from . import audit
 
     mode = audit.installed_mode()
-    return _layer(mode or "off", mode is not None)
+    # native: a C filter calls the policy for interesting events only; python:
+    # a Python hook sees every event (about 5x the cost per event, same policy)
+    return _layer(mode or "off", mode is not None, hook=audit.filter_kind())
 
 
 def _ipython_layer() -> dict[str, Any]:

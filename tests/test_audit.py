@@ -215,3 +215,69 @@ def test_shimmed_subprocess_sys_is_still_refused(guarded):
             "try:\n    subprocess.run(['/usr/bin/id'])\nfinally:\n    subprocess.sys = sys")
     assert_short_refusal(guarded.execute(code), "fork_exec")
     assert guarded.failures("audit")
+
+
+def test_the_native_filter_is_active_in_a_kernel(guarded):
+    """The extension adds its hook through the compiled filter (a build without it would be ~5x slower per event)."""
+    result = guarded.execute("from kernel_guard import audit\nprint(audit.filter_kind())")
+    assert result.stdout.strip() == "native"
+
+
+def test_a_tracer_cannot_see_or_steer_the_policy(guarded):
+    """A sys.settrace tracer never runs inside the guard's decision, as CPython ensures for Python hooks."""
+    guarded.mark()
+    result = guarded.execute(
+        "import sys, subprocess\nseen = set()\n"
+        "def tracer(frame, event, arg):\n    seen.add(frame.f_code.co_name)\n    return tracer\n"
+        "sys.settrace(tracer)\ntry:\n    subprocess.run(['id'])\nexcept Exception:\n    pass\n"
+        "finally:\n    sys.settrace(None)\n"
+        "print(sorted(seen & {'_decide', 'kernel_guard_audit_hook', '_refuse_or_record', '_record'}), 'run' in seen)")
+    assert result.stdout.strip() == "[] True"
+    assert guarded.failures("audit")[0]["event"]["action"] == "exec-denied"
+
+
+def test_without_the_native_filter_the_python_hook_enforces_the_same_policy(tmp_path):
+    """With the filter unavailable (no compiler at install), a Python hook refuses the same routes."""
+    import subprocess
+    import sys
+
+    code = ("import kernel_guard.audit as a\na._audit_filter = None\na.install('enforce')\n"
+            "import os\nprint(a.filter_kind())\n"
+            "try:\n    os.system('true')\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            f"try:\n    open({str(tmp_path / 'evil.pth')!r}, 'w')\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            f"open({str(tmp_path / 'ok.txt')!r}, 'w').write('ok')\nprint(open({str(tmp_path / 'ok.txt')!r}).read())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "KERNEL_GUARD_SINKS": ""})
+    assert out.stdout.split() == ["python", "ExecRefused", "PersistenceRefused", "ok"], out.stderr
+
+
+def test_resolve_agrees_with_realpath(tmp_path):
+    """The filter's realpath(3) shortcut gives os.path.realpath's answer, or None to fall back, for links and odd names."""
+    from kernel_guard import _audit_filter
+
+    d = str(tmp_path)
+    os.symlink("/etc", f"{d}/etclink")
+    os.symlink(f"{d}/nowhere/x", f"{d}/dangling")
+    os.makedirs(f"{d}/sub/inner")
+    open(f"{d}/file", "w").close()
+    os.symlink(f"{d}/file", f"{d}/filelink")
+    cases = [f"{d}/file", f"{d}/new.json", f"{d}/etclink/passwd", f"{d}/etclink/newfile", f"{d}/filelink",
+             f"{d}/etclink", f"{d}/etclink/../x", f"{d}/sub/inner/../../file", f"{d}//file", f"{d}/./new",
+             f"{d}/sub/.", f"{d}/..", "/", "/tmp/"]
+    for path in cases:
+        assert _audit_filter.resolve(path) == os.path.realpath(path), path
+    # answers only os.path.realpath gives: a dangling link (creating it creates its target),
+    # a missing directory, a file used as a directory, a NUL byte, a relative path
+    for path in (f"{d}/dangling", f"{d}/missing/f", f"{d}/file/x", "/x\0y", "relative/path"):
+        assert _audit_filter.resolve(path) is None, path
+
+
+def test_a_dangling_link_into_the_startup_folder_is_refused(guarded):
+    """Opening a dangling symlink for writing creates its target: the target is checked, so a link into startup/ is refused."""
+    startup = os.path.join(guarded.home, ".ipython", "profile_default", "startup")
+    guarded.mark()
+    code = (f"import os\nos.makedirs({startup!r}, exist_ok=True)\n"
+            f"os.symlink({startup + '/late.py'!r}, 'innocent.txt')\nopen('innocent.txt', 'w').write('import os')")
+    assert_short_refusal(guarded.execute(code))
+    assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied"
+    assert not os.path.exists(os.path.join(startup, "late.py"))

@@ -28,7 +28,7 @@ from kernel_guard.server import KernelGuardServer, assess_kernelspec
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "examples" / "docker" / "Dockerfile"
 #: what `COPY . <dest>` needs of the build context to install the package
-CONTEXT = ("pyproject.toml", "README.md", "kernel_guard", "jupyter-config", "seccomp_profiles", "examples")
+CONTEXT = ("pyproject.toml", "setup.py", "README.md", "kernel_guard", "jupyter-config", "seccomp_profiles", "examples")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -45,7 +45,7 @@ def copy_into(src: str, dest: str, root: Path) -> Path:
         target.mkdir(parents=True)
         for name in CONTEXT:
             if (REPO / name).is_dir():
-                shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
             elif (REPO / name).exists():
                 shutil.copy(REPO / name, target / name)
     else:

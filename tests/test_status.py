@@ -56,7 +56,8 @@ def test_guard_status_in_a_launched_kernel_reports_every_layer(launched: Launche
     sup = layers["supervisor"]
     assert sup["active"] and sup["state"] == "enforce" and sup["pid"] == launched.supervisor_pid()
     assert sup["own_seccomp"] == "2" and set(sup["sinks"].values()) == {"ok"}
-    assert layers["audit"]["state"] == "enforce" and layers["ipython"]["state"] == "enforce"
+    assert layers["audit"]["state"] == "enforce" and layers["audit"]["hook"] == "native"
+    assert layers["ipython"]["state"] == "enforce"
     assert report["events"]["state"] == "ok" and report["events"]["dropped"] == 0
     assert report["transport"]["transport"] == "tcp" and report["transport"]["curve"] is False
     assert report["debugger"]["active"] is False
@@ -91,4 +92,5 @@ def test_guard_status_without_the_launcher_is_truthful(make_kernel) -> None:
     assert report["launcher"] is False
     assert layers["seccomp"]["active"] is False and layers["seccomp"]["seccomp"] == "0"
     assert layers["supervisor"]["state"] == "none"
-    assert layers["audit"]["state"] == "enforce" and layers["ipython"]["state"] == "enforce"
+    assert layers["audit"]["state"] == "enforce" and layers["audit"]["hook"] == "native"
+    assert layers["ipython"]["state"] == "enforce"
