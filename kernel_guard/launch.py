@@ -353,7 +353,24 @@ def _guard_multiprocessing(enforce_exec: bool) -> None:
 
 
 def _disable_debugger() -> None:
-    """debugpy evaluates arbitrary code through debug_request, outside cell events."""
+    """debugpy evaluates arbitrary code through debug_request, outside cell events.
+
+    ipykernel decides whether it has a debugger when ``ipykernel.debugger`` is
+    imported, by importing debugpy's server (pydevd: about 0.1 s of start-up).
+    Imported here first with that import failing, the kernel has no debugger
+    and does not load one; user code can still import debugpy afterwards.
+    """
+    if "ipykernel.debugger" not in sys.modules:
+        blocked = "debugpy.server"
+        saved = sys.modules.get(blocked)
+        sys.modules[blocked] = None  # type: ignore[assignment]  (makes its import raise ImportError)
+        try:
+            import ipykernel.debugger  # noqa: F401
+        finally:
+            if saved is None:
+                del sys.modules[blocked]
+            else:
+                sys.modules[blocked] = saved
     import ipykernel.debugger
 
     ipykernel.debugger._is_debugpy_available = False

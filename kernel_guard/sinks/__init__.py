@@ -92,20 +92,32 @@ def _logging(url: str, options: Optional[SinkOptions] = None) -> Sink:
     return LoggingSink.from_url(url)
 
 
-#: URL scheme -> factory ``(url, options=None)``.  syslog and http register here.
+def _network(module: str) -> Callable[..., Sink]:
+    """A factory that imports the network sink's module on first use.
+
+    Their modules import ssl and http.client (about 50 ms): a kernel, and the
+    supervisor, writing to a file must not start slower for sinks it never opens.
+    """
+
+    def factory(url: str, options: Optional[SinkOptions] = None) -> Sink:
+        import importlib
+
+        importlib.import_module(f".{module}", __name__)  # replaces this entry in SCHEMES
+        opener = SCHEMES[urlsplit(url).scheme]
+        return opener(url) if options is None else opener(url, options)
+
+    return factory
+
+
+#: URL scheme -> factory ``(url, options=None)``.  syslog and http register
+#: their own openers here when their modules are imported.
 SCHEMES: Dict[str, Callable[..., Sink]] = {
     "file": _file,
     "stderr": _stderr,
     "logging": _logging,
+    **{scheme: _network("syslog") for scheme in ("syslog+udp", "syslog+tcp", "syslog+unix")},
+    **{scheme: _network("http") for scheme in ("http", "https")},
 }
-
-
-def _optional_schemes() -> None:
-    """Register the network sinks when their modules are present."""
-    try:
-        from . import syslog, http  # noqa: F401  (they register themselves)
-    except ImportError:
-        pass
 
 
 def describe_url(url: str) -> str:
@@ -122,7 +134,6 @@ def describe_url(url: str) -> str:
 
 def validate_sink_url(url: str) -> str:
     """Check a sink URL's form; return it, or raise ConfigError naming the fix."""
-    _optional_schemes()
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         known = ", ".join(sorted(f"{s}://" for s in SCHEMES))
