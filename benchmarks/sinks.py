@@ -97,7 +97,7 @@ def _sink_rate(root: str, events: List[dict], rt: Any) -> float:
     """Events per second ``FileSink.emit`` writes: the writer thread's part (JSON + write(2))."""
     from kernel_guard.sinks.file import FileSink
 
-    for processor in rt.pipeline.processors:  # events as they reach the sink
+    for processor in rt.pipeline.processors:  # events as they reach the sink (caller and writer processors)
         events = [e for e in map(processor, events) if e is not None]
     sink = FileSink(os.path.join(root, "sink-only.jsonl"))
     best = 0.0

@@ -18,12 +18,18 @@ import socket
 import time
 from typing import Any, Dict
 
+try:
+    import orjson
+except ImportError:  # an optional speed-up (the "fast" extra); the standard library is the fallback
+    orjson = None  # type: ignore[assignment]
+
 __all__ = [
     "ECS_VERSION",
     "Event",
     "KernelContext",
     "make_event",
     "to_json",
+    "to_json_line",
     "validate_event",
 ]
 
@@ -133,9 +139,28 @@ def make_event(
     return event
 
 
+# one encoder for every event: json.dumps with options builds a new one per call
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
 def to_json(event: Event) -> str:
-    """One line of UTF-8 JSON, no trailing newline; never raises on odd values."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=repr)
+    """One line of JSON, no trailing newline; never raises on odd values."""
+    return to_json_line(event)[:-1].decode("utf-8")
+
+
+def to_json_line(event: Event) -> bytes:
+    """One line of UTF-8 JSON with its newline, as sinks write it; never raises.
+
+    orjson, when installed, serialises several times faster (the file sink's
+    throughput is bounded by this); what it refuses (a lone surrogate, an
+    integer beyond 64 bits) goes through the standard library's encoder.
+    """
+    if orjson is not None:
+        try:
+            return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return (_ENCODER.encode(event) + "\n").encode("utf-8", "replace")
 
 
 class KernelContext:

@@ -1,8 +1,13 @@
-"""The event pipeline: processors on the emitting thread, sinks on their own threads.
+"""The event pipeline: light processors on the emitting thread, sinks on their own threads.
 
-    source -> emit(event) -> processors -> bounded queue -> writer thread -+-> local sinks (file, stderr, logging)
-                                                                           +-> spool -> sender thread -> syslog
-                                                                           +-> spool -> sender thread -> HTTP
+    source -> emit(event) -> context, aggregation -> bounded queue -> writer thread: redaction, numbering
+                                                                      -+-> local sinks (file, stderr, logging)
+                                                                       +-> spool -> sender thread -> syslog
+                                                                       +-> spool -> sender thread -> HTTP
+
+Processors marked ``deferred`` (redaction, numbering) and every one after
+them run on the writer thread, in queue order, just before the batch is
+written: the caller pays for context and aggregation only.
 
 ``emit`` never blocks and never raises: a full queue counts the event as
 dropped, and the writer records the count as an ``events-dropped`` event of
@@ -38,7 +43,7 @@ import weakref
 from collections import deque
 from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
-from .events import Event, make_event, to_json
+from .events import Event, make_event, to_json, to_json_line
 from .processors import Processor, Sequence
 from .sinks import Sink
 from .spool import MemorySpool, Spool, Token, default_spool_root, open_spool
@@ -81,6 +86,11 @@ class EventPipeline:
         """``spool_dir``: root of the network sinks' spools (None: the default, "": in memory)."""
         self.sinks: List[Sink] = list(sinks)
         self.processors: List[Processor] = list(processors)
+        split = next((i for i, p in enumerate(self.processors) if getattr(p, "deferred", False)),
+                     len(self.processors))
+        self._on_caller = self.processors[:split]
+        self._on_writer = self.processors[split:]
+        self._finishing = threading.Lock()
         self.queue_size = queue_size
         self.dropped = 0
         self.written = 0
@@ -114,29 +124,31 @@ class EventPipeline:
     # -- emitting ---------------------------------------------------------
     def emit(self, event: Event) -> None:
         """Process and enqueue one event; never blocks, never raises."""
-        with self._order:  # numbering and queueing in one step: the queue is in sequence order
+        with self._order:  # aggregating and queueing in one step: the queue is in emit order
             event = self._process(event, 0)
             if event is not None:
                 self._enqueue(event)
 
     def _process(self, event: Event, start: int) -> Optional[Event]:
-        """Run the processors from index ``start``; None if one swallowed the event."""
-        try:
-            for processor in self.processors[start:]:
-                event = processor(event)
-                if event is None:
-                    return None
-        except Exception as exc:  # a processor bug must not lose the event
-            event.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
-        return event
+        """Run the caller's processors from index ``start``; None if one swallowed the event."""
+        return _run_processors(self._on_caller[start:], event)
+
+    def _finish(self, event: Event) -> Optional[Event]:
+        """Run the writer's processors (redaction, numbering) just before writing."""
+        with self._finishing:
+            return _run_processors(self._on_writer, event)
 
     def _enqueue(self, event: Event) -> None:
         if self._closed:
             # after shutdown the sinks are gone: the server log still gets it
-            _stderr_line(to_json(event))
+            finished = self._finish(event)
+            if finished is not None:
+                _stderr_line(to_json(finished))
             return
         if self._sync:
-            self._write([event])
+            finished = self._finish(event)
+            if finished is not None:
+                self._write([finished])
             return
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
@@ -151,7 +163,7 @@ class EventPipeline:
 
     def _expire_aggregates(self, force: bool = False) -> None:
         """Feed the aggregators' summaries of ended intervals back in after them."""
-        for index, processor in enumerate(self.processors):
+        for index, processor in enumerate(self._on_caller):
             expire = getattr(processor, "expire", None)
             if expire is None:
                 continue
@@ -193,7 +205,9 @@ class EventPipeline:
                     self._flush_sinks()
                     item.done.set()
                     continue
-                batch.append(item)
+                item = self._finish(item)
+                if item is not None:
+                    batch.append(item)
             self._write(batch)
         self._report_dropped()
         self._report_losses()
@@ -243,7 +257,7 @@ class EventPipeline:
             else:
                 self._sink_ok(sink)
         if self._workers:
-            lines = [(to_json(e) + "\n").encode("utf-8", "replace") for e in batch]
+            lines = [to_json_line(e) for e in batch]
             for worker in self._workers.values():
                 worker.accept(lines)
         self.written += len(batch)
@@ -355,6 +369,18 @@ class EventPipeline:
             "spool": {url: w.stats() for url, w in self._workers.items()},
             "writer_alive": bool(self._thread and self._thread.is_alive()) or self._sync,
         }
+
+
+def _run_processors(processors: List[Processor], event: Event) -> Optional[Event]:
+    """``event`` through ``processors``; None if one swallowed it; a failing one is noted, not fatal."""
+    try:
+        for processor in processors:
+            event = processor(event)
+            if event is None:
+                return None
+    except Exception as exc:  # a processor bug must not lose the event
+        event.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
+    return event
 
 
 def _about(event: Event, url: str) -> bool:

@@ -1,9 +1,12 @@
 """Processors: small callables that each take an event and return it.
 
-The pipeline runs them in order on the emitting thread, before the event is
-queued: context first, then redaction (so no sink ever sees a secret), then
-numbering (``event.sequence`` is per kernel process, so a gap downstream
-shows a lost event).
+The pipeline runs them in order: context first (on the emitting thread, which
+is the one the context describes), aggregation (there too, so a flood is
+counted before it reaches the queue), then redaction (so no sink ever sees a
+secret) and numbering (``event.sequence`` is per kernel process, so a gap
+downstream shows a lost event).  Processors marked ``deferred`` run on the
+writer thread, just before the event is written: redaction is most of an
+event's cost, and the cell that raised the event should not wait for it.
 """
 
 from __future__ import annotations
@@ -121,6 +124,8 @@ class AddContext:
 class Redact:
     """Remove secrets from commands, arguments, code and reasons."""
 
+    deferred = True  # on the writer thread: every event passes through it before any sink
+
     _TEXT_FIELDS = (("process", "command_line"), ("kernel_guard", "code"),
                     ("kernel_guard", "target"), ("event", "reason"), ("file", "path"))
 
@@ -150,6 +155,8 @@ class Redact:
 
 class Sequence:
     """Number events of this process: ``event.sequence`` 1, 2, 3 ..."""
+
+    deferred = True  # numbered in the order they are written
 
     def __init__(self) -> None:
         self._counter = itertools.count(1)

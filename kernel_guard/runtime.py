@@ -89,7 +89,8 @@ def start(config: Config | None = None, kernel_id: str | None = None) -> Runtime
 
         sinks = [StderrSink()]
     # aggregate before redacting and numbering: repeats cost no regex work, and
-    # event.sequence stays gap-free for what is actually written
+    # event.sequence stays gap-free for what is actually written; redaction and
+    # numbering run on the writer thread (deferred), not in the cell
     processors = [AddContext(context), Aggregate(guard.aggregate_interval),
                   Redact(guard.redact_patterns), Sequence()]
     pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size,

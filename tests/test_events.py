@@ -137,3 +137,22 @@ def test_redaction_shortcut_matches_running_every_pattern():
     for _ in range(3000):
         text = "".join(rng.choice(pieces + list(string.ascii_letters)) for _ in range(rng.randint(1, 12)))
         assert redact_text(text) == every_pattern(text), text
+
+
+def test_json_lines_are_the_same_with_and_without_orjson(monkeypatch):
+    """orjson (when installed) and the standard library write byte-identical lines; odd values never raise."""
+    from kernel_guard import events
+
+    event = make_event("exec-denied", outcome="failure", layer="audit", reason="héllo ✓ \u2028 \"q\"",
+                       process={"args": ["a", 1, 2.5, None, True]}, duration_ms=0.1 + 0.2)
+    fast = events.to_json_line(event)
+    monkeypatch.setattr(events, "orjson", None)
+    assert events.to_json_line(event) == fast and fast.endswith(b"\n") and fast.count(b"\n") == 1
+    assert events.to_json(event) == fast[:-1].decode()
+    odd = {"k": {1: object(), "lone": "\udcff", "big": 2 ** 70}}
+    import orjson  # in the test extra, so both paths are always checked
+
+    for module in (None, orjson):
+        monkeypatch.setattr(events, "orjson", module)
+        line = events.to_json_line(odd)
+        assert line.count(b"\n") == 1 and b'"big":1180591620717411303424' in line and b'"1":"<object' in line

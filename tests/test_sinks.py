@@ -189,3 +189,34 @@ def test_writer_thread_is_named(tmp_path):
     pipe = EventPipeline([MemorySink()])
     assert "kernel-guard-writer" in [t.name for t in threading.enumerate()]
     pipe.close()
+
+
+def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd):
+    """Secrets are redacted and events numbered in order whether written by the writer thread, after close, or in a forked child."""
+    from kernel_guard.processors import AddContext, Redact, Sequence
+    from kernel_guard.events import KernelContext
+
+    secret = "ghp_" + "a" * 36
+    sink = MemorySink()
+    pipe = EventPipeline([sink], [AddContext(KernelContext()), Redact(), Sequence()])
+    for i in range(50):
+        pipe.emit(_event(i, code=f"token = '{secret}'  # {i}"))
+    pipe.flush()
+    assert [e["event"]["sequence"] for e in sink.events] == list(range(1, 51))
+    assert all(secret not in json.dumps(e) and "[REDACTED]" in e["kernel_guard"]["code"] for e in sink.events)
+    path = tmp_path / "child.jsonl"
+    child = os.fork()
+    if child == 0:  # the child writes synchronously, with its own numbering
+        try:
+            pipe.sinks.append(FileSink(str(path)))
+            pipe._direct.append(pipe.sinks[-1])
+            pipe.emit(_event(1, code=f"password={secret}"))
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    (line,) = read_events(str(path))
+    assert secret not in json.dumps(line) and line["event"]["sequence"] == 1
+    pipe.close()
+    pipe.emit(_event(2, code=f"api_key={secret}"))  # after close: to stderr, still redacted
+    err = capfd.readouterr().err
+    assert "api_key" in err and secret not in err

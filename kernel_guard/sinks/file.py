@@ -7,7 +7,7 @@ import os
 from typing import List
 from urllib.parse import unquote, urlsplit
 
-from ..events import Event, to_json
+from ..events import Event, to_json_line
 from ..exceptions import SinkError
 from . import Sink
 
@@ -41,7 +41,7 @@ class FileSink(Sink):
         buf: list[bytes] = []
         size = 0
         for event in events:
-            line = (to_json(event) + "\n").encode("utf-8", "replace")
+            line = to_json_line(event)
             if size + len(line) > _CHUNK and buf:
                 self._write(b"".join(buf))
                 buf, size = [], 0

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 from urllib.parse import unquote, urlsplit
 
 from .._version import __version__
-from ..events import Event, to_json
+from ..events import Event, to_json_line
 from ..exceptions import SinkError
 from . import SCHEMES, Sink, SinkOptions, describe_url
 
@@ -145,7 +145,7 @@ class HttpSink(Sink):
 
     def emit(self, events: List[Event]) -> None:
         """POST the batch; raise unless the collector took it (the spool retries)."""
-        self.emit_lines([(to_json(e) + "\n").encode("utf-8", "replace") for e in events])
+        self.emit_lines([to_json_line(e) for e in events])
 
     def emit_lines(self, lines: List[bytes]) -> None:
         """POST JSON lines as they are in the spool (no decoding and encoding again)."""

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import List
 
-from ..events import Event, to_json
+from ..events import Event, to_json_line
 from . import Sink
 
 
@@ -32,7 +32,7 @@ class StderrSink(Sink):
         os.set_inheritable(self._fd, False)
 
     def emit(self, events: List[Event]) -> None:
-        data = "".join(to_json(e) + "\n" for e in events).encode("utf-8", "replace")
+        data = b"".join(to_json_line(e) for e in events)
         while data:
             data = data[os.write(self._fd, data):]
 
