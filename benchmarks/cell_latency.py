@@ -7,7 +7,11 @@ Added latency is the guarded median (or 99th percentile) minus the plain one.
 A second plain kernel (``control``) takes its turns too: its difference from
 the first is the noise floor between two identical kernels on this machine.
 The cells are run in blocks, each with fresh kernels, so that one kernel's
-lasting speed (memory layout) does not pass for the guard's cost.
+lasting speed (memory layout) does not pass for the guard's cost: two
+identical kernels differ by up to 0.5 ms per trivial cell for their whole
+life, more than the guard adds.  The added median is therefore the median,
+over blocks, of each block's guarded-minus-plain median (a paired
+difference); the p99 is taken over all cells.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ TARGET_MEDIAN_MS = 0.2
 TARGET_P99_MS = 1.0
 
 
-def _block(workspace: Workspace, cells: int, samples: Dict[str, list]) -> None:
+def _block(workspace: Workspace, cells: int, samples: Dict[str, list]) -> Dict[str, float]:
+    """Run one block of fresh kernels; append to ``samples``; return this block's medians."""
     kernels: Dict[str, BenchKernel] = start_all(workspace)
     try:
         control = BenchKernel("plain", workspace)
@@ -31,41 +36,49 @@ def _block(workspace: Workspace, cells: int, samples: Dict[str, list]) -> None:
         for kernel in kernels.values():
             for _ in range(20):  # warm-up
                 kernel.execute("pass")
+        block: Dict[str, list] = {c: [] for c in names}
         for index in range(cells):
             for config in interleaved(names, index):
-                samples[config].append(kernels[config].execute("pass")[0] * 1e3)
+                block[config].append(kernels[config].execute("pass")[0] * 1e3)
     finally:
         stop_all(kernels)
+    for config, values in block.items():
+        samples[config].extend(values)
+    return {config: median(values) for config, values in block.items()}
 
 
 def run(workspace: Workspace, cells: int, blocks: int = 1) -> Dict[str, Any]:
     """``cells`` trivial cells per configuration, in ``blocks`` blocks of fresh kernels."""
     names = (*CONFIGS, "control")
     samples: Dict[str, list] = {c: [] for c in names}
-    for block in range(blocks):
-        _block(workspace, cells // blocks + (1 if block < cells % blocks else 0), samples)
+    per_block = [_block(workspace, cells // blocks + (1 if block < cells % blocks else 0), samples)
+                 for block in range(blocks)]
     med = {c: median(samples[c]) for c in names}
     p99 = {c: percentile(samples[c], 99) for c in names}
     compared = [c for c in names if c != "plain"]
-    added = {c: {"median_ms": med[c] - med["plain"], "p99_ms": p99[c] - p99["plain"]} for c in compared}
+    added = {c: {"median_ms": median([b[c] - b["plain"] for b in per_block]), "p99_ms": p99[c] - p99["plain"]}
+             for c in compared}
     rows = []
     for c in GUARDED:
-        rows.append({"metric": "trivial cell, median ms", "config": c, "plain": rounded(med["plain"], 3),
-                     "guarded": rounded(med[c], 3), "ratio": rounded(med[c] / med["plain"], 3),
+        rows.append({"metric": "trivial cell, median ms (added: median of blocks)", "config": c,
+                     "plain": rounded(med["plain"], 3), "guarded": rounded(med["plain"] + added[c]["median_ms"], 3),
+                     "ratio": rounded((med["plain"] + added[c]["median_ms"]) / med["plain"], 3),
                      "target": f"+{TARGET_MEDIAN_MS} ms", "met": added[c]["median_ms"] <= TARGET_MEDIAN_MS})
         rows.append({"metric": "trivial cell, p99 ms", "config": c, "plain": rounded(p99["plain"], 3),
                      "guarded": rounded(p99[c], 3), "ratio": rounded(p99[c] / p99["plain"], 3),
                      "target": f"+{TARGET_P99_MS} ms", "met": added[c]["p99_ms"] <= TARGET_P99_MS})
     if samples["control"]:
-        for label, values in (("median", med), ("p99", p99)):
+        control_median = med["plain"] + added["control"]["median_ms"]
+        for label, plain, control in (("median", med["plain"], control_median), ("p99", p99["plain"], p99["control"])):
             rows.append({"metric": f"trivial cell, {label} ms (A/A noise floor)", "config": "control (plain)",
-                         "plain": rounded(values["plain"], 3), "guarded": rounded(values["control"], 3),
-                         "ratio": rounded(values["control"] / values["plain"], 3), "target": "info", "met": None})
+                         "plain": rounded(plain, 3), "guarded": rounded(control, 3),
+                         "ratio": rounded(control / plain, 3), "target": "info", "met": None})
     return {
         "title": "per-cell overhead",
         "unit": "ms",
         "repetitions": cells,
         "blocks": blocks,
+        "block_medians": [{c: rounded(v, 4) for c, v in b.items()} for b in per_block],
         "results": {c: {"median_ms": rounded(med[c], 4), "p99_ms": rounded(p99[c], 4)} for c in names},
         "ratios": {c: rounded(med[c] / med["plain"], 4) for c in GUARDED},
         "added": {c: {k: rounded(v, 4) for k, v in a.items()} for c, a in added.items()},

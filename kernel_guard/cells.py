@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from . import runtime
+from .events import _now as _events_now
 from .events import make_event
 
 __all__ = ["code_fields", "install"]
@@ -33,11 +34,13 @@ def code_fields(code: str, policy: str, max_chars: int) -> dict[str, Any]:
 
 
 def _cell_event(code: str, *, silent: bool, reply: Any, duration: float, cell_id: str | None,
-                session: str | None, user_expressions: dict | None) -> dict:
+                session: str | None, user_expressions: dict | None, timestamp: str | None = None) -> dict:
     rt = runtime.current()
     assert rt is not None
     status = reply.get("status", "unknown") if isinstance(reply, dict) else "unknown"
     fields: dict[str, Any] = {
+        # always present: an event that names its execution count names its cell,
+        # so the context (perhaps a later cell's, when this is built) adds neither
         "execution_count": reply.get("execution_count") if isinstance(reply, dict) else None,
         "silent": silent,
         "duration_ms": round(duration * 1000, 3),
@@ -55,6 +58,8 @@ def _cell_event(code: str, *, silent: bool, reply: Any, duration: float, cell_id
     event = make_event("cell-executed", outcome="success" if status == "ok" else "failure",
                        layer="ipython", **fields)
     event["event"]["duration"] = int(duration * 1e9)  # ECS: nanoseconds
+    if timestamp:
+        event["@timestamp"] = timestamp  # when the cell ended, not when it was recorded
     return event
 
 
@@ -91,12 +96,12 @@ def _wrap_do_execute(kernel: Any) -> None:
             if context is not None:
                 context.execution_count = context.cell_id = None
             parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else {}
-            runtime.emit(_cell_event(
-                code, silent=silent, reply=reply, duration=time.perf_counter() - started,
+            # built on the writer thread: the reply does not wait for it
+            runtime.emit_later(functools.partial(
+                _cell_event, code, silent=silent, reply=reply, duration=time.perf_counter() - started,
                 cell_id=kwargs.get("cell_id") or cell_meta.get("cellId"),
                 session=(parent or {}).get("header", {}).get("session"),
-                user_expressions=user_expressions,
-            ))
+                user_expressions=user_expressions, timestamp=_events_now()))
 
     do_execute._kernel_guard = True  # type: ignore[attr-defined]
     kernel.do_execute = do_execute

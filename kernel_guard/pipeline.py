@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from .events import Event, make_event, to_json, to_json_line
 from .processors import Processor, Sequence
@@ -70,6 +70,15 @@ class _FlushMarker:
 
     def __init__(self) -> None:
         self.done = threading.Event()
+
+
+class _Deferred:
+    """An event to be built on the writer thread (see ``emit_later``)."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[], Event]) -> None:
+        self.build = build
 
 
 class EventPipeline:
@@ -128,6 +137,23 @@ class EventPipeline:
             event = self._process(event, 0)
             if event is not None:
                 self._enqueue(event)
+
+    def emit_later(self, build: Callable[[], Event]) -> None:
+        """Queue ``build``; the writer thread calls it and emits the event it returns.
+
+        For routine events whose building would delay the caller (every
+        cell's ``cell-executed``): the event takes its place in the queue now,
+        so events stay in order.  ``build`` must not depend on state that
+        changes meanwhile (the context is applied when it is built).
+        """
+        if self._closed or self._sync or self._thread is None:
+            self.emit(_build(build))
+            return
+        with self._order:
+            if len(self._queue) >= self.queue_size:
+                self.dropped += 1
+                return
+            self._queue.append(_Deferred(build))
 
     def _process(self, event: Event, start: int) -> Optional[Event]:
         """Run the caller's processors from index ``start``; None if one swallowed the event."""
@@ -205,6 +231,11 @@ class EventPipeline:
                     self._flush_sinks()
                     item.done.set()
                     continue
+                if isinstance(item, _Deferred):
+                    with self._order:
+                        item = self._process(_build(item.build), 0)
+                    if item is None:
+                        continue
                 item = self._finish(item)
                 if item is not None:
                     batch.append(item)
@@ -369,6 +400,15 @@ class EventPipeline:
             "spool": {url: w.stats() for url, w in self._workers.items()},
             "writer_alive": bool(self._thread and self._thread.is_alive()) or self._sync,
         }
+
+
+def _build(build: Callable[[], Event]) -> Event:
+    """The event ``build`` makes; a ``guard-error`` event in its place if it raises."""
+    try:
+        return build()
+    except Exception as exc:  # a bug in building must not lose the record that something happened
+        return make_event("guard-error", outcome="failure", layer="pipeline",
+                          reason=f"an event could not be built: {exc!r}")
 
 
 def _run_processors(processors: List[Processor], event: Event) -> Optional[Event]:
@@ -615,6 +655,15 @@ def emit(event: Event) -> None:
         _early.append(event)
     else:
         pipeline.emit(event)
+
+
+def emit_later(build: Callable[[], Event]) -> None:
+    """``EventPipeline.emit_later`` on the process's pipeline (built now if there is none yet)."""
+    pipeline = _current
+    if pipeline is None:
+        _early.append(_build(build))
+    else:
+        pipeline.emit_later(build)
 
 
 @atexit.register

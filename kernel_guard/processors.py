@@ -114,10 +114,11 @@ class AddContext:
             guard.setdefault("kernel_id", ctx.kernel_id)
         if ctx.notebook:
             guard.setdefault("notebook", ctx.notebook)
-        if ctx.execution_count is not None:
-            guard.setdefault("execution_count", ctx.execution_count)
-        if ctx.cell_id:
-            guard.setdefault("cell_id", ctx.cell_id)
+        if "execution_count" not in guard:  # an event naming its cell (cell-executed) keeps it
+            if ctx.execution_count is not None:
+                guard["execution_count"] = ctx.execution_count
+            if ctx.cell_id:
+                guard.setdefault("cell_id", ctx.cell_id)
         return event
 
 

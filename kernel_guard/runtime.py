@@ -9,7 +9,7 @@ pipeline and one audit hook.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from traitlets.config import Config
 
@@ -55,6 +55,11 @@ def current() -> Optional[Runtime]:
 def emit(event: Event) -> None:
     """Emit an event through the process's pipeline (kept until there is one)."""
     _pipeline.emit(event)
+
+
+def emit_later(build: Callable[[], Event]) -> None:
+    """Have the writer thread build and emit an event (see ``EventPipeline.emit_later``)."""
+    _pipeline.emit_later(build)
 
 
 def open_sinks(urls: list[str], options: SinkOptions | None = None) -> tuple[list[Sink], list[tuple[str, str]]]:

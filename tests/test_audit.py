@@ -281,3 +281,16 @@ def test_a_dangling_link_into_the_startup_folder_is_refused(guarded):
     assert_short_refusal(guarded.execute(code))
     assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied"
     assert not os.path.exists(os.path.join(startup, "late.py"))
+
+
+def test_low_level_writes_are_checked_like_open(guarded):
+    """os.open with write flags (the native filter reads the flags, not a mode) is refused for startup files; reads pass."""
+    startup = os.path.join(guarded.home, ".ipython", "profile_default", "startup", "low.py")
+    guarded.mark()
+    code = (f"import os\nos.makedirs(os.path.dirname({startup!r}), exist_ok=True)\n"
+            f"os.close(os.open({startup!r}, os.O_WRONLY | os.O_CREAT, 0o600))")
+    assert_short_refusal(guarded.execute(code))
+    assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied"
+    assert not os.path.exists(startup)
+    ok = guarded.execute("import os\nfd = os.open('/etc/hostname', os.O_RDONLY)\nprint(len(os.read(fd, 100)) > 0)\nos.close(fd)")
+    assert ok.stdout.strip() == "True"
