@@ -40,3 +40,6 @@ def test_quick_run_writes_json_with_all_seven_scenarios_and_the_documented_keys(
     assert set(doc["scenarios"]["workload"]["ratios"]) == {"extension", "launcher"}
     assert set(doc["scenarios"]["kernel_start"]["results"]) == {"plain", "extension", "launcher"}
     assert doc["scenarios"]["refusal"]["outcomes"]["extension"]["subprocess"] == "refused"
+    assert set(doc["scenarios"]["syscalls"]["floor"]) == {"minimal", "guard"}
+    assert set(doc["scenarios"]["syscalls"]["floor"]["guard"]) == {"getppid", "stat"}
+    assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
