@@ -1,13 +1,13 @@
 """The event pipeline: light processors on the emitting thread, sinks on their own threads.
 
-    source -> emit(event) -> context, aggregation -> bounded queue -> writer thread: redaction, numbering
-                                                                      -+-> local sinks (file, stderr, logging)
-                                                                       +-> spool -> sender thread -> syslog
-                                                                       +-> spool -> sender thread -> HTTP
+    source -> emit(event) -> context, aggregation, numbering -> bounded queue
+           -> writer thread: redaction -+-> local sinks (file, stderr, logging)
+                                        +-> spool -> sender thread -> syslog
+                                        +-> spool -> sender thread -> HTTP
 
-Processors marked ``deferred`` (redaction, numbering) and every one after
-them run on the writer thread, in queue order, just before the batch is
-written: the caller pays for context and aggregation only.
+Processors marked ``deferred`` (redaction) and every one after them run on
+the writer thread, in queue order, just before the batch is written: the
+caller pays for context, aggregation and numbering only.
 
 ``emit`` never blocks and never raises: a full queue counts the event as
 dropped, and the writer records the count as an ``events-dropped`` event of
@@ -75,10 +75,11 @@ class _FlushMarker:
 class _Deferred:
     """An event to be built on the writer thread (see ``emit_later``)."""
 
-    __slots__ = ("build",)
+    __slots__ = ("build", "sequence")
 
-    def __init__(self, build: Callable[[], Event]) -> None:
+    def __init__(self, build: Callable[[], Event], sequence: Optional[int]) -> None:
         self.build = build
+        self.sequence = sequence  # reserved when it was queued
 
 
 class EventPipeline:
@@ -150,17 +151,19 @@ class EventPipeline:
             self.emit(_build(build))
             return
         with self._order:
+            numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
+            sequence = numbering.reserve() if numbering is not None else None
             if len(self._queue) >= self.queue_size:
                 self.dropped += 1
                 return
-            self._queue.append(_Deferred(build))
+            self._queue.append(_Deferred(build, sequence))
 
     def _process(self, event: Event, start: int) -> Optional[Event]:
         """Run the caller's processors from index ``start``; None if one swallowed the event."""
         return _run_processors(self._on_caller[start:], event)
 
     def _finish(self, event: Event) -> Optional[Event]:
-        """Run the writer's processors (redaction, numbering) just before writing."""
+        """Run the writer's processors (redaction) just before writing."""
         with self._finishing:
             return _run_processors(self._on_writer, event)
 
@@ -232,8 +235,11 @@ class EventPipeline:
                     item.done.set()
                     continue
                 if isinstance(item, _Deferred):
+                    event = _build(item.build)
+                    if item.sequence is not None:
+                        event["event"]["sequence"] = item.sequence
                     with self._order:
-                        item = self._process(_build(item.build), 0)
+                        item = self._process(event, 0)
                     if item is None:
                         continue
                 item = self._finish(item)

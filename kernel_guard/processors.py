@@ -2,9 +2,9 @@
 
 The pipeline runs them in order: context first (on the emitting thread, which
 is the one the context describes), aggregation (there too, so a flood is
-counted before it reaches the queue), then redaction (so no sink ever sees a
-secret) and numbering (``event.sequence`` is per kernel process, so a gap
-downstream shows a lost event).  Processors marked ``deferred`` run on the
+counted before it reaches the queue), numbering (``event.sequence`` is per
+kernel process, so a gap downstream shows a lost event), then redaction (so
+no sink ever sees a secret).  Processors marked ``deferred`` run on the
 writer thread, just before the event is written: redaction is most of an
 event's cost, and the cell that raised the event should not wait for it.
 """
@@ -155,9 +155,12 @@ class Redact:
 
 
 class Sequence:
-    """Number events of this process: ``event.sequence`` 1, 2, 3 ..."""
+    """Number events of this process: ``event.sequence`` 1, 2, 3 ...
 
-    deferred = True  # numbered in the order they are written
+    Numbered as they are queued (so an event lost after that leaves a gap);
+    an event built later on the writer thread holds a number reserved when
+    its place in the queue was taken.
+    """
 
     def __init__(self) -> None:
         self._counter = itertools.count(1)
@@ -168,7 +171,12 @@ class Sequence:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
-    def __call__(self, event: Event) -> Event:
+    def reserve(self) -> int:
+        """The next number, for an event that will be built later."""
         with self._lock:
-            event["event"]["sequence"] = next(self._counter)
+            return next(self._counter)
+
+    def __call__(self, event: Event) -> Event:
+        if "sequence" not in event["event"]:  # a reserved number is kept
+            event["event"]["sequence"] = self.reserve()
         return event

@@ -93,11 +93,11 @@ def start(config: Config | None = None, kernel_id: str | None = None) -> Runtime
         from .sinks.stream import StderrSink
 
         sinks = [StderrSink()]
-    # aggregate before redacting and numbering: repeats cost no regex work, and
-    # event.sequence stays gap-free for what is actually written; redaction and
-    # numbering run on the writer thread (deferred), not in the cell
-    processors = [AddContext(context), Aggregate(guard.aggregate_interval),
-                  Redact(guard.redact_patterns), Sequence()]
+    # aggregate before numbering and redacting: repeats cost no regex work and
+    # leave no holes in event.sequence; redaction runs on the writer thread
+    # (deferred), not in the cell
+    processors = [AddContext(context), Aggregate(guard.aggregate_interval), Sequence(),
+                  Redact(guard.redact_patterns)]
     pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size,
                          spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes)
     _pipeline.set_pipeline(pipe)

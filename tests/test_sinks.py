@@ -198,12 +198,14 @@ def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd)
 
     secret = "ghp_" + "a" * 36
     sink = MemorySink()
-    pipe = EventPipeline([sink], [AddContext(KernelContext()), Redact(), Sequence()])
+    pipe = EventPipeline([sink], [AddContext(KernelContext()), Sequence(), Redact()])
     for i in range(50):
         pipe.emit(_event(i, code=f"token = '{secret}'  # {i}"))
+        pipe.emit_later(lambda i=i: _event(i, code=f"secret={secret}"))  # built on the writer thread
     pipe.flush()
-    assert [e["event"]["sequence"] for e in sink.events] == list(range(1, 51))
+    assert [e["event"]["sequence"] for e in sink.events] == list(range(1, 101))
     assert all(secret not in json.dumps(e) and "[REDACTED]" in e["kernel_guard"]["code"] for e in sink.events)
+    assert [e["kernel_guard"]["execution_count"] for e in sink.events[:4]] == [0, 0, 1, 1]
     path = tmp_path / "child.jsonl"
     child = os.fork()
     if child == 0:  # the child writes synchronously, with its own numbering
