@@ -11,7 +11,7 @@ Every repetition starts a fresh kernel of each configuration: two identical
 kernels on one machine differ in speed by several percent for their whole
 life (memory layout), so one kernel per configuration would measure that,
 not the guard; the median over fresh kernels averages it out.  Each kernel
-runs the cell three times, the configurations taking turns, and counts with
+runs the cell three times (once with `--quick`), the configurations taking turns, and counts with
 its median run: the 40,000 dicts the cell builds trigger full garbage
 collections in some runs and not in others.
 """
@@ -31,8 +31,8 @@ from .stats import interleaved, median, ratio, rounded
 
 TARGET = 1.03
 
-#: runs of the cell per kernel (their median is the kernel's sample): one run
-#: can meet a full garbage collection of the whole heap, the next none
+#: runs of the cell per kernel (their median is the kernel's sample; one with
+#: --quick): one run can meet a full garbage collection of the whole heap, the next none
 RUNS_PER_KERNEL = 3
 
 SETUP = r'''
@@ -135,7 +135,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
                 kernel.execute(SETUP)
                 kernel.execute(cell)  # warm-up: first imports, caches
             runs: Dict[str, list] = {c: [] for c in CONFIGS}
-            for turn in range(RUNS_PER_KERNEL):
+            for turn in range(1 if quick else RUNS_PER_KERNEL):
                 for config in interleaved(CONFIGS, index + turn):
                     runs[config].append(kernels[config].value(cell, "_bench_elapsed"))
             for config, values in runs.items():
