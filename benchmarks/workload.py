@@ -11,9 +11,9 @@ Every repetition starts a fresh kernel of each configuration: two identical
 kernels on one machine differ in speed by several percent for their whole
 life (memory layout), so one kernel per configuration would measure that,
 not the guard; the median over fresh kernels averages it out.  Each kernel
-runs the cell three times (once with `--quick`), the configurations taking turns, and counts with
-its median run: the 40,000 dicts the cell builds trigger full garbage
-collections in some runs and not in others.
+runs the cell three times (once with ``--quick``), the configurations taking
+turns, and counts with its median run: the 40,000 dicts the cell builds
+trigger full garbage collections in some runs and not in others.
 """
 
 from __future__ import annotations
