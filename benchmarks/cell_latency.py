@@ -7,9 +7,10 @@ Added latency is the guarded median (or 99th percentile) minus the plain one.
 A second plain kernel (``control``) takes its turns too: its difference from
 the first is the noise floor between two identical kernels on this machine.
 The cells are run in blocks, each with fresh kernels, so that one kernel's
-lasting speed (memory layout) does not pass for the guard's cost: two
-identical kernels differ by up to 0.5 ms per trivial cell for their whole
-life, more than the guard adds.  The added median is therefore the median,
+lasting speed (memory layout, and its place in the order the kernels were
+started, which rotates from block to block) does not pass for the guard's
+cost: two identical kernels differ by up to 0.5 ms per trivial cell for
+their whole life, more than the guard adds.  The added median is therefore the median,
 over blocks, of each block's guarded-minus-plain median (a paired
 difference); the p99 is taken over all cells.
 """
@@ -18,27 +19,31 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .kernels import CONFIGS, GUARDED, BenchKernel, Workspace, start_all, stop_all
-from .stats import interleaved, median, percentile, rounded
+from .kernels import CONFIGS, GUARDED, BenchKernel, Workspace, stop_all
+from .stats import interleaved, median, percentile, rotated, rounded
 
 TARGET_MEDIAN_MS = 0.2
 TARGET_P99_MS = 1.0
 
 
-def _block(workspace: Workspace, cells: int, samples: Dict[str, list]) -> Dict[str, float]:
-    """Run one block of fresh kernels; append to ``samples``; return this block's medians."""
-    kernels: Dict[str, BenchKernel] = start_all(workspace)
+def _block(workspace: Workspace, cells: int, samples: Dict[str, list], index: int) -> Dict[str, float]:
+    """Run block ``index`` of fresh kernels; append to ``samples``; return this block's medians.
+
+    The kernels start in an order rotated per block: where a kernel stands in
+    the start order changes its speed on a small machine.
+    """
+    names = (*CONFIGS, "control")
+    kernels: Dict[str, BenchKernel] = {}
     try:
-        control = BenchKernel("plain", workspace)
-        kernels["control"] = control
-        control.start()
-        names = tuple(kernels)
+        for name in rotated(names, index):
+            kernels[name] = BenchKernel("plain" if name == "control" else name, workspace)
+            kernels[name].start()
         for kernel in kernels.values():
             for _ in range(20):  # warm-up
                 kernel.execute("pass")
         block: Dict[str, list] = {c: [] for c in names}
-        for index in range(cells):
-            for config in interleaved(names, index):
+        for turn in range(cells):
+            for config in interleaved(names, turn):
                 block[config].append(kernels[config].execute("pass")[0] * 1e3)
     finally:
         stop_all(kernels)
@@ -51,7 +56,7 @@ def run(workspace: Workspace, cells: int, blocks: int = 1) -> Dict[str, Any]:
     """``cells`` trivial cells per configuration, in ``blocks`` blocks of fresh kernels."""
     names = (*CONFIGS, "control")
     samples: Dict[str, list] = {c: [] for c in names}
-    per_block = [_block(workspace, cells // blocks + (1 if block < cells % blocks else 0), samples)
+    per_block = [_block(workspace, cells // blocks + (1 if block < cells % blocks else 0), samples, block)
                  for block in range(blocks)]
     med = {c: median(samples[c]) for c in names}
     p99 = {c: percentile(samples[c], 99) for c in names}

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     workspace = kernels.Workspace()
     try:
         if "cell_latency" in wanted:
-            blocks = 2 if quick else 10
+            blocks = 2 if quick else 12  # 12: each configuration starts in each of the 4 places 3 times
             _guarded(results, "cell_latency", lambda: cell_latency.run(workspace, cells, blocks))
         if "workload" in wanted:
             _guarded(results, "workload", lambda: workload.run(workspace, reps, quick))
