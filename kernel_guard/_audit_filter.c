@@ -130,7 +130,7 @@ filter_hook(const char *event, PyObject *args, void *data)
     if (tstate == NULL || PyThreadState_GetInterpreter(tstate) != f->interp) {
         return 0;
     }
-    if (event[0] == 'o' && event[1] == 'p' && args != NULL && plain_read(args)
+    if (strcmp(event, "open") == 0 && args != NULL && plain_read(args)
             && !starts_with_proc(PyTuple_GET_ITEM(args, 0))) {
         return 0;
     }
