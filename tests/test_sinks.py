@@ -222,3 +222,18 @@ def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd)
     pipe.emit(_event(2, code=f"api_key={secret}"))  # after close: to stderr, still redacted
     err = capfd.readouterr().err
     assert "api_key" in err and secret not in err
+
+
+def test_network_sink_modules_load_only_when_used(tmp_path):
+    """A kernel writing to a file never imports ssl/http.client; a missing module is a clear SinkError, not a crash."""
+    code = ("import sys\nfrom kernel_guard import runtime\n"
+            f"runtime.start(kernel_id='x')\n"
+            "print('kernel_guard.sinks.http' in sys.modules, 'kernel_guard.sinks.syslog' in sys.modules)\n"
+            "sys.modules['kernel_guard.sinks.http'] = None\n"
+            "from kernel_guard.sinks import open_sink\n"
+            "from kernel_guard.exceptions import SinkError\n"
+            "try:\n    open_sink('https://collector.example:8443/x')\nexcept SinkError as e:\n    print('SinkError', 'collector.example' in str(e))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "KERNEL_GUARD_SINKS": f"file://{tmp_path}/e.jsonl",
+                              "XDG_STATE_HOME": str(tmp_path)})
+    assert out.stdout.split() == ["False", "False", "SinkError", "True"], out.stderr

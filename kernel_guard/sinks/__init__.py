@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from ..events import Event
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SinkError
 
 __all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "open_sink", "validate_sink_url"]
 
@@ -102,8 +102,14 @@ def _network(module: str) -> Callable[..., Sink]:
     def factory(url: str, options: Optional[SinkOptions] = None) -> Sink:
         import importlib
 
-        importlib.import_module(f".{module}", __name__)  # replaces this entry in SCHEMES
+        try:
+            importlib.import_module(f".{module}", __name__)  # replaces this entry in SCHEMES
+        except ImportError as exc:
+            raise SinkError(f"sink {describe_url(url)} cannot be used: {exc} "
+                            "(the Python installation lacks a module it needs, such as ssl)") from exc
         opener = SCHEMES[urlsplit(url).scheme]
+        if opener is factory:
+            raise SinkError(f"sink {describe_url(url)}: kernel_guard.sinks.{module} did not register its scheme")
         return opener(url) if options is None else opener(url, options)
 
     return factory
