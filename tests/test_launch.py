@@ -307,6 +307,15 @@ def test_kernel_cannot_reach_into_its_supervisor(audit_hook_recording: LaunchedK
     assert psutil.Process(sup).status() != psutil.STATUS_ZOMBIE
 
 
+def test_the_debugger_is_off_and_debugpy_is_not_loaded(enforcing: LaunchedKernel) -> None:
+    """kernel_info offers no debugger, pydevd was never imported, and user code can still import debugpy."""
+    reply = enforcing.session.client.kernel_info(reply=True, timeout=10)
+    assert "debugger" not in reply["content"].get("supported_features", []) and reply["content"].get("debugger") is not True
+    result = enforcing.execute("import sys\nprint(sorted(m for m in ('_pydevd_bundle', 'debugpy.server') if m in sys.modules))\n"
+                               "import debugpy\nprint(debugpy.__name__)")
+    assert result.stdout.split("\n")[:2] == ["[]", "debugpy"], result.error_text
+
+
 def test_listener_fd_is_not_left_in_the_kernel(enforcing: LaunchedKernel) -> None:
     """No seccomp listener fd exists in the kernel process, and the filter is active."""
     pid = enforcing.pid
