@@ -316,13 +316,18 @@ class Supervisor:
                 return False
         return True
 
-    def run(self) -> str:
-        """Serve until the listener hangs up; return why the loop ended."""
+    def run(self, stop_fd: Optional[int] = None) -> str:
+        """Serve until the listener hangs up, or ``stop_fd`` (the signal wake-up
+        pipe) becomes readable; return why the loop ended."""
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self.control.fileno(), select.POLLIN)
+        if stop_fd is not None:
+            poller.register(stop_fd, select.POLLIN)
         while True:
             for fd, ev in poller.poll(1000):
+                if fd == stop_fd:
+                    return "SIGTERM"
                 if fd == self.listener:
                     if ev & select.POLLIN:
                         try:
@@ -415,15 +420,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     listener = fds[0]
     control.send(b"listening")
     sup = Supervisor(listener, control, args.mode, args.kernel_pid, rt.emit)
+    # From here SIGTERM only wakes the loop, which ends and records why: the
+    # kernel's death arrives twice (listener closed, PDEATHSIG), and a SIGTERM
+    # raised as an exception could land between the loop's end and the record.
+    stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
     why = "stopped"
     try:
-        why = sup.run()
-    except SystemExit:
-        why = "SIGTERM"
-        raise
+        why = sup.run(stop_r)
     finally:
-        # the kernel's death arrives twice (listener closed, PDEATHSIG): a
-        # SIGTERM raised inside the final flush would lose this record
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
                            reason=f"exec supervisor stopped: {why}", counts=dict(sup.counts),
