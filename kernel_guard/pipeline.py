@@ -100,6 +100,8 @@ class EventPipeline:
                      len(self.processors))
         self._on_caller = self.processors[:split]
         self._on_writer = self.processors[split:]
+        # reserves numbers for events built later (emit_later)
+        self._numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
         self._finishing = threading.Lock()
         self.queue_size = queue_size
         self.dropped = 0
@@ -151,8 +153,7 @@ class EventPipeline:
             self.emit(_build(build))
             return
         with self._order:
-            numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
-            sequence = numbering.reserve() if numbering is not None else None
+            sequence = self._numbering.reserve() if self._numbering is not None else None
             if len(self._queue) >= self.queue_size:
                 self.dropped += 1
                 return
