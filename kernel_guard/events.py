@@ -63,6 +63,8 @@ _CATEGORY = {
     "sink-error": (["configuration"], ["error"]),
     "guard-loaded": (["configuration"], ["start"]),
     "guard-error": (["configuration"], ["error"]),
+    "signal-denied": (["process"], ["denied"]),
+    "listener-denied": (["process"], ["change", "denied"]),
     "supervisor-lost": (["process"], ["end"]),
     "supervisor-stopped": (["process"], ["end"]),
     "credentials-scrubbed": (["configuration"], ["change"]),

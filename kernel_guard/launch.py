@@ -5,16 +5,22 @@ ipykernel in the same process.  The order is the security argument, so each
 step is a function and :func:`launch` calls them in sequence:
 
 1. ``record``    audit hook in record mode (from the first moment); the
-                 guard's runtime and sinks; the seccomp profile; credential
-                 scrubbing; imports and look-ups that need exec
-                 (libseccomp bindings, ``find_library``, ``platform``);
+                 seccomp profile; credential scrubbing; the supervisor's
+                 process spawned; then the Landlock signal ``scope`` (ABI 6+),
+                 while the process is still single-threaded and with the
+                 supervisor outside it; then the guard's runtime and sinks,
+                 whose threads start inside the scope; imports and look-ups
+                 that need exec (libseccomp bindings, ``find_library``,
+                 ``platform``);
 2. ``supervisor`` a separate process (fork + exec while exec still works)
-                 with its own sinks, connected by a socket pair; spawned at
-                 the end of step 1 once the environment is scrubbed, so its
-                 start overlaps the warm-up, and waited for here;
+                 with its own sinks, session and process group, connected by a
+                 socket pair; its start overlaps the warm-up, and is waited
+                 for here;
 3. ``filter``    no_new_privs, CAP_SYS_PTRACE dropped, the profile's filter
-                 loaded with TSYNC; the listener fd passed to the supervisor
-                 over SCM_RIGHTS and closed here;
+                 loaded with TSYNC, plus rules that send every signal, pidfd
+                 and rlimit call aimed at the supervisor's threads to the
+                 supervisor (refused, recorded); the listener fd passed to
+                 the supervisor over SCM_RIGHTS and closed here;
 4. ``verify``    ``/proc/self/status`` says ``Seccomp: 2``, ``NoNewPrivs: 1``,
                  no listener fd is left in this process, the supervisor lives;
                  then the audit hook switches to enforcing, with the
@@ -26,6 +32,12 @@ step is a function and :func:`launch` calls them in sequence:
 A failure in steps 2-4 under a ``fail_closed`` profile (the default profile)
 ends the process with one paragraph on stderr (the Jupyter server log) and a
 ``guard-error`` event: a kernel without its filter must not start.
+
+Losing the supervisor later is not fatal to the kernel, and need not be: the
+filter makes exec fail (ENOSYS) once its listener is gone, and refuses every
+new listener, so nothing can take the supervisor's place and exec stays
+blocked for good.  Ending the kernel instead would lose the user's work and
+still race a forked child; the loss is recorded (event and stderr).
 
 This module is run as ``__main__`` and may also be imported as
 ``kernel_guard.launch``: two module objects.  It therefore keeps no state; the
@@ -52,7 +64,8 @@ DEFAULT_SCRUB = (
 )
 
 _STEP_NAMES = {
-    "record": "preparing the guard", "supervisor": "starting the exec supervisor",
+    "record": "preparing the guard", "scope": "scoping the kernel's signals with Landlock",
+    "supervisor": "starting the exec supervisor",
     "filter": "loading the seccomp filter", "verify": "verifying the seccomp filter",
     "kernel": "starting the kernel with the kernel_guard extension",
 }
@@ -225,18 +238,33 @@ def _create_profile_dir() -> None:
 
 # -- step 2: supervisor ---------------------------------------------------------
 
-def _spawn_supervisor(rt: Any, profile: Any) -> Any:
-    """Start the supervisor's process at the end of step 1 (the environment is scrubbed):
-    its interpreter starts while the warm-up runs; step 2 waits until it is ready.
+def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any) -> Any:
+    """Start the supervisor's process in step 1, once the environment is scrubbed and
+    before the signal scope and the guard's threads exist: its interpreter starts
+    while the warm-up runs; step 2 waits until it is ready.
     Returns the pending handle, or the exception that prevented the start (raised in step 2)."""
     from . import supervisor
 
     env = dict(os.environ)
-    env["KERNEL_GUARD_SINKS"] = ",".join(rt.guard.sinks)
-    env["KERNEL_GUARD_MODE"] = rt.guard.mode
+    env["KERNEL_GUARD_SINKS"] = ",".join(guard.sinks)
+    env["KERNEL_GUARD_MODE"] = guard.mode
     try:
-        return supervisor.spawn(profile.mode, rt.context.kernel_id, profile.name, env)
+        return supervisor.spawn(profile.mode, kernel_id, profile.name, env)
     except Exception as exc:
+        return exc
+
+
+def _scope_signals() -> Any:
+    """Landlock's signal scope for this process and every child: the supervisor,
+    started just before, is outside it and out of the notebook's reach.  While
+    single-threaded (checked): before ABI 8 a domain covers the calling thread only.
+    Returns the LandlockResult, or the OSError that prevented it."""
+    from . import landlock, seccomp_filter
+
+    try:
+        seccomp_filter.set_no_new_privs()  # Landlock needs it, as the filter will
+        return landlock.restrict_signals()
+    except OSError as exc:
         return exc
 
 
@@ -256,7 +284,9 @@ def _load_filter(profile: Any, handle: Any) -> Any:
 
     seccomp_filter.drop_capability(seccomp_filter.CAP_SYS_PTRACE)
     seccomp_filter.set_no_new_privs()
-    loaded = seccomp_filter.load(profile)
+    # signals, pidfds and rlimits aimed at the supervisor go to it: refused and recorded
+    extra = seccomp_filter.supervisor_rules(handle.pid, handle.tids, handle.witness) if handle is not None else ()
+    loaded = seccomp_filter.load(profile, extra)
     if loaded.listener_fd is not None:
         if handle is None:
             os.close(loaded.listener_fd)  # nobody answers: notified syscalls fail with ENOSYS
@@ -313,8 +343,9 @@ def _on_supervisor_lost(handle: Any) -> None:
     from . import pipeline, runtime, status
     from .events import make_event
 
-    reason = (f"the exec supervisor (pid {handle.pid}) {handle.lost_reason}: exec stays blocked "
-              "(ENOSYS), but attempts are no longer recorded from outside the kernel")
+    reason = (f"the exec supervisor (pid {handle.pid}) {handle.lost_reason}: exec stays blocked for good "
+              "(ENOSYS; the filter refuses any new listener), but attempts are no longer recorded from "
+              "outside the kernel")
     status.note_supervisor_lost(reason)
     pipeline._stderr_line(f"kernel_guard: {reason}")
     runtime.emit(make_event("supervisor-lost", outcome="failure", layer="supervisor", reason=reason,
@@ -414,7 +445,7 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     audit.install("audit")  # step 1 begins: record from the first moment
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
-    rt, profile, scrubbed, ld_cache, pending = _prepare(args, extra)
+    rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
     handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending)  # steps 2-4
     _enforce(rt, handle)
     if handle is not None:
@@ -423,40 +454,54 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     _adapt_python(loaded is not None and profile.mode == "enforce", ld_cache, args.unsafe_allow_debugger)
     if dropped_path is not None:
         sys.path.insert(0, dropped_path)  # the notebook's own modules, as in a plain kernel
-    _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger)
+    _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope)
     _run_kernel(args.connection_file, extra, handle, profile.path)
 
 
-def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any]:
-    """Step 1: runtime and sinks, the profile, credential scrubbing, the supervisor's
-    process (spawned, see :func:`_spawn_supervisor`), what needs exec."""
+def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any, Any]:
+    """Step 1: the profile, credential scrubbing, the supervisor's process (spawned,
+    see :func:`_spawn_supervisor`), the signal scope, then runtime and sinks (their
+    threads start inside the scope), what needs exec."""
     from . import profiles, runtime, seccomp_filter
+    from .config import load_config
     from .events import KernelContext, make_event
     from .exceptions import ProfileError
 
     kernel_id = KernelContext.kernel_id_from_connection_file(args.connection_file)
-    rt = runtime.start(_trusted_config(extra), kernel_id=kernel_id)
-    rt.layers["launcher"] = "on"
-    profile_path = args.profile
+    config = _trusted_config(extra)
+    profile_path, profile, problem = args.profile, None, None
     try:
         profile_path = profiles.resolve_profile_path(args.profile)
         profile = profiles.load_profile(profile_path, build=False)  # libseccomp builds it in step 3
     except (ProfileError, seccomp_filter.SeccompUnavailable) as exc:
-        _fail("record", str(exc), profile_path, fatal=True)
+        problem = str(exc)
     patterns = [*DEFAULT_SCRUB, *args.scrub_env]
     scrubbed = [] if args.unsafe_keep_credentials else _scrub_environment(patterns)
+    pending = scope = None
+    if profile is not None:
+        # order matters: the supervisor must start outside the scope, and the
+        # scope must be applied before the runtime starts its threads
+        if profile.uses_notify:
+            pending = _spawn_supervisor(load_config(config)[0], kernel_id, profile)
+        scope = _scope_signals()
+    rt = runtime.start(config, kernel_id=kernel_id)
+    rt.layers["launcher"] = "on"
+    if profile is None:
+        _fail("record", problem or "no profile", profile_path, fatal=True)
     runtime.emit(make_event("credentials-scrubbed", outcome="success", layer="launcher",
                             reason=(f"removed {len(scrubbed)} credential variables from the kernel's environment"
                                     if not args.unsafe_keep_credentials else
                                     "credential scrubbing disabled (--unsafe-keep-credentials)"),
                             variables=scrubbed, patterns=patterns))
-    pending = _spawn_supervisor(rt, profile) if profile.uses_notify else None
+    if isinstance(scope, OSError):
+        _fail("scope", f"Landlock offers the signal scope but it could not be applied: {scope.strerror}",
+              profile.path, fatal=profile.fail_closed)
     try:
         ld_cache = _warm_up()
     except Exception as exc:
         _fail("record", f"{type(exc).__name__}: {exc}", profile.path, fatal=profile.fail_closed)
         ld_cache = {}
-    return rt, profile, scrubbed, ld_cache, pending
+    return rt, profile, scrubbed, ld_cache, pending, scope
 
 
 def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None) -> tuple[Any, Any, dict[str, str]]:
@@ -496,7 +541,7 @@ def _adapt_python(enforce_exec: bool, ld_cache: dict[str, str], allow_debugger: 
 
 
 def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: dict[str, str],
-                  scrubbed: list[str], debugger: bool) -> None:
+                  scrubbed: list[str], debugger: bool, scope: Any) -> None:
     """What was set up, for status and for the kernel-started event."""
     from . import cells, profiles, status
 
@@ -504,9 +549,11 @@ def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: 
     sup_pid = handle.pid if handle is not None else None
     rt.layers["seccomp"] = profile.mode if loaded is not None else "off"
     rt.layers["supervisor"] = "running" if sup_pid else "none"
+    rt.layers["landlock"] = scope.describe() if hasattr(scope, "describe") else "off"
     status.record_launch(profile=summary, seccomp=loaded is not None, supervisor_pid=sup_pid,
                          architectures=list(loaded.architectures) if loaded else [],
-                         scrubbed=scrubbed, debugger=debugger)
+                         scrubbed=scrubbed, debugger=debugger,
+                         landlock_abi=getattr(scope, "abi", None))
     cells.started(layer="launcher", profile=summary, layers=dict(rt.layers), supervisor_pid=sup_pid,
                   seccomp=proc_status.get("Seccomp"), no_new_privs=proc_status.get("NoNewPrivs"))
 

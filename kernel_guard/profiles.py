@@ -295,6 +295,42 @@ def _check_exec_covered(check: _Checker, profile: Profile) -> None:
                              "or SCMP_ACT_ERRNO")
 
 
+#: actions that stop a syscall (NOTIFY included: the supervisor refuses every
+#: notification that is not an exec, and without it the syscall fails with ENOSYS)
+_REFUSING = frozenset({"SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS",
+                       "SCMP_ACT_TRAP", "SCMP_ACT_NOTIFY"})
+#: seccomp(2)'s SECCOMP_FILTER_FLAG_NEW_LISTENER (argument 1, the flags)
+NEW_LISTENER_FLAG = 8
+_LISTENER_ARG = RuleArg(1, NEW_LISTENER_FLAG, NEW_LISTENER_FLAG, "SCMP_CMP_MASKED_EQ")
+
+
+def refuses_new_listeners(profile: Profile) -> bool:
+    """Whether ``seccomp(..., SECCOMP_FILTER_FLAG_NEW_LISTENER, ...)`` is refused.
+
+    Without that, once the supervisor's listener is closed, a forked child can
+    load a filter with a listener of its own and answer its children's exec
+    with CONTINUE.  Accepted: the seccomp syscall refused outright, or refused
+    whenever bit 8 of its flags is set (mask 8, value 8: a wider mask would let
+    a flag combination through).
+    """
+    if profile.action_for("seccomp") in _REFUSING:
+        return True
+    return any("seccomp" in rule.names and rule.args == (_LISTENER_ARG,) and rule.action in _REFUSING
+               for rule in profile.rules)
+
+
+def _check_listener_refused(check: _Checker, profile: Profile) -> None:
+    """A profile whose exec goes to the supervisor must not let anyone else listen."""
+    if not any(profile.action_for(name) == "SCMP_ACT_NOTIFY" for name in EXEC_SYSCALLS):
+        return  # ERRNO/KILL on exec outranks any notification a later filter asks for
+    if not refuses_new_listeners(profile):
+        raise check.fail("syscalls", "exec goes to the supervisor (SCMP_ACT_NOTIFY), but new seccomp "
+                         "notification listeners are allowed: if the supervisor died, a child could install "
+                         "its own listener and let its exec run. Add "
+                         '{"names": ["seccomp"], "action": "SCMP_ACT_NOTIFY", "args": [{"index": 1, '
+                         '"value": 8, "valueTwo": 8, "op": "SCMP_CMP_MASKED_EQ"}]} (or refuse seccomp altogether)')
+
+
 def parse_profile(data: Any, path: str) -> Profile:
     """Check parsed JSON and build a :class:`Profile` (raises ProfileError)."""
     check = _Checker(path)
@@ -332,6 +368,7 @@ def parse_profile(data: Any, path: str) -> Profile:
                       mode=mode, fail_closed=fail_closed, comment=comment or guard_comment, raw=data)
     if mode == "enforce":
         _check_exec_covered(check, profile)
+    _check_listener_refused(check, profile)
     return profile
 
 

@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import IO, Any, Optional
 
 from .exceptions import KernelGuardError, ProfileError
-from .profiles import Profile
+from .profiles import Profile, Rule, RuleArg
 
 __all__ = [
     "LoadedFilter",
@@ -44,6 +44,7 @@ __all__ = [
     "load",
     "proc_status",
     "set_no_new_privs",
+    "supervisor_rules",
     "syscall_known",
 ]
 
@@ -67,6 +68,19 @@ _COMPAT_ARCHES = {
 }
 _OPS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCMP_CMP_EQ": "EQ",
         "SCMP_CMP_GE": "GE", "SCMP_CMP_GT": "GT", "SCMP_CMP_MASKED_EQ": "MASKED_EQ"}
+
+
+#: calls that can end or stop a process given its pid (any thread id names the
+#: whole process): the launcher sends those aimed at the supervisor to it
+_SIGNAL_BY_TID = ("kill", "tkill", "rt_sigqueueinfo", "prlimit64", "pidfd_open")
+#: the same, where the first argument is the thread group (the process) id
+_SIGNAL_BY_TGID = ("tgkill", "rt_tgsigqueueinfo")
+#: every non-exec call a profile or the launcher may send to the supervisor,
+#: which refuses each one (see supervisor.Supervisor.refuse_other)
+PROTECTED_SYSCALLS = (*_SIGNAL_BY_TID, *_SIGNAL_BY_TGID, "pidfd_send_signal", "fcntl", "seccomp")
+F_SETOWN = 8
+#: pid_t is 32 bits: compare the low half only, so high garbage cannot dodge a rule
+_PID_MASK = 0xFFFFFFFF
 
 
 class SeccompUnavailable(KernelGuardError):
@@ -96,6 +110,43 @@ def syscall_known(name: str) -> bool:
     return sc.resolve_syscall(sc.Arch.NATIVE, name) != _NR_SCMP_ERROR
 
 
+def syscall_numbers(arch_name: str, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """name -> (audit arch as a notification reports it, number) on one ABI, from libseccomp.
+
+    x32 calls arrive as the x86_64 audit arch with the x32 bit in the number,
+    which libseccomp's x32 numbers already carry.
+    """
+    sc = bindings()
+    arch = int(getattr(sc.Arch, _ARCH_NAMES[arch_name]))
+    reported = int(sc.Arch.X86_64) if arch_name == "SCMP_ARCH_X32" else arch
+    out = {}
+    for name in names:
+        nr = sc.resolve_syscall(arch, name)
+        if nr >= 0:
+            out[name] = (reported, nr)
+    return out
+
+
+def supervisor_rules(pid: int, tids: list[int], witness: int = 0) -> tuple[Rule, ...]:
+    """Rules that send every signal, pidfd, rlimit or ``F_SETOWN`` call aimed at the
+    supervisor (its pid, each of its threads, its process group) or its witness to
+    the supervisor itself, which refuses and records them.  Built at launch: only
+    then are the pids known."""
+    def aimed(names: tuple[str, ...], value: int, index: int = 0, *more: RuleArg) -> Rule:
+        arg = RuleArg(index, _PID_MASK, value & _PID_MASK, "SCMP_CMP_MASKED_EQ")
+        return Rule(names, "SCMP_ACT_NOTIFY", 1, (*more, arg), "aimed at the exec supervisor",
+                    f"launcher (supervisor pid {pid})")
+
+    processes = sorted({pid, witness} - {0})
+    rules = [aimed(_SIGNAL_BY_TID, tid) for tid in sorted({*processes, *tids})]
+    rules += [aimed(_SIGNAL_BY_TGID, p) for p in processes]
+    set_owner = RuleArg(1, F_SETOWN, 0, "SCMP_CMP_EQ")
+    for target in (*processes, -pid):  # -pid: its process group, which it leads
+        rules.append(aimed(("fcntl",), target, 2, set_owner))  # SIGIO/F_SETSIG to it
+    rules.append(aimed(("kill",), -pid))
+    return tuple(rules)
+
+
 def default_architectures() -> tuple[str, ...]:
     """Every ABI of this machine: x86_64 with i386 and x32; aarch64 with arm."""
     return _COMPAT_ARCHES.get(platform.machine(), ())
@@ -111,8 +162,8 @@ def _action(sc: ModuleType, name: str, errno_ret: int) -> int:
     }[name])
 
 
-def build_filter(profile: Profile) -> Any:
-    """A libseccomp filter context for ``profile`` (not loaded).
+def build_filter(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> Any:
+    """A libseccomp filter context for ``profile`` and ``extra_rules`` (not loaded).
 
     Rules whose action equals the default action are skipped (libseccomp
     refuses them as redundant).  libseccomp errors become ProfileErrors that
@@ -139,7 +190,7 @@ def build_filter(profile: Profile) -> Any:
         # libseccomp probes the kernel: no KILL_PROCESS or TSYNC means no usable seccomp here
         raise SeccompUnavailable(f"libseccomp cannot set up the filter on this system ({exc.strerror}): "
                                  "the kernel lacks seccomp(2), SECCOMP_RET_KILL_PROCESS or TSYNC") from exc
-    for rule in profile.rules:
+    for rule in (*profile.rules, *extra_rules):
         action = _action(sc, rule.action, rule.errno_ret)
         if action == default:
             continue
@@ -245,13 +296,13 @@ class LoadedFilter:
     architectures: tuple[str, ...]
 
 
-def load(profile: Profile) -> LoadedFilter:
-    """Build and load ``profile`` for every thread; return the listener fd.
+def load(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> LoadedFilter:
+    """Build and load ``profile`` (with ``extra_rules``) for every thread; return the listener fd.
 
     Raises SeccompUnavailable when the kernel refuses the filter (no seccomp,
     no user notification, TSYNC failure because a thread has another filter).
     """
-    filt = build_filter(profile)
+    filt = build_filter(profile, extra_rules)
     try:
         filt.load()
     except OSError as exc:

@@ -81,6 +81,36 @@ def _supervisor_layer() -> dict[str, Any]:
                   own_seccomp=(report.get("seccomp") or {}).get("Seccomp"))
 
 
+def _landlock_layer() -> dict[str, Any]:
+    """The signal scope, probed: ``kill(parent, 0)`` fails with EPERM inside a scope
+    even where the parent shares our uid (where it does not, the probe cannot tell)."""
+    applied = (runtime_layers().get("landlock") or "off")
+    abi = _launch.get("landlock_abi")  # probed by the launcher: a ctypes syscall() here would be refused
+    ppid = os.getppid()
+    try:
+        same_uid = os.stat(f"/proc/{ppid}").st_uid == os.getuid()
+        os.kill(ppid, 0)
+        scoped: Optional[bool] = False
+    except PermissionError:
+        scoped = True if same_uid else None
+    except OSError:
+        scoped = None
+    if scoped:
+        return _layer("signal scope", True, abi=abi, probe=f"kill({ppid}, 0): EPERM")
+    if scoped is None:
+        return _layer(applied, applied.startswith("signal"), abi=abi,
+                      reason="as recorded at launch (the parent runs as another user: the probe cannot tell)")
+    return _layer("off", False, abi=abi, reason=applied if applied != "off" else
+                  "no signal scope (it needs the launcher and Landlock ABI 6)")
+
+
+def runtime_layers() -> dict[str, str]:
+    from . import runtime
+
+    rt = runtime.current()
+    return dict(rt.layers) if rt is not None else {}
+
+
 def _audit_layer() -> dict[str, Any]:
     from . import audit
 
@@ -140,7 +170,7 @@ def collect() -> dict[str, Any]:
         "pid": os.getpid(),
         "launcher": bool(_launch),
         "layers": {"ipython": _ipython_layer(), "audit": _audit_layer(), "seccomp": _seccomp_layer(),
-                   "supervisor": _supervisor_layer()},
+                   "supervisor": _supervisor_layer(), "landlock": _landlock_layer()},
         "events": _pipeline(),
         "transport": _transport(),
         "debugger": _debugger(),

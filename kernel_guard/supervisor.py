@@ -16,13 +16,19 @@ keeps no copy.  For each notification the supervisor:
 4. records an ``exec-denied`` (or ``exec-attempt``) event through its own
    sinks, so code in the kernel cannot suppress it.
 
-It ignores SIGINT (interrupts go to the whole process group), exits on
-SIGTERM, when the kernel dies (``PR_SET_PDEATHSIG``) and when the listener
-reports that no process uses the filter any more; it never calls setsid, so
-``killpg`` at shutdown reaches it.  It makes itself non-dumpable and loads its
-own small filter (no exec, no ptrace): the kernel can neither write its memory
-nor, through it, start a program.  If it dies, notified syscalls fail with
-ENOSYS: exec stays blocked, and the kernel records the loss.
+It leaves the kernel's session and process group (no group signal or
+terminal of the kernel's reaches it), ignores SIGINT and terminal signals,
+exits on SIGTERM, when the kernel dies (``PR_SET_PDEATHSIG``) and when the
+listener reports that no process uses the filter any more.  It makes itself
+non-dumpable and loads its own small filter (no exec, no ptrace): the kernel
+can neither write its memory nor, through it, start a program.  The kernel
+cannot signal it either: the launcher scopes the kernel's signals with
+Landlock (ABI 6+), and the kernel's filter sends every signal, pidfd or
+rlimit call aimed at the supervisor's threads, ``kill(-1)``, every
+``pidfd_send_signal`` and every request for a new seccomp listener here, where
+it is refused and recorded (:meth:`Supervisor.refuse_other`).  If it dies all the same,
+notified syscalls fail with ENOSYS and no new listener can be attached: exec
+stays blocked for good, and the kernel records the loss.
 
 The first half of this module is the supervisor process; the second half is
 the kernel-side handle (start, hand over the listener, query, watch).
@@ -227,6 +233,77 @@ def read_exec(notif: Notification) -> dict[str, Any]:
     return info
 
 
+#: where each protected syscall names its signal and target (argument indexes)
+_SIGNAL_ARG = {"kill": 1, "tkill": 1, "tgkill": 2, "rt_sigqueueinfo": 1, "rt_tgsigqueueinfo": 2,
+               "pidfd_send_signal": 1}
+
+
+def other_syscall_table() -> dict[tuple[int, int], tuple[str, str]]:
+    """(audit arch, nr) -> (syscall, ABI) for the non-exec syscalls the launcher may
+    send here, numbered by libseccomp for every ABI of this machine."""
+    from .seccomp_filter import PROTECTED_SYSCALLS, default_architectures, syscall_numbers
+
+    table: dict[tuple[int, int], tuple[str, str]] = {}
+    for arch_name in default_architectures():
+        for name, (audit_arch, nr) in syscall_numbers(arch_name, PROTECTED_SYSCALLS).items():
+            table[(audit_arch, nr)] = (name, arch_name.rsplit("_ARCH_", 1)[-1].lower())
+    return table
+
+
+def _pidfd_target(pid: int, fd: int) -> Optional[int]:
+    """The process a pidfd refers to (best effort): the caller's fdinfo for one from
+    pidfd_open, the folder's name for an open ``/proc/PID``."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+            for line in fh:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+        head, _, name = os.readlink(f"/proc/{pid}/fd/{fd}").rpartition("/")
+        return int(name) if head == "/proc" else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def protection_event(notif: Notification, syscall: str, abi: str, kernel_pid: int, mode: str) -> dict:
+    """``signal-denied`` or ``listener-denied`` for a refused non-exec notification."""
+    from .events import make_event
+
+    process: dict[str, Any] = {"pid": notif.pid, "name": _comm(notif.pid)}
+    ppid = _ppid(notif.pid)
+    if ppid:
+        process["parent"] = {"pid": ppid}
+    fields: dict[str, Any] = {"technique": syscall, "syscall": syscall, "abi": abi, "mode": mode,
+                              "supervisor_pid": os.getpid(), "kernel_pid": kernel_pid}
+    if syscall == "seccomp":
+        return make_event("listener-denied", outcome="failure", layer="seccomp", process=process, **fields,
+                          reason="a new seccomp notification listener was refused: with one, the kernel "
+                                 "could answer its own exec attempts")
+    arg0 = _signed(notif.args[0], 4)
+    if syscall == "pidfd_send_signal":
+        target = _pidfd_target(notif.pid, arg0)
+    elif syscall == "fcntl":
+        target = _signed(notif.args[2], 4)  # fcntl(fd, F_SETOWN, pid)
+    else:
+        target = arg0
+    fields["target_pid"] = target
+    if syscall in _SIGNAL_ARG:
+        fields["signal"] = _signed(notif.args[_SIGNAL_ARG[syscall]], 4)
+    what = {"prlimit64": "changing the resource limits of", "pidfd_open": "opening a pidfd for",
+            "fcntl": "F_SETOWN, directing SIGIO at"}.get(syscall, f"signal {fields.get('signal')} to")
+    whom = "every process" if target == -1 else f"pid {target}"
+    return make_event("signal-denied", outcome="failure", layer="seccomp", process=process, **fields,
+                      reason=f"{syscall}: {what} {whom} refused: the exec supervisor and the processes "
+                             "outside the kernel are out of the notebook's reach")
+
+
+def _comm(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
 class Supervisor:
     """The notification loop of the supervisor process."""
 
@@ -237,8 +314,20 @@ class Supervisor:
         self.mode = mode
         self.kernel_pid = kernel_pid
         self.emit = emit
-        self.counts = {"notifications": 0, "denied": 0, "allowed": 0, "unreadable": 0, "errors": 0}
+        self.counts = {"notifications": 0, "denied": 0, "allowed": 0, "unreadable": 0, "errors": 0,
+                       "signals_denied": 0, "listeners_denied": 0}
         self.started = time.time()
+        self.other_syscalls = other_syscall_table()
+
+    def refuse_other(self, notif: Notification, syscall: str, abi: str) -> None:
+        """A signal to a protected process, or a new seccomp listener: always EPERM,
+        in every mode (the audit profile too), and recorded."""
+        respond(self.listener, notif.id, allow=False)
+        if syscall == "seccomp":
+            self.counts["listeners_denied"] += 1
+        else:
+            self.counts["signals_denied"] += 1
+        self.emit(protection_event(notif, syscall, abi, self.kernel_pid, self.mode))
 
     def handle_one(self) -> None:
         """Receive, read, validate, answer, record."""
@@ -246,6 +335,10 @@ class Supervisor:
         if notif is None:
             return
         self.counts["notifications"] += 1
+        other = self.other_syscalls.get((notif.arch, notif.nr))
+        if other is not None:
+            self.refuse_other(notif, *other)
+            return
         # validate before opening /proc/<pid>/mem (the pid may already be recycled)
         # and after reading (the task may have died while we read)
         info: dict[str, Any] = {"syscall": f"syscall {notif.nr}", "readable": False}
@@ -358,6 +451,16 @@ def _own_status() -> dict[str, str]:
     return proc_status()
 
 
+def _leave_kernel_session() -> None:
+    """A session and process group of our own: no group signal of the kernel's
+    (``killpg``, ``kill(0)``) reaches us, and no terminal the kernel controls can
+    make us its foreground group (terminal signals bypass Landlock's scope).
+    We still end with the kernel: PDEATHSIG, and the listener's hang-up."""
+    os.setsid()
+    for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _harden_self() -> None:
     """Non-dumpable (the kernel cannot open our memory or fds) and no exec of our own."""
     from . import seccomp_filter as sf
@@ -397,9 +500,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     sf.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != args.kernel_pid:
         return 3
+    _leave_kernel_session()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for the kernel's cells
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    control = socket.socket(fileno=args.fd)
+    witness, witness_pipe = _start_witness(args)  # before any thread exists
+    code = _serve(args, socket.socket(fileno=args.fd), witness)
+    try:
+        os.write(witness_pipe, b"stopped")  # a clean end: the witness has nothing to record
+    except BrokenPipeError:
+        pass  # it could not harden itself and is gone
+    return code
+
+
+def _serve(args: argparse.Namespace, control: socket.socket, witness: int) -> int:
+    """Harden, hand-shake, receive the listener, serve until the kernel is gone."""
     from . import runtime
     from .events import make_event
 
@@ -410,32 +524,73 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # tell the launcher why, rather than a traceback
         control.send(f"cannot harden the supervisor: {type(exc).__name__}: {exc}".encode())
         return 5
-    control.send(b"ready")
+    # the kernel's filter sends signals aimed at any of these to us (any tid names its process)
+    tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
+    control.send(b"ready " + json.dumps({"tids": tids, "witness": witness}).encode())
     try:
         _msg, fds, _flags, _addr = socket.recv_fds(control, 64, 1)
     except OSError:
         fds = []
     if not fds:
         return 4
-    listener = fds[0]
     control.send(b"listening")
-    sup = Supervisor(listener, control, args.mode, args.kernel_pid, rt.emit)
+    sup = Supervisor(fds[0], control, args.mode, args.kernel_pid, rt.emit)
     # From here SIGTERM only wakes the loop, which ends and records why: the
     # kernel's death arrives twice (listener closed, PDEATHSIG), and a SIGTERM
     # raised as an exception could land between the loop's end and the record.
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
-    why = "stopped"
-    try:
-        why = sup.run(stop_r)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
-                           reason=f"exec supervisor stopped: {why}", counts=dict(sup.counts),
-                           supervisor_pid=os.getpid(), kernel_pid=args.kernel_pid,
-                           process={"pid": os.getpid()}))
-        rt.pipeline.close(timeout=3.0)
+    why = sup.run(stop_r)  # an exception here is a loss: the witness records it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
+                       reason=f"exec supervisor stopped: {why}", counts=dict(sup.counts),
+                       supervisor_pid=os.getpid(), kernel_pid=args.kernel_pid,
+                       process={"pid": os.getpid()}))
+    rt.pipeline.close(timeout=3.0)
+    return 0
+
+
+def _start_witness(args: argparse.Namespace) -> tuple[int, int]:
+    """Fork the witness: a process that records the supervisor's loss when the
+    supervisor cannot (SIGKILL, a crash), with the same sinks, from outside the
+    kernel.  Returns its pid and the pipe whose end it watches."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_end)
+        os.close(args.fd)  # the kernel must see the supervisor's end close when it dies
+        try:
+            code = _witness(read_end, args)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(read_end)
+    return pid, write_end
+
+
+def _witness(read_end: int, args: argparse.Namespace) -> int:
+    """Wait for the supervisor to end; unless it ended cleanly, record the loss."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    supervisor_pid = os.getppid()
+    _harden_self()
+    said = b""
+    while chunk := os.read(read_end, 64):
+        said += chunk
+    if said == b"stopped":
+        return 0
+    from . import runtime
+    from .events import make_event
+
+    rt = runtime.start(kernel_id=args.kernel_id)
+    rt.emit(make_event("supervisor-lost", outcome="failure", layer="supervisor",
+                       reason=f"the exec supervisor (pid {supervisor_pid}) ended without stopping cleanly "
+                              "(killed or crashed); recorded by its witness. Exec stays blocked for good "
+                              "(ENOSYS; the filter refuses any new listener), but attempts are no longer "
+                              "recorded from outside the kernel",
+                       supervisor_pid=supervisor_pid, kernel_pid=args.kernel_pid, recorded_by="witness",
+                       process={"pid": os.getpid()}))
+    rt.pipeline.close(timeout=5.0)
     return 0
 
 
@@ -453,17 +608,23 @@ class SupervisorHandle:
         self.mode = mode
         self.exit_status: Optional[int] = None
         self.lost_reason: Optional[str] = None
+        #: the supervisor's thread ids at start (a signal to any of them reaches it)
+        self.tids: list[int] = [proc.pid]
+        #: the witness that records the supervisor's loss (0: none)
+        self.witness = 0
         self._lock = threading.Lock()
 
-    def expect(self, word: bytes, timeout: float) -> None:
-        """Wait for a handshake word from the supervisor."""
+    def expect(self, word: bytes, timeout: float) -> bytes:
+        """Wait for a handshake word from the supervisor; return what follows it."""
         ready, _, _ = select.select([self.control], [], [], timeout)
         if not ready:
             raise TimeoutError(f"the supervisor (pid {self.pid}) did not answer within {timeout:.0f}s")
-        data = self.control.recv(1024)
-        if data != word:
-            said = data.decode("utf-8", "replace") if data else "nothing (it exited)"
-            raise RuntimeError(f"the supervisor (pid {self.pid}) said {said!r}, expected {word.decode()!r}")
+        data = self.control.recv(4096)
+        said, _, rest = data.partition(b" ")
+        if said != word:
+            text = data.decode("utf-8", "replace") if data else "nothing (it exited)"
+            raise RuntimeError(f"the supervisor (pid {self.pid}) said {text!r}, expected {word.decode()!r}")
+        return rest
 
     def send_listener(self, fd: int, timeout: float = 10.0) -> None:
         """Pass the listener over SCM_RIGHTS, then close the kernel's copy."""
@@ -473,11 +634,12 @@ class SupervisorHandle:
             os.close(fd)
         self.expect(b"listening", timeout)
 
-    def stop(self) -> None:
-        """End a supervisor that will not be used (only before the audit hook protects it)."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """End a supervisor that will not be used.  The kernel cannot signal it once the
+        signal scope is in force: closing the control socket ends one that waits for its
+        listener (it hears EOF); one that never starts to wait is left to PDEATHSIG."""
         global _handle
-        self.proc.kill()
-        self.proc.wait()
+        _stop_process(self.proc, self.control, timeout)
         self.exit_status = self.proc.returncode
         if _handle is self:
             _handle = None
@@ -527,6 +689,18 @@ class SupervisorHandle:
         return thread
 
 
+def _stop_process(proc: subprocess.Popen, control: socket.socket, timeout: float) -> None:
+    control.close()
+    try:
+        proc.kill()
+    except PermissionError:
+        pass  # outside our Landlock signal scope: it leaves by itself
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 _handle: Optional[SupervisorHandle] = None
 
 
@@ -565,10 +739,11 @@ def wait_ready(handle: SupervisorHandle, timeout: float = 30.0) -> SupervisorHan
     """Wait until a spawned supervisor is ready; kill it if it is not within ``timeout``."""
     global _handle
     try:
-        handle.expect(b"ready", timeout)
+        ready = json.loads(handle.expect(b"ready", timeout))
+        handle.tids = sorted({handle.pid, *(int(t) for t in ready["tids"])})
+        handle.witness = int(ready["witness"])
     except Exception:
-        handle.proc.kill()
-        handle.proc.wait()
+        _stop_process(handle.proc, handle.control, 5.0)
         raise
     _handle = handle
     return handle

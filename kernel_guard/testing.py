@@ -73,19 +73,38 @@ def plain_kernel_argv(*extra: str) -> List[str]:
     return [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", *extra]
 
 
+def _manager_class(user: Optional[tuple[int, int]]) -> type:
+    """jupyter_client's KernelManager; with ``user`` (uid, gid), one whose kernel runs as
+    that user and can read its connection file (written by this process, mode 0600)."""
+    from jupyter_client import KernelManager
+
+    if user is None:
+        return KernelManager
+
+    class UserKernelManager(KernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: List[str], **kw: Any) -> None:
+            os.chown(self.connection_file, *user)
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return UserKernelManager
+
+
 class KernelSession:
     """A real kernel started through jupyter_client.
 
     Either ``argv`` (a kernel.json argv with ``{connection_file}``) or
     ``kernel_name`` (an installed kernelspec).  ``env`` is added to the
-    kernel's environment.
+    kernel's environment.  ``user`` = (uid, gid) starts the kernel as that
+    unprivileged user, as JupyterHub's spawners do (needs root here); its
+    connection file is then written into ``cwd``, which that user must own.
     """
 
     def __init__(self, argv: Optional[List[str]] = None, kernel_name: Optional[str] = None,
                  env: Optional[dict] = None, cwd: Optional[str] = None, startup_timeout: float = 60,
-                 stderr_path: Optional[str] = None) -> None:
-        from jupyter_client import KernelManager
+                 stderr_path: Optional[str] = None, user: Optional[tuple[int, int]] = None) -> None:
         from jupyter_client.kernelspec import KernelSpecManager
+
+        KernelManager = _manager_class(user)
 
         self._tmp = None
         if argv is not None:
@@ -104,8 +123,10 @@ class KernelSession:
 
         from jupyter_core.paths import jupyter_runtime_dir
 
-        os.makedirs(jupyter_runtime_dir(), exist_ok=True)
-        self.manager.connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+        runtime_dir = jupyter_runtime_dir() if user is None else (cwd or tempfile.gettempdir())
+        os.makedirs(runtime_dir, exist_ok=True)
+        self.manager.connection_file = os.path.join(runtime_dir, f"kernel-{uuid.uuid4()}.json")
+        self.user = user
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.stderr_path = stderr_path
@@ -123,6 +144,8 @@ class KernelSession:
     def start(self) -> None:
         """Start the kernel and wait for its first kernel_info reply."""
         kwargs: dict[str, Any] = {"env": self.env}
+        if self.user is not None:
+            kwargs.update(user=self.user[0], group=self.user[1], extra_groups=[])
         if self.cwd:
             kwargs["cwd"] = self.cwd
         if self.stderr_path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -15,13 +15,19 @@ from kernel_guard.testing import CellResult, KernelSession, plain_kernel_argv, r
 class GuardedKernel:
     """A real ipykernel started with ``--ext=kernel_guard`` and a file sink."""
 
-    def __init__(self, root: str, argv: Optional[List[str]] = None, env: Optional[dict] = None) -> None:
+    def __init__(self, root: str, argv: Optional[List[str]] = None, env: Optional[dict] = None,
+                 user: Optional[Tuple[int, int]] = None) -> None:
         self.root = root
         self.home = os.path.join(root, "home")
         self.work = os.path.join(root, "work")
         os.makedirs(self.home, exist_ok=True)
         os.makedirs(self.work, exist_ok=True)
         self.sink = os.path.join(root, "events", "events.jsonl")
+        self.user = user
+        if user is not None:  # the kernel's own folders, as a spawner would give them
+            os.makedirs(os.path.dirname(self.sink), exist_ok=True)
+            for path in (self.home, self.work, os.path.dirname(self.sink)):
+                os.chown(path, *user)
         base_env = {
             "HOME": self.home,
             "IPYTHONDIR": os.path.join(self.home, ".ipython"),
@@ -36,7 +42,7 @@ class GuardedKernel:
         base_env.update(env or {})
         self.stderr_path = os.path.join(root, "kernel-stderr.log")
         self.session = KernelSession(argv or plain_kernel_argv("--ext=kernel_guard"), env=base_env, cwd=self.work,
-                                     stderr_path=self.stderr_path)
+                                     stderr_path=self.stderr_path, user=user)
         self._mark = 0
 
     def start(self) -> "GuardedKernel":

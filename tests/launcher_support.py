@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -36,13 +40,14 @@ def install_spec(prefix: str, name: str = "guarded", *extra: str) -> Dict[str, A
 class LaunchedKernel(GuardedKernel):
     """A kernel started by name from an installed kernelspec (JUPYTER_PATH must point at it)."""
 
-    def __init__(self, root: str, kernel_name: str, env: Optional[dict] = None) -> None:
-        super().__init__(root, env=env)
+    def __init__(self, root: str, kernel_name: str, env: Optional[dict] = None,
+                 user: Optional[Tuple[int, int]] = None) -> None:
+        super().__init__(root, env=env, user=user)
         placeholder = self.session
         if placeholder._tmp is not None:
             placeholder._tmp.cleanup()
         self.session = KernelSession(kernel_name=kernel_name, env=placeholder.env, cwd=self.work,
-                                     stderr_path=self.stderr_path)
+                                     stderr_path=self.stderr_path, user=user)
 
     def value(self, expression: str) -> Any:
         """Evaluate ``expression`` in the kernel and return it (via repr/eval of its stdout)."""
@@ -67,6 +72,33 @@ class LaunchedKernel(GuardedKernel):
         found = [e for e in events if predicate(e)]
         assert found, f"no matching event among {[e['event']['action'] for e in events]}"
         return found[0]
+
+
+#: the unprivileged user kernels run as under Zero to JupyterHub (jovyan: uid 1000, gid 100)
+NOTEBOOK_USER = (1000, 100)
+
+
+@contextlib.contextmanager
+def unprivileged_root() -> Iterator[str]:
+    """A folder the notebook user can reach (pytest's own temp folders are root-only).
+
+    Fails, rather than skips, where this process cannot start kernels as that user
+    or that user cannot run this interpreter: such a test run would prove little.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("these tests start kernels as uid 1000 and must run as root (CI does)")
+    probe = subprocess.run([sys.executable, "-c", "import kernel_guard"], user=NOTEBOOK_USER[0],
+                           group=NOTEBOOK_USER[1], extra_groups=[], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.fail(f"uid {NOTEBOOK_USER[0]} cannot run {sys.executable} with kernel_guard: "
+                    f"{probe.stderr.strip()[-300:]} (create the venv from an interpreter every user can "
+                    "run, as scripts/bootstrap does)")
+    root = tempfile.mkdtemp(prefix="kernel-guard-uid1000-")
+    os.chmod(root, 0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def seccomp_denial(marker: str) -> Callable[[dict], bool]:

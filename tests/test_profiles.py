@@ -124,3 +124,45 @@ def test_cli_export_pfc_shows_every_abi(tmp_path: Path) -> None:
     for needle in ("filter for arch x86_64", "filter for arch x86 ", "filter for arch x32",
                    'syscall "execve"', 'syscall "execveat"', "invalid architecture action", "KILL_PROCESS"):
         assert needle in text, needle
+
+
+LISTENER_RULE = {"names": ["seccomp"], "action": "SCMP_ACT_NOTIFY",
+                 "args": [{"index": 1, "value": 8, "valueTwo": 8, "op": "SCMP_CMP_MASKED_EQ"}]}
+
+
+@pytest.mark.parametrize("seccomp_rules, accepted", [
+    ([], False),
+    ([LISTENER_RULE], True),
+    ([{**LISTENER_RULE, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}], True),
+    ([{"names": ["seccomp"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}], True),
+    # a wider mask lets NEW_LISTENER through together with another flag
+    ([{**LISTENER_RULE, "args": [{"index": 1, "value": 12, "valueTwo": 8, "op": "SCMP_CMP_MASKED_EQ"}]}], False),
+    ([{**LISTENER_RULE, "args": [{"index": 0, "value": 8, "valueTwo": 8, "op": "SCMP_CMP_MASKED_EQ"}]}], False),
+    ([{**LISTENER_RULE, "action": "SCMP_ACT_LOG"}], False),
+])
+def test_a_notifying_profile_must_refuse_new_listeners(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       seccomp_rules: list, accepted: bool) -> None:
+    """Exec sent to the supervisor needs seccomp(NEW_LISTENER) refused; `profile validate` says what to add."""
+    path = write(tmp_path, base(syscalls=[GOOD_RULE, *seccomp_rules]))
+    assert (cli.main(["profile", "validate", path]) == 0) is accepted
+    if not accepted:
+        assert "new seccomp notification listeners are allowed" in capsys.readouterr().err
+
+
+def test_a_profile_that_refuses_exec_outright_needs_no_listener_rule(tmp_path: Path) -> None:
+    """ERRNO on exec outranks any notification a later filter asks for: no listener rule is needed."""
+    path = write(tmp_path, base(syscalls=[{"names": ["execve", "execveat"], "action": "SCMP_ACT_ERRNO"}]))
+    assert not profiles.load_profile(path).uses_notify
+
+
+def test_supervisor_rules_cover_every_thread_the_witness_and_the_group() -> None:
+    """The launcher's extra rules name each tid for kill/tkill/..., each process for tgkill, -pid for the group."""
+    from kernel_guard import seccomp_filter
+
+    rules = seccomp_filter.supervisor_rules(100, [100, 101], witness=105)
+    aimed = {(name, rule.args[-1].value_two) for rule in rules for name in rule.names}
+    for tid in (100, 101, 105):
+        assert {("kill", tid), ("tkill", tid), ("prlimit64", tid), ("pidfd_open", tid)} <= aimed
+    assert {("tgkill", 100), ("tgkill", 105), ("kill", (-100) & 0xFFFFFFFF), ("fcntl", 100)} <= aimed
+    assert all(rule.action == "SCMP_ACT_NOTIFY" for rule in rules)
+    seccomp_filter.build_filter(profiles.load_profile("default"), rules)  # libseccomp accepts them

@@ -74,20 +74,24 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield prefix
 
 
-def test_supervisor_shares_the_group_ignores_sigint_and_dies_with_the_kernel(specs: str, tmp_path: Path) -> None:
-    """Never setsid (killpg reaches it), SIGINT is ignored, and it exits when the kernel is SIGKILLed."""
+def test_supervisor_leaves_the_group_ignores_sigint_and_dies_with_the_kernel(specs: str, tmp_path: Path) -> None:
+    """Its own session and group (the kernel's group signals miss it), SIGINT is ignored, and it and its
+    witness exit when the kernel is SIGKILLed, with no loss recorded."""
     kernel = LaunchedKernel(str(tmp_path), "guarded").start()
     try:
         pid, sup = kernel.pid, kernel.supervisor_pid()
-        assert os.getpgid(sup) == os.getpgid(pid) == pid
+        witness = psutil.Process(sup).children()[0].pid
+        assert os.getpgid(pid) == pid and os.getpgid(sup) == os.getsid(sup) == sup != pid
         os.kill(sup, signal.SIGINT)
         time.sleep(0.5)
         assert psutil.Process(sup).status() != psutil.STATUS_ZOMBIE
         kernel.mark()
         os.kill(pid, signal.SIGKILL)
-        assert wait_gone([sup]) == []
+        assert wait_gone([sup, witness]) == []
         stopped = kernel.wait_event(lambda e: e["event"]["action"] == "supervisor-stopped")
         assert stopped["kernel_guard"]["supervisor_pid"] == sup
+        time.sleep(0.5)
+        assert "supervisor-lost" not in [e["event"]["action"] for e in kernel.events()]
     finally:
         kernel.shutdown()
 
