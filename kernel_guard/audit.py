@@ -105,8 +105,8 @@ _HOME_RC = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".z
 
 # Policy tuple layout (a plain tuple: immutable, no replaceable descriptors).
 # (enforce, persist_dirs, persist_globs, persist_files, protected_env,
-#  protected_pids, protected_ids)
-Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozenset, frozenset]
+#  protected_pids, protected_ids, allowed_programs)
+Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozenset, frozenset, frozenset]
 
 
 class _State:
@@ -231,6 +231,18 @@ def _process_fields(event: str, args: tuple) -> tuple[str, dict[str, Any]]:
     return line, {"executable": exe, "args": argv, "command_line": line}
 
 
+def _allowed(executable: str, allowed_programs: frozenset) -> bool:
+    """Whether a program is one the kernel's Landlock domain lets run (a bare
+    name is looked up on PATH, as exec would)."""
+    if not executable:
+        return False
+    if os.sep not in executable:
+        import shutil
+
+        executable = shutil.which(executable) or executable
+    return os.path.realpath(executable) in allowed_programs
+
+
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -239,7 +251,8 @@ def _short(text: str, limit: int = 60) -> str:
 
 def _decide(event: str, args: tuple, policy: Policy) -> None:
     """Record and, when enforcing, refuse one interesting event."""
-    enforce, persist_dirs, persist_globs, persist_files, protected_env, protected_pids, protected_ids = policy
+    (enforce, persist_dirs, persist_globs, persist_files, protected_env, protected_pids, protected_ids,
+     allowed_programs) = policy
     if not enforce and _State.quiet_record_hook and event not in _SELF_PROTECTION:
         # a record-only hook that an enforcing one has taken over from (the
         # launcher's first hook) would record nothing: it checks nothing but
@@ -247,6 +260,8 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
         return
     if event in _EXEC_EVENTS:
         summary, proc = _process_fields(event, args)
+        if allowed_programs and _allowed(proc["executable"], allowed_programs):
+            return  # the launcher's Landlock domain decides; the supervisor records it
         _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", event,
                           f"starting a program ({event}: {_short(summary)})", process=proc)
     elif event == "os.forkpty":
@@ -332,11 +347,12 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
 # -- installing --------------------------------------------------------------
 
 def build_policy(enforce: bool, extra_persistence: Iterable[str] = (), extra_env: Iterable[str] = (),
-                 protected_pids: Iterable[int] = ()) -> Policy:
-    """The immutable decision data for one hook."""
+                 protected_pids: Iterable[int] = (), allowed_programs: Iterable[str] = ()) -> Policy:
+    """The immutable decision data for one hook.  ``allowed_programs`` (real paths) is
+    given by the launcher only, for the programs its Landlock domain lets run."""
     dirs, globs, files = default_persistence(extra_persistence)
     return (bool(enforce), dirs, glob_pattern(globs), files, PROTECTED_ENV | frozenset(extra_env),
-            frozenset(protected_pids), frozenset())
+            frozenset(protected_pids), frozenset(), frozenset(allowed_programs))
 
 
 def _make_hook(policy: Policy) -> Callable[[str, tuple], None]:
@@ -373,7 +389,7 @@ def install(mode: str, **policy_options: Any) -> bool:
     # protect the hook's own function objects from __code__/__defaults__ swaps
     protected = frozenset({id(hook), id(_decide), id(_check_open), id(_refuse_or_record),
                            id(is_persistence_path), id(_resolve), id(_record)})
-    hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,), _decide, str)
+    hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,) + policy[7:], _decide, str)
     _State.adding_own_hook = True
     try:
         _add_hook(hook)
@@ -383,7 +399,7 @@ def install(mode: str, **policy_options: Any) -> bool:
         _State.quiet_record_hook = True
     _State.installed[mode] = hook
     if mode == "enforce":
-        _guard_fork_exec(True)
+        _guard_fork_exec(True, policy[7])
     return True
 
 
@@ -397,7 +413,7 @@ def _add_hook(hook: Callable[[str, tuple], None]) -> None:
         _State.kind = "python"
 
 
-def _guard_fork_exec(enforce: bool) -> None:
+def _guard_fork_exec(enforce: bool, allowed_programs: frozenset = frozenset()) -> None:
     """Put a check in front of ``_posixsubprocess.fork_exec``, which raises no event.
 
     A speed bump, not a boundary: the original stays reachable (for example by
@@ -422,6 +438,8 @@ def _guard_fork_exec(enforce: bool) -> None:
             exes = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
             proc = {"executable": _text(exes[0]) if exes else (argv[0] if argv else ""),
                     "args": argv, "command_line": " ".join(argv)}
+            if allowed_programs and _allowed(proc["executable"], allowed_programs):
+                return original(*args, **kwargs)
             _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", "_posixsubprocess.fork_exec",
                               f"starting a program (_posixsubprocess.fork_exec: {_short(' '.join(argv))})",
                               process=proc)

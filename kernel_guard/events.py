@@ -47,6 +47,7 @@ _CATEGORY = {
     "shell-command": (["process"], ["start", "allowed"]),
     "exec-denied": (["process"], ["start", "denied"]),
     "exec-attempt": (["process"], ["start", "allowed"]),
+    "exec-allowed": (["process"], ["start", "allowed"]),
     "library-loaded": (["library"], ["info"]),
     "symbol-denied": (["library"], ["denied"]),
     "persistence-denied": (["file"], ["creation", "denied"]),

@@ -30,9 +30,9 @@ import errno
 import os
 import platform
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["LandlockResult", "abi_version", "restrict_signals"]
+__all__ = ["Domain", "LandlockResult", "abi_version", "elf_interpreter", "restrict", "restrict_signals"]
 
 #: (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self) by machine
 _SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
@@ -41,6 +41,32 @@ LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
 LANDLOCK_SCOPE_SIGNAL = 1 << 1
 #: the first ABI with scopes
 SIGNAL_SCOPE_ABI = 6
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+# filesystem rights (<linux/landlock.h>); reading is never restricted here
+ACCESS_FS_EXECUTE = 1 << 0
+ACCESS_FS_WRITE_FILE = 1 << 1
+ACCESS_FS_REMOVE_DIR = 1 << 4
+ACCESS_FS_REMOVE_FILE = 1 << 5
+ACCESS_FS_MAKE_CHAR = 1 << 6
+ACCESS_FS_MAKE_DIR = 1 << 7
+ACCESS_FS_MAKE_REG = 1 << 8
+ACCESS_FS_MAKE_SOCK = 1 << 9
+ACCESS_FS_MAKE_FIFO = 1 << 10
+ACCESS_FS_MAKE_BLOCK = 1 << 11
+ACCESS_FS_MAKE_SYM = 1 << 12
+ACCESS_FS_REFER = 1 << 13     # ABI 2: without it, nothing can be renamed or linked across folders
+ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
+_WRITE_V1 = (ACCESS_FS_WRITE_FILE | ACCESS_FS_REMOVE_DIR | ACCESS_FS_REMOVE_FILE | ACCESS_FS_MAKE_CHAR
+             | ACCESS_FS_MAKE_DIR | ACCESS_FS_MAKE_REG | ACCESS_FS_MAKE_SOCK | ACCESS_FS_MAKE_FIFO
+             | ACCESS_FS_MAKE_BLOCK | ACCESS_FS_MAKE_SYM)
+#: rights that may be granted on a file rather than a folder
+_FILE_RIGHTS = ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_TRUNCATE
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1  # the kernel's struct is packed: 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -56,12 +82,23 @@ class LandlockResult:
     applied: bool
     scopes: tuple[str, ...] = ()
     reason: str = ""
+    writable: tuple[str, ...] = ()
+    executable: tuple[str, ...] = ()
+    programs: tuple[str, ...] = ()
+
+    @property
+    def enforces_exec(self) -> bool:
+        """Whether the kernel itself refuses every program not in ``executable``."""
+        return self.applied and bool(self.programs)
 
     def describe(self) -> str:
         """One line for status and events."""
-        if self.applied:
-            return f"signal scope (Landlock ABI {self.abi})"
-        return f"off: {self.reason}"
+        if not self.applied:
+            return f"off: {self.reason}"
+        parts = ["signal scope"] if "signal" in self.scopes else []
+        if self.programs:
+            parts.append(f"writes beneath {len(self.writable)} roots, exec of {', '.join(self.programs)}")
+        return f"{', '.join(parts) or 'no rules'} (Landlock ABI {self.abi})"
 
 
 def _syscall() -> Optional[tuple[ctypes._CFuncPtr, tuple[int, int, int]]]:  # type: ignore[name-defined]
@@ -119,3 +156,130 @@ def restrict_signals() -> LandlockResult:
     finally:
         os.close(fd)
     return LandlockResult(abi, True, scopes=("signal",))
+
+
+def write_rights(abi: int) -> int:
+    """Every right that changes the filesystem, as far as ``abi`` knows them."""
+    rights = _WRITE_V1
+    if abi >= 2:
+        rights |= ACCESS_FS_REFER
+    if abi >= 3:
+        rights |= ACCESS_FS_TRUNCATE
+    return rights
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What a kernel's Landlock domain grants; everything else it handles is refused.
+
+    ``writable``: folders (and device files) beneath which the kernel may change
+    anything.  ``programs``: the only programs it may start; ``executable`` adds the
+    ELF loader each needs (:func:`allowed_programs`), which Landlock must allow too,
+    but which the supervisor must never let be started directly.
+    ``scope_signals``: no signal to a process outside the domain (ABI 6+).
+    """
+
+    writable: tuple[str, ...] = ()
+    executable: tuple[str, ...] = ()
+    programs: tuple[str, ...] = ()
+    scope_signals: bool = True
+    min_abi: int = 0
+
+
+def elf_interpreter(path: str) -> Optional[str]:
+    """The ELF loader (PT_INTERP) a program needs, e.g. ``/lib64/ld-linux-x86-64.so.2``.
+
+    Starting a dynamically linked program opens its loader for execution, so an
+    allowlist that names the program must name its loader too.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # ELF64 only (x86_64, aarch64)
+                return None
+            order = "<" if head[5] == 1 else ">"
+            phoff, = struct.unpack_from(order + "Q", head, 32)
+            phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
+            fh.seek(phoff)
+            table = fh.read(phentsize * phnum)
+            for i in range(phnum):
+                p_type, = struct.unpack_from(order + "I", table, i * phentsize)
+                if p_type == 3:  # PT_INTERP
+                    offset, = struct.unpack_from(order + "Q", table, i * phentsize + 8)
+                    size, = struct.unpack_from(order + "Q", table, i * phentsize + 32)
+                    fh.seek(offset)
+                    return fh.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def allowed_programs(programs: tuple[str, ...]) -> tuple[str, ...]:
+    """Real paths of ``programs`` and of their ELF loaders, as Landlock will see them."""
+    out: list[str] = []
+    for program in programs:
+        real = os.path.realpath(program)
+        for path in (real, elf_interpreter(real)):
+            if path and os.path.realpath(path) not in out:
+                out.append(os.path.realpath(path))
+    return tuple(out)
+
+
+def _add_rule(func: Any, add: int, ruleset: int, path: str, rights: int) -> Optional[str]:
+    """Grant ``rights`` beneath ``path``; return why not (a missing path is no error)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    try:
+        if not os.path.isdir(path):
+            rights &= _FILE_RIGHTS
+        attr = _PathBeneath(rights, fd)
+        if func(add, ctypes.c_int(ruleset), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(attr),
+                ctypes.c_uint32(0)) != 0:
+            err = ctypes.get_errno()
+            return f"{path}: landlock_add_rule: {os.strerror(err)}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def restrict(domain: Domain) -> LandlockResult:
+    """Apply ``domain`` to this process and every later child (single-threaded, as
+    :func:`restrict_signals`).  Uses what the kernel's ABI offers and says what that
+    is; raises OSError when the kernel refuses, or offers less than ``min_abi``."""
+    abi = abi_version()
+    if abi < max(1, domain.min_abi):
+        raise OSError(errno.EOPNOTSUPP, f"Landlock ABI {abi} is below the {max(1, domain.min_abi)} the profile "
+                                        "requires")
+    threads = _threads()
+    if threads != 1:
+        raise OSError(errno.EBUSY, f"the process has {threads} threads; the domain would cover one")
+    func, (create, add, restrict_self) = _syscall()  # type: ignore[misc]
+    handled = write_rights(abi) | ACCESS_FS_EXECUTE
+    scoped = LANDLOCK_SCOPE_SIGNAL if domain.scope_signals and abi >= SIGNAL_SCOPE_ABI else 0
+    attr = _RulesetAttr(handled, 0, scoped)
+    size = ctypes.sizeof(attr) if abi >= SIGNAL_SCOPE_ABI else 8  # older kernels know the first field only
+    ruleset = func(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+    try:
+        problems = [p for p in (
+            *(_add_rule(func, add, ruleset, path, write_rights(abi)) for path in domain.writable),
+            *(_add_rule(func, add, ruleset, path, ACCESS_FS_EXECUTE) for path in domain.executable),
+        ) if p]
+        if problems:
+            raise OSError(errno.EINVAL, "; ".join(problems))
+        if func(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
+    finally:
+        os.close(ruleset)
+    scopes = ("signal",) if scoped else ()
+    return LandlockResult(abi, True, scopes=scopes, writable=domain.writable, executable=domain.executable,
+                          programs=domain.programs)

@@ -64,7 +64,7 @@ DEFAULT_SCRUB = (
 )
 
 _STEP_NAMES = {
-    "record": "preparing the guard", "scope": "scoping the kernel's signals with Landlock",
+    "record": "preparing the guard", "scope": "applying the kernel's Landlock domain",
     "supervisor": "starting the exec supervisor",
     "filter": "loading the seccomp filter", "verify": "verifying the seccomp filter",
     "kernel": "starting the kernel with the kernel_guard extension",
@@ -254,16 +254,32 @@ def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any) -> Any
         return exc
 
 
-def _scope_signals() -> Any:
-    """Landlock's signal scope for this process and every child: the supervisor,
-    started just before, is outside it and out of the notebook's reach.  While
+def _apply_landlock(profile: Any, guard: Any) -> Any:
+    """The kernel's Landlock domain, for this process and every child: the profile's
+    writable roots and allowed programs, and the signal scope (the supervisor, started
+    just before, is outside it and out of the notebook's reach).  Applied while
     single-threaded (checked): before ABI 8 a domain covers the calling thread only.
     Returns the LandlockResult, or the OSError that prevented it."""
     from . import landlock, seccomp_filter
 
+    settings = profile.landlock
     try:
         seccomp_filter.set_no_new_privs()  # Landlock needs it, as the filter will
-        return landlock.restrict_signals()
+        if settings is None:
+            return landlock.restrict_signals()
+        abi = landlock.abi_version()
+        if abi == 0 and settings.min_abi == 0:
+            return landlock.LandlockResult(0, False, reason="Landlock is not available on this kernel: writes "
+                                                            "are not confined and every exec is refused")
+        writable, programs = settings.expand(os.path.expanduser("~"), os.getcwd(), sys.executable)
+        from .spool import default_spool_root
+
+        spool = default_spool_root() if guard.spool_dir is None else guard.spool_dir
+        if spool:  # network sinks keep writing their spool segments there
+            writable = (*writable, spool)
+        real = tuple(dict.fromkeys(os.path.realpath(p) for p in programs))
+        domain = landlock.Domain(writable, landlock.allowed_programs(programs), real, min_abi=settings.min_abi)
+        return landlock.restrict(domain)
     except OSError as exc:
         return exc
 
@@ -279,7 +295,7 @@ def _start_supervisor(pending: Any, timeout: float) -> Any:
 
 # -- step 3: filter ---------------------------------------------------------------
 
-def _load_filter(profile: Any, handle: Any) -> Any:
+def _load_filter(profile: Any, handle: Any, scope: Any = None) -> Any:
     from . import seccomp_filter
 
     seccomp_filter.drop_capability(seccomp_filter.CAP_SYS_PTRACE)
@@ -291,7 +307,10 @@ def _load_filter(profile: Any, handle: Any) -> Any:
         if handle is None:
             os.close(loaded.listener_fd)  # nobody answers: notified syscalls fail with ENOSYS
         else:
-            handle.send_listener(loaded.listener_fd)
+            # programs the kernel's own domain lets run: the supervisor may let those
+            # continue, since Landlock, not its reading of the target, decides
+            allowed = list(scope.programs) if getattr(scope, "enforces_exec", False) else []
+            handle.send_listener(loaded.listener_fd, allowed)
     return loaded
 
 
@@ -316,14 +335,15 @@ def _verify(handle: Any) -> dict[str, str]:
     return status
 
 
-def _enforce(rt: Any, handle: Any) -> None:
-    """Switch the audit hook to the configured mode, protecting the supervisor's pid."""
+def _enforce(rt: Any, handle: Any, allowed: tuple[str, ...] = ()) -> None:
+    """Switch the audit hook to the configured mode, protecting the supervisor's pid
+    and letting through the programs the kernel's Landlock domain allows."""
     from . import audit
 
     guard = rt.guard
     audit.install(guard.mode, extra_persistence=guard.extra_persistence_paths,
                   extra_env=guard.extra_protected_env,
-                  protected_pids=[handle.pid] if handle is not None else [])
+                  protected_pids=[handle.pid] if handle is not None else [], allowed_programs=allowed)
     rt.layers["audit"] = audit.installed_mode() or "off"
 
 
@@ -446,12 +466,14 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
     rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
-    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending)  # steps 2-4
-    _enforce(rt, handle)
+    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, scope)  # steps 2-4
+    allowed = tuple(scope.programs) if getattr(scope, "enforces_exec", False) and loaded is not None else ()
+    _enforce(rt, handle, allowed)
     if handle is not None:
         _allow_supervisor_to_read(handle.pid)
         handle.watch(_on_supervisor_lost)
-    _adapt_python(loaded is not None and profile.mode == "enforce", ld_cache, args.unsafe_allow_debugger)
+    _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed, ld_cache,
+                  args.unsafe_allow_debugger)
     if dropped_path is not None:
         sys.path.insert(0, dropped_path)  # the notebook's own modules, as in a plain kernel
     _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope)
@@ -463,7 +485,6 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     see :func:`_spawn_supervisor`), the signal scope, then runtime and sinks (their
     threads start inside the scope), what needs exec."""
     from . import profiles, runtime, seccomp_filter
-    from .config import load_config
     from .events import KernelContext, make_event
     from .exceptions import ProfileError
 
@@ -477,14 +498,23 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
         problem = str(exc)
     patterns = [*DEFAULT_SCRUB, *args.scrub_env]
     scrubbed = [] if args.unsafe_keep_credentials else _scrub_environment(patterns)
-    pending = scope = None
+    pending = scope = warm_up_error = None
+    ld_cache: dict[str, str] = {}
+    # order matters: sinks and spools open before the Landlock domain (their files
+    # may lie outside its writable roots), their threads start after it (a domain
+    # covers only the thread that applies it and threads started later)
+    rt = runtime.start(config, kernel_id=kernel_id, threads=False)
     if profile is not None:
-        # order matters: the supervisor must start outside the scope, and the
-        # scope must be applied before the runtime starts its threads
+        # the supervisor starts outside the domain; what needs exec runs before
+        # the domain allows only the interpreter
         if profile.uses_notify:
-            pending = _spawn_supervisor(load_config(config)[0], kernel_id, profile)
-        scope = _scope_signals()
-    rt = runtime.start(config, kernel_id=kernel_id)
+            pending = _spawn_supervisor(rt.guard, kernel_id, profile)
+        try:
+            ld_cache = _warm_up()
+        except Exception as exc:
+            warm_up_error = exc
+        scope = _apply_landlock(profile, rt.guard)
+    rt.pipeline.start()
     rt.layers["launcher"] = "on"
     if profile is None:
         _fail("record", problem or "no profile", profile_path, fatal=True)
@@ -494,17 +524,16 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
                                     "credential scrubbing disabled (--unsafe-keep-credentials)"),
                             variables=scrubbed, patterns=patterns))
     if isinstance(scope, OSError):
-        _fail("scope", f"Landlock offers the signal scope but it could not be applied: {scope.strerror}",
-              profile.path, fatal=profile.fail_closed)
-    try:
-        ld_cache = _warm_up()
-    except Exception as exc:
-        _fail("record", f"{type(exc).__name__}: {exc}", profile.path, fatal=profile.fail_closed)
-        ld_cache = {}
+        required = profile.landlock is not None and profile.landlock.min_abi > 0
+        _fail("scope", f"the Landlock domain could not be applied: {scope.strerror}", profile.path,
+              fatal=profile.fail_closed or required)
+    if warm_up_error is not None:
+        _fail("record", f"{type(warm_up_error).__name__}: {warm_up_error}", profile.path, fatal=profile.fail_closed)
     return rt, profile, scrubbed, ld_cache, pending, scope
 
 
-def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None) -> tuple[Any, Any, dict[str, str]]:
+def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
+           scope: Any = None) -> tuple[Any, Any, dict[str, str]]:
     """Steps 2-4: supervisor, filter, verification; (handle, loaded filter, /proc status).
 
     Fails closed under a fail_closed profile; otherwise returns (None, None, status)."""
@@ -517,7 +546,7 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None) -> tuple[
         if profile.uses_notify:
             handle = _start_supervisor(pending, timeout)  # step 2
         step = "filter"
-        loaded = _load_filter(profile, handle)  # step 3
+        loaded = _load_filter(profile, handle, scope)  # step 3
         step = "verify"
         return handle, loaded, _verify(handle)  # step 4
     except Exception as exc:
@@ -553,7 +582,9 @@ def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: 
     status.record_launch(profile=summary, seccomp=loaded is not None, supervisor_pid=sup_pid,
                          architectures=list(loaded.architectures) if loaded else [],
                          scrubbed=scrubbed, debugger=debugger,
-                         landlock_abi=getattr(scope, "abi", None))
+                         landlock_abi=getattr(scope, "abi", None),
+                         landlock_writable=list(getattr(scope, "writable", ())),
+                         landlock_programs=list(getattr(scope, "programs", ())))
     cells.started(layer="launcher", profile=summary, layers=dict(rt.layers), supervisor_pid=sup_pid,
                   seccomp=proc_status.get("Seccomp"), no_new_privs=proc_status.get("NoNewPrivs"))
 

@@ -92,8 +92,12 @@ class EventPipeline:
         queue_size: int = 10_000,
         spool_dir: Optional[str] = None,
         spool_max_bytes: int = 64 << 20,
+        start: bool = True,
     ) -> None:
-        """``spool_dir``: root of the network sinks' spools (None: the default, "": in memory)."""
+        """``spool_dir``: root of the network sinks' spools (None: the default, "": in memory).
+        ``start=False`` opens the sinks and spools but starts no thread until :meth:`start`
+        (the launcher applies its Landlock domain in between, which covers only threads
+        that exist later)."""
         self.sinks: List[Sink] = list(sinks)
         self.processors: List[Processor] = list(processors)
         split = next((i for i, p in enumerate(self.processors) if getattr(p, "deferred", False)),
@@ -124,7 +128,8 @@ class EventPipeline:
                 self._workers[sink.url] = _SinkWorker(self, sink, open_spool(root, sink.url, spool_max_bytes))
         self._direct = [s for s in self.sinks if s.url not in self._workers]
         self._thread: Optional[threading.Thread] = None
-        self._start_writer()
+        if start:
+            self.start()
         _register_fork_handler(self)
         for url, worker in self._workers.items():
             if root and isinstance(worker.spool, MemorySpool):
@@ -208,6 +213,14 @@ class EventPipeline:
                         self._enqueue(summary)
 
     # -- writing ----------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer and the network senders (once)."""
+        if self._thread is not None:
+            return
+        self._start_writer()
+        for worker in self._workers.values():
+            worker.start()
+
     def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kernel-guard-writer", daemon=True)
         self._thread.start()
@@ -365,6 +378,7 @@ class EventPipeline:
         """
         if self._closed:
             return
+        self.start()  # what was queued before the threads started is written too
         deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._report_losses(force=True)
@@ -455,7 +469,10 @@ class _SinkWorker:
         self._poke = threading.Event()  # retry now (flush, close)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"kernel-guard-sender {sink.url}")
-        self._thread.start()
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
 
     # -- writer-thread side -------------------------------------------
     def accept(self, lines: List[bytes]) -> None:

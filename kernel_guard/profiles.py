@@ -74,7 +74,10 @@ _UNSUPPORTED_RULE = {
     "excludes": "capability/kernel-version conditions are Docker-specific; write the rule without them",
 }
 _ARG_KEYS = frozenset({"index", "value", "valueTwo", "op"})
-_GUARD_KEYS = frozenset({"mode", "fail_closed", "comment"})
+_GUARD_KEYS = frozenset({"mode", "fail_closed", "comment", "landlock"})
+_LANDLOCK_KEYS = frozenset({"writable", "exec", "min_abi", "comment"})
+#: placeholders a Landlock path may use, filled in by the launcher
+LANDLOCK_TOKENS = ("{home}", "{notebook_dir}", "{python}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,31 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class LandlockSettings:
+    """``kernel_guard.landlock`` of a profile: the kernel's Landlock domain.
+
+    ``writable``: folders (or device files) beneath which the kernel may write;
+    ``exec``: the only programs it may start; ``min_abi``: the kernel does not
+    start on a Landlock ABI below it.  Paths may use :data:`LANDLOCK_TOKENS`.
+    """
+
+    writable: tuple[str, ...]
+    exec: tuple[str, ...]
+    min_abi: int = 0
+
+    def expand(self, home: str, notebook_dir: str, python: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(writable, exec) with the placeholders filled in."""
+        values = {"{home}": home, "{notebook_dir}": notebook_dir, "{python}": python}
+
+        def fill(path: str) -> str:
+            for token, value in values.items():
+                path = path.replace(token, value)
+            return os.path.normpath(path)
+
+        return tuple(fill(p) for p in self.writable), tuple(fill(p) for p in self.exec)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A parsed, checked seccomp profile."""
 
@@ -112,6 +140,7 @@ class Profile:
     mode: str = "enforce"
     fail_closed: bool = True
     comment: str = ""
+    landlock: Optional[LandlockSettings] = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -254,6 +283,36 @@ def _parse_rule(check: _Checker, item: Any, i: int, default_errno: int) -> Rule:
     return Rule(tuple(names), action, errno_ret, args, comment, where)
 
 
+def _parse_landlock_paths(check: _Checker, value: Any, where: str) -> tuple[str, ...]:
+    check.expect(value, list, where, "a list of absolute paths (or {home}, {notebook_dir}, {python} paths)")
+    out = []
+    for i, path in enumerate(value):
+        here = f"{where}[{i}]"
+        check.expect(path, str, here, "an absolute path")
+        bare = path
+        for token in LANDLOCK_TOKENS:
+            bare = bare.replace(token, "/x")
+        if "{" in bare or "}" in bare:
+            raise check.fail(here, f"unknown placeholder in {path!r}; known: {', '.join(LANDLOCK_TOKENS)}")
+        if not bare.startswith("/"):
+            raise check.fail(here, f"{path!r} is not absolute (start it with / or a placeholder)")
+        out.append(path)
+    return tuple(out)
+
+
+def _parse_landlock(check: _Checker, value: Any) -> LandlockSettings:
+    where = "kernel_guard.landlock"
+    check.expect(value, dict, where, "an object with writable, exec and min_abi")
+    check.keys(value, _LANDLOCK_KEYS, {}, where + ".")
+    writable = _parse_landlock_paths(check, value.get("writable", []), where + ".writable")
+    programs = _parse_landlock_paths(check, value.get("exec", []), where + ".exec")
+    min_abi = check.expect(value.get("min_abi", 0), int, where + ".min_abi", "a Landlock ABI number")
+    if not 0 <= min_abi <= 64:
+        raise check.fail(where + ".min_abi", f"{min_abi} is not a Landlock ABI (0 = whatever the kernel has)")
+    check.expect(value.get("comment", ""), str, where + ".comment", "a string")
+    return LandlockSettings(writable, programs, min_abi)
+
+
 def _parse_guard(check: _Checker, value: Any) -> tuple[str, bool, str]:
     check.expect(value, dict, "kernel_guard", "an object with mode and fail_closed")
     check.keys(value, _GUARD_KEYS, {}, "kernel_guard.")
@@ -362,10 +421,13 @@ def parse_profile(data: Any, path: str) -> Profile:
     rules = tuple(_parse_rule(check, item, i, default_errno) for i, item in enumerate(rules_data))
     _check_conflicts(check, rules)
     mode, fail_closed, guard_comment = _parse_guard(check, data.get("kernel_guard", {}))
+    guard = data.get("kernel_guard", {})
+    landlock = _parse_landlock(check, guard["landlock"]) if "landlock" in guard else None
     comment = check.expect(data.get("comment", ""), str, "comment", "a string")
     profile = Profile(path=path, name=Path(path).stem, default_action=default_action,
                       default_errno_ret=default_errno, architectures=tuple(arches), rules=rules,
-                      mode=mode, fail_closed=fail_closed, comment=comment or guard_comment, raw=data)
+                      mode=mode, fail_closed=fail_closed, comment=comment or guard_comment, raw=data,
+                      landlock=landlock)
     if mode == "enforce":
         _check_exec_covered(check, profile)
     _check_listener_refused(check, profile)
@@ -436,5 +498,9 @@ def profile_summary(profile: Optional[Profile]) -> dict[str, Any]:
     """Fields describing a profile in events and status."""
     if profile is None:
         return {}
-    return {"name": profile.name, "path": profile.path, "mode": profile.mode,
-            "fail_closed": profile.fail_closed, "exec_action": profile.action_for("execve")}
+    summary = {"name": profile.name, "path": profile.path, "mode": profile.mode,
+               "fail_closed": profile.fail_closed, "exec_action": profile.action_for("execve")}
+    if profile.landlock is not None:
+        summary["landlock"] = {"writable": list(profile.landlock.writable), "exec": list(profile.landlock.exec),
+                               "min_abi": profile.landlock.min_abi}
+    return summary

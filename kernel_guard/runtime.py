@@ -78,8 +78,9 @@ def _stderr(text: str) -> None:
     _pipeline._stderr_line(text)
 
 
-def start(config: Config | None = None, kernel_id: str | None = None) -> Runtime:
-    """Start the guard's runtime once per process and return it."""
+def start(config: Config | None = None, kernel_id: str | None = None, threads: bool = True) -> Runtime:
+    """Start the guard's runtime once per process and return it.  ``threads=False``
+    opens sinks and spools but leaves the pipeline's threads to ``pipeline.start()``."""
     global _runtime
     if _runtime is not None:
         if kernel_id and not _runtime.context.kernel_id:
@@ -99,7 +100,7 @@ def start(config: Config | None = None, kernel_id: str | None = None) -> Runtime
     processors = [AddContext(context), Aggregate(guard.aggregate_interval), Sequence(),
                   Redact(guard.redact_patterns)]
     pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size,
-                         spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes)
+                         spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes, start=threads)
     _pipeline.set_pipeline(pipe)
     _runtime = Runtime(guard, context, pipe)
     for url, reason in failures:

@@ -95,13 +95,18 @@ def _landlock_layer() -> dict[str, Any]:
         scoped = True if same_uid else None
     except OSError:
         scoped = None
+    rules = {"abi": abi, "writable": _launch.get("landlock_writable", []),
+             "programs": _launch.get("landlock_programs", [])}
+    if applied.startswith("off"):
+        return _layer("off", False, **rules, reason=applied.partition(": ")[2]
+                      or "no Landlock domain (it needs the launcher and a kernel with Landlock)")
     if scoped:
-        return _layer("signal scope", True, abi=abi, probe=f"kill({ppid}, 0): EPERM")
+        return _layer(applied, True, probe=f"kill({ppid}, 0): EPERM", **rules)
     if scoped is None:
-        return _layer(applied, applied.startswith("signal"), abi=abi,
-                      reason="as recorded at launch (the parent runs as another user: the probe cannot tell)")
-    return _layer("off", False, abi=abi, reason=applied if applied != "off" else
-                  "no signal scope (it needs the launcher and Landlock ABI 6)")
+        return _layer(applied, True, **rules, reason="as recorded at launch (the parent runs as another "
+                                                     "user: the signal probe cannot tell)")
+    return _layer("off", False, **rules, reason=f"recorded as {applied!r}, but kill({ppid}, 0) reached the "
+                                                "parent: no signal scope is in force")
 
 
 def runtime_layers() -> dict[str, str]:

@@ -308,8 +308,10 @@ class Supervisor:
     """The notification loop of the supervisor process."""
 
     def __init__(self, listener: int, control: socket.socket, mode: str, kernel_pid: int,
-                 emit: Callable[[dict], None]) -> None:
+                 emit: Callable[[dict], None], allowed: frozenset = frozenset()) -> None:
         self.listener = listener
+        #: real paths the kernel's Landlock domain lets run; empty: every exec is refused
+        self.allowed = allowed
         self.control = control
         self.mode = mode
         self.kernel_pid = kernel_pid
@@ -348,7 +350,7 @@ class Supervisor:
             except Exception as exc:  # reading is best effort; the answer is not
                 info["unreadable"] = repr(exc)
         still_there = id_valid(self.listener, notif.id)
-        allow = self.mode == "audit"
+        allow = self.mode == "audit" or self.in_allowlist(info)
         respond(self.listener, notif.id, allow)
         self.counts["allowed" if allow else "denied"] += 1
         if not still_there:
@@ -357,6 +359,15 @@ class Supervisor:
         if not info.get("readable"):
             self.counts["unreadable"] += 1
         self.emit(self.event(notif, info, allow))
+
+    def in_allowlist(self, info: dict[str, Any]) -> bool:
+        """Whether to let an exec continue under an enforce profile: only when the
+        kernel's Landlock domain enforces the same allowlist, so that what we read
+        (which the target can change) only shapes the record, never the decision."""
+        exe = info.get("executable")
+        if not self.allowed or not exe or not info.get("readable"):
+            return False
+        return os.path.realpath(exe) in self.allowed
 
     def event(self, notif: Notification, info: dict[str, Any], allowed: bool) -> dict:
         from .events import make_event
@@ -374,6 +385,10 @@ class Supervisor:
                                   "kernel_pid": self.kernel_pid, "mode": self.mode}
         if info.get("unreadable"):
             fields["unreadable"] = info["unreadable"]
+        if allowed and self.mode != "audit":
+            return make_event("exec-allowed", outcome="success", layer="landlock", process=process,
+                              reason=f"{info.get('syscall')} of {exe} let through: the kernel's Landlock domain "
+                                     "lets only its allowed programs run", **fields)
         if allowed:
             return make_event("exec-attempt", outcome="unknown", layer="seccomp", process=process,
                               reason=f"audit profile (not a security boundary): {info.get('syscall')} "
@@ -528,13 +543,14 @@ def _serve(args: argparse.Namespace, control: socket.socket, witness: int) -> in
     tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
     control.send(b"ready " + json.dumps({"tids": tids, "witness": witness}).encode())
     try:
-        _msg, fds, _flags, _addr = socket.recv_fds(control, 64, 1)
-    except OSError:
-        fds = []
+        msg, fds, _flags, _addr = socket.recv_fds(control, 65536, 1)
+        allowed = frozenset(json.loads(msg).get("allowed", ())) if msg.startswith(b"{") else frozenset()
+    except (OSError, ValueError, AttributeError):
+        fds, allowed = [], frozenset()
     if not fds:
         return 4
     control.send(b"listening")
-    sup = Supervisor(fds[0], control, args.mode, args.kernel_pid, rt.emit)
+    sup = Supervisor(fds[0], control, args.mode, args.kernel_pid, rt.emit, allowed)
     # From here SIGTERM only wakes the loop, which ends and records why: the
     # kernel's death arrives twice (listener closed, PDEATHSIG), and a SIGTERM
     # raised as an exception could land between the loop's end and the record.
@@ -626,10 +642,11 @@ class SupervisorHandle:
             raise RuntimeError(f"the supervisor (pid {self.pid}) said {text!r}, expected {word.decode()!r}")
         return rest
 
-    def send_listener(self, fd: int, timeout: float = 10.0) -> None:
-        """Pass the listener over SCM_RIGHTS, then close the kernel's copy."""
+    def send_listener(self, fd: int, allowed: list[str] = (), timeout: float = 10.0) -> None:  # type: ignore[assignment]
+        """Pass the listener over SCM_RIGHTS, with the programs the kernel's Landlock
+        domain lets run, then close the kernel's copy."""
         try:
-            socket.send_fds(self.control, [b"L"], [fd])
+            socket.send_fds(self.control, [json.dumps({"allowed": list(allowed)}).encode()], [fd])
         finally:
             os.close(fd)
         self.expect(b"listening", timeout)
