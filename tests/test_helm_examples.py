@@ -19,7 +19,8 @@ import yaml
 from traitlets.config import Config
 
 from kernel_guard.config import KernelGuard
-from kernel_guard.server import KernelGuardServer, assess_kernelspec
+from kernel_guard.server.policy import assess_kernelspec
+from kernel_guard.server.settings import KernelGuardServer
 
 REPO = Path(__file__).resolve().parents[1]
 CHART_DATA = REPO.parent / "shared" / "data"

@@ -1,4 +1,4 @@
-/* kernel_guard._audit_filter: the audit layer's event filter, as a runtime audit hook.
+/* kernel_guard.audit._filter: the audit layer's event filter, as a runtime audit hook.
  *
  * Why this exists: a Python hook added with sys.addaudithook costs every audited
  * event a new event-name string, a Python call and a frame -- about 0.4 us,
@@ -11,7 +11,7 @@
  * Python callback it was given, with an interned name and the event's argument
  * tuple; an exception from the callback aborts the audited operation, as it
  * does from a Python hook.  The one decision taken here is the common
- * "reading a file" case of the open event, which audit.py's _check_open would
+ * "reading a file" case of the open event, which hook.py's _check_open would
  * answer the same way (a str path outside /proc/, opened without write flags).
  *
  * Runtime hooks cannot be removed and hold their callback in C, out of reach
@@ -39,7 +39,7 @@ typedef struct {
     int seen_check;              /* set by the install-time check event */
 } filter_t;
 
-static const char CHECK_EVENT[] = "kernel_guard._audit_filter.check";
+static const char CHECK_EVENT[] = "kernel_guard.audit._filter.check";
 
 static const int WRITE_FLAGS = O_WRONLY | O_RDWR | O_APPEND | O_CREAT | O_TRUNC;
 
@@ -321,14 +321,14 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "kernel_guard._audit_filter",
+    .m_name = "kernel_guard.audit._filter",
     .m_doc = "The audit layer's event filter: a runtime audit hook that calls Python only for interesting events.",
     .m_size = -1,
     .m_methods = methods,
 };
 
 PyMODINIT_FUNC
-PyInit__audit_filter(void)
+PyInit__filter(void)
 {
     return PyModule_Create(&module);
 }

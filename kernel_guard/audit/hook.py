@@ -12,10 +12,11 @@ called directly, foreign calls through ctypes, native library constructors,
 anything in a subinterpreter that was allowed to start.  The seccomp layer of
 the launcher exists for those.
 
-Speed: the hook is added through the native filter ``_audit_filter`` when it
-is built, a runtime hook that calls the Python policy only for the events in
-``INTERESTING_EVENTS`` (and not for plain file reads), so the rest of the
-interpreter's events cost a few string compares instead of a Python call.
+Speed: the hook is added through the native filter (``_filter.c``, imported
+here as ``_audit_filter``) when it is built, a runtime hook that calls the
+Python policy only for the events in ``INTERESTING_EVENTS`` (and not for
+plain file reads), so the rest of the interpreter's events cost a few string
+compares instead of a Python call.
 Without it (no compiler at install time) the same policy runs as a Python
 hook; ``filter_kind()`` says which.
 
@@ -36,9 +37,9 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Tuple
 
-from . import pipeline
-from .events import make_event
-from .exceptions import (
+from ..events import pipeline
+from ..events.schema import make_event
+from ..exceptions import (
     CredentialRefused,
     EnvironmentRefused,
     ExecRefused,
@@ -49,7 +50,7 @@ from .exceptions import (
 )
 
 try:
-    from . import _audit_filter
+    from . import _filter as _audit_filter
 except ImportError:  # built without a C compiler: the Python hook filters for itself
     _audit_filter = None
 

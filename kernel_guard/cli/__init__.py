@@ -1,26 +1,34 @@
-"""``kernel-guard``: the command line.
+"""The command line: ``kernel-guard``, for the people who deploy and check the guard.
 
-Each subcommand lives in the module of its concern and exposes
-``add_arguments(parser)`` and ``run(args) -> int``; this module only wires
-them together, so ``kernel-guard --help`` is the table of contents.
+It reports which layers are active, in this process or, from ``/proc``, in
+a running kernel (:mod:`.status`), runs the escape techniques against a
+kernelspec and reports what was stopped and recorded (:mod:`.check`,
+:mod:`.techniques`), shows a guarded kernel at work (:mod:`.demo`), and
+installs the guarded kernelspec and validates seccomp profiles through the
+launcher's own modules (:mod:`kernel_guard.launch.kernelspec`,
+:mod:`kernel_guard.launch.profiles`).  It guards nothing itself: it
+starts, inspects and tries the layers from outside, and a kernel it did not
+start or cannot see in ``/proc`` is beyond it.  Each subcommand lives in
+the module of its concern and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this module only wires them together, so
+``kernel-guard --help`` is the table of contents.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from typing import Optional, Sequence
 
-from ._version import __version__
+from .._version import __version__
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "demo": ("kernel_guard.demo", "start a guarded kernel, try shell routes, show what was refused and recorded"),
-    "install-kernelspec": ("kernel_guard.kernelspec", "install a kernelspec that runs the guarded launcher"),
-    "status": ("kernel_guard.status", "which layers are active, read from the system"),
-    "check": ("kernel_guard.check", "run escape techniques against a kernelspec and report"),
-    "profile": ("kernel_guard.profiles", "validate or export seccomp profiles"),
+    "demo": ("kernel_guard.cli.demo", "start a guarded kernel, try shell routes, show what was refused and recorded"),
+    "install-kernelspec": ("kernel_guard.launch.kernelspec", "install a kernelspec that runs the guarded launcher"),
+    "status": ("kernel_guard.cli.status", "which layers are active, read from the system"),
+    "check": ("kernel_guard.cli.check", "run escape techniques against a kernelspec and report"),
+    "profile": ("kernel_guard.launch.profiles", "validate or export seccomp profiles"),
 }
 
 
@@ -48,7 +56,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     return int(args._run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional, TextIO
 
-from .events import to_json
+from ..events.schema import to_json
+from ..testing import KernelSession, read_events
 from .techniques import CATEGORIES, COMPATIBILITY, TECHNIQUES, Check, Technique
-from .testing import KernelSession, read_events
 
 __all__ = ["REPORT_SCHEMA", "CheckReport", "add_arguments", "run", "run_check"]
 

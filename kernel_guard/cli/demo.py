@@ -14,8 +14,8 @@ import sys
 import tempfile
 from typing import Any
 
+from ..testing import KernelSession, plain_kernel_argv, read_events
 from .techniques import RAW_SYSCALL
-from .testing import KernelSession, plain_kernel_argv, read_events
 
 ATTEMPTS = [
     ("an ordinary cell", "sum(range(10))"),

@@ -179,7 +179,7 @@ TECHNIQUES: List[Technique] = [
               "shim.audit = lambda *a: None\nsubprocess.sys = shim\n"
               "try:\n    subprocess.run(['touch', '@MARKER@'])\nfinally:\n    subprocess.sys = sys"),
     Technique("rewire the audit hook", "tampering",
-              "import sys\nfrom kernel_guard import audit\nfor hook in list(audit._State.installed.values()):\n"
+              "import sys\nfrom kernel_guard.audit import hook as audit\nfor hook in list(audit._State.installed.values()):\n"
               "    hook.__defaults__ = (frozenset(), None, None)\nimport os\nos.system('touch @MARKER@')"),
     Technique("kill the supervisor, then exec", "tampering",
               "import os, signal\n"
@@ -187,7 +187,7 @@ TECHNIQUES: List[Technique] = [
               "    if pid.isdigit():\n"
               "        try:\n            cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
               "        except OSError:\n            continue\n"
-              "        if b'kernel_guard.supervisor' in cmd:\n"
+              "        if b'kernel_guard.launch.supervisor' in cmd:\n"
               "            try:\n                os.kill(int(pid), signal.SIGKILL)\n"
               "            except Exception:\n                pass\n"
               "import time\ntime.sleep(0.5)\n"

@@ -29,7 +29,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .events import Event, to_json
+from .schema import Event, to_json
 
 __all__ = ["NEVER_AGGREGATED", "Aggregate"]
 

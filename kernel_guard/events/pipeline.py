@@ -16,8 +16,8 @@ instead of passing them on); its interval summaries are fed back in after it.
 
 Sinks that can fail on the network (``Sink.spooled``) never run on the
 writer thread: the writer appends their events to the sink's spool (a
-directory, see :mod:`kernel_guard.spool`) and a sender thread per sink sends
-from there, acknowledges what the sink accepted, and retries the rest with
+directory, see :mod:`kernel_guard.events.spool`) and a sender thread per sink
+sends from there, acknowledges what the sink accepted, and retries the rest with
 backoff and jitter.  A collector that is down or slow therefore delays
 neither the cell nor the file sink, and what it has not taken survives a
 kill of the kernel.  A sink that fails is reported once per distinct error
@@ -43,7 +43,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
-from .events import Event, make_event, to_json, to_json_line
+from .schema import Event, make_event, to_json, to_json_line
 from .processors import Processor, Sequence
 from .sinks import Sink
 from .spool import MemorySpool, Spool, Token, default_spool_root, open_spool

@@ -17,7 +17,7 @@ import re
 import threading
 from typing import Any, Callable, Iterable
 
-from .events import Event, KernelContext
+from .schema import Event, KernelContext
 
 __all__ = ["AddContext", "Processor", "Redact", "Sequence", "redact_text"]
 

@@ -4,7 +4,7 @@ Every event is a plain ``dict`` (``Event``) with Elastic Common Schema field
 names as nested objects, so Fluent Bit, OpenSearch, Loki and SIEMs ingest the
 JSON line as is.  Sources (the IPython layer, the audit hook, the supervisor,
 the server extension) build events with :func:`make_event`; the processors in
-:mod:`kernel_guard.processors` add context, redact and number them; sinks
+:mod:`kernel_guard.events.processors` add context, redact and number them; sinks
 write them.
 """
 

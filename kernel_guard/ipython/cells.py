@@ -14,9 +14,9 @@ import inspect
 import time
 from typing import Any
 
-from . import runtime
-from .events import _now as _events_now
-from .events import make_event
+from .. import runtime
+from ..events.schema import _now as _events_now
+from ..events.schema import make_event
 
 __all__ = ["code_fields", "install"]
 

@@ -21,9 +21,9 @@ import threading
 import types
 from typing import Any, Callable
 
-from . import runtime
-from .events import make_event
-from .exceptions import GuardTampering, ShellRefused
+from .. import runtime
+from ..events.schema import make_event
+from ..exceptions import GuardTampering, ShellRefused
 
 __all__ = ["install", "refuse"]
 

@@ -31,8 +31,8 @@ import sys
 import tempfile
 from typing import Optional
 
-from ._version import __version__
-from .exceptions import KernelGuardError
+from .._version import __version__
+from ..exceptions import KernelGuardError
 
 __all__ = ["add_arguments", "install", "kernel_dict", "run"]
 

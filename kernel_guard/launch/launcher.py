@@ -27,10 +27,9 @@ A failure in steps 2-4 under a ``fail_closed`` profile (the default profile)
 ends the process with one paragraph on stderr (the Jupyter server log) and a
 ``guard-error`` event: a kernel without its filter must not start.
 
-This module is run as ``__main__`` and may also be imported as
-``kernel_guard.launch``: two module objects.  It therefore keeps no state; the
-state lives in :mod:`runtime`, :mod:`supervisor`, :mod:`status` and
-:mod:`audit`.
+``python -m kernel_guard.launch`` runs this module's :func:`main` from the
+package's ``__main__``.  It keeps no state; the state lives in
+:mod:`runtime`, :mod:`supervisor`, :mod:`status` and the audit hook.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ def _trusted_config(extra: list[str]) -> Any:
     from traitlets.config import Config
     from traitlets.config.loader import KVArgParseConfigLoader
 
-    from .config import _load_file, trusted_file
+    from ..config import _load_file, trusted_file
 
     merged = Config()
     try:
@@ -288,7 +287,7 @@ def _verify(handle: Any) -> dict[str, str]:
 
 def _enforce(rt: Any, handle: Any) -> None:
     """Switch the audit hook to the configured mode, protecting the supervisor's pid."""
-    from . import audit
+    from ..audit import hook as audit
 
     guard = rt.guard
     audit.install(guard.mode, extra_persistence=guard.extra_persistence_paths,
@@ -310,8 +309,9 @@ def _allow_supervisor_to_read(pid: int) -> None:
 
 
 def _on_supervisor_lost(handle: Any) -> None:
-    from . import pipeline, runtime, status
-    from .events import make_event
+    from .. import runtime, status
+    from ..events import pipeline
+    from ..events.schema import make_event
 
     reason = (f"the exec supervisor (pid {handle.pid}) {handle.lost_reason}: exec stays blocked "
               "(ENOSYS), but attempts are no longer recorded from outside the kernel")
@@ -329,7 +329,7 @@ def _guard_multiprocessing(enforce_exec: bool) -> None:
     multiprocessing.set_start_method("fork", force=True)
     if not enforce_exec or getattr(mp_util.spawnv_passfds, "_kernel_guard", False):
         return
-    from .exceptions import ExecRefused
+    from ..exceptions import ExecRefused
 
     original = mp_util.spawnv_passfds
 
@@ -380,8 +380,9 @@ def _disable_debugger() -> None:
 
 def _fail(step: str, reason: str, profile_path: str, fatal: bool, handle: Any = None) -> None:
     """Fail closed (exit) or, under a profile that allows it, warn and go on."""
-    from . import pipeline, runtime
-    from .events import make_event
+    from .. import runtime
+    from ..events import pipeline
+    from ..events.schema import make_event
 
     what = _STEP_NAMES.get(step, step)
     if fatal:
@@ -409,7 +410,7 @@ def _fail(step: str, reason: str, profile_path: str, fatal: bool, handle: Any = 
 
 def launch(argv: Optional[list[str]] = None) -> NoReturn:
     """Run the five steps, then the kernel; never returns."""
-    from . import audit
+    from ..audit import hook as audit
 
     audit.install("audit")  # step 1 begins: record from the first moment
     dropped_path = _drop_cwd_from_path()
@@ -430,9 +431,10 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
 def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any]:
     """Step 1: runtime and sinks, the profile, credential scrubbing, the supervisor's
     process (spawned, see :func:`_spawn_supervisor`), what needs exec."""
-    from . import profiles, runtime, seccomp_filter
-    from .events import KernelContext, make_event
-    from .exceptions import ProfileError
+    from .. import runtime
+    from ..events.schema import KernelContext, make_event
+    from ..exceptions import ProfileError
+    from . import profiles, seccomp_filter
 
     kernel_id = KernelContext.kernel_id_from_connection_file(args.connection_file)
     rt = runtime.start(_trusted_config(extra), kernel_id=kernel_id)
@@ -463,8 +465,8 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None) -> tuple[
     """Steps 2-4: supervisor, filter, verification; (handle, loaded filter, /proc status).
 
     Fails closed under a fail_closed profile; otherwise returns (None, None, status)."""
+    from ..exceptions import ProfileError
     from . import seccomp_filter
-    from .exceptions import ProfileError
 
     handle = None
     step = "supervisor"
@@ -498,7 +500,9 @@ def _adapt_python(enforce_exec: bool, ld_cache: dict[str, str], allow_debugger: 
 def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: dict[str, str],
                   scrubbed: list[str], debugger: bool) -> None:
     """What was set up, for status and for the kernel-started event."""
-    from . import cells, profiles, status
+    from .. import status
+    from ..ipython import cells
+    from . import profiles
 
     summary = profiles.profile_summary(profile)
     sup_pid = handle.pid if handle is not None else None

@@ -24,19 +24,17 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .exceptions import ProfileError
+from ..exceptions import ProfileError
+from . import seccomp_filter
+from .profile_model import Profile, Rule, RuleArg
 
 __all__ = [
     "ACTIONS",
     "BUILTIN_PROFILES",
     "EXEC_SYSCALLS",
-    "Profile",
-    "Rule",
-    "RuleArg",
     "add_arguments",
     "builtin_dir",
     "load_profile",
@@ -77,62 +75,6 @@ _ARG_KEYS = frozenset({"index", "value", "valueTwo", "op"})
 _GUARD_KEYS = frozenset({"mode", "fail_closed", "comment"})
 
 
-@dataclass(frozen=True)
-class RuleArg:
-    """One argument comparison of a rule (``args[i]``)."""
-
-    index: int
-    value: int
-    value_two: int
-    op: str
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One entry of ``syscalls``: names, action, errno and conditions."""
-
-    names: tuple[str, ...]
-    action: str
-    errno_ret: int
-    args: tuple[RuleArg, ...] = ()
-    comment: str = ""
-    field: str = ""  # where it came from, e.g. "syscalls[2]", for error messages
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A parsed, checked seccomp profile."""
-
-    path: str
-    name: str
-    default_action: str
-    default_errno_ret: int
-    architectures: tuple[str, ...]
-    rules: tuple[Rule, ...]
-    mode: str = "enforce"
-    fail_closed: bool = True
-    comment: str = ""
-    raw: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def uses_notify(self) -> bool:
-        """Whether the filter sends anything to the supervisor."""
-        return self.default_action == "SCMP_ACT_NOTIFY" or any(
-            r.action == "SCMP_ACT_NOTIFY" for r in self.rules)
-
-    def action_for(self, syscall: str) -> str:
-        """The unconditional action for ``syscall`` (default if no plain rule names it)."""
-        for rule in self.rules:
-            if syscall in rule.names and not rule.args:
-                return rule.action
-        return self.default_action
-
-    def describe(self) -> str:
-        """One line for logs and ``status``: name, mode, exec action."""
-        return (f"{self.name} (mode {self.mode}, exec {self.action_for('execve')}, "
-                f"{len(self.rules)} rules)")
-
-
 # -- locating ----------------------------------------------------------------
 
 def builtin_dir() -> Path:
@@ -140,7 +82,7 @@ def builtin_dir() -> Path:
     packaged = Path(__file__).resolve().parent / "seccomp_profiles"
     if (packaged / "default.json").is_file():
         return packaged
-    return Path(__file__).resolve().parent.parent / "seccomp_profiles"
+    return Path(__file__).resolve().parents[2] / "seccomp_profiles"
 
 
 def resolve_profile_path(name_or_path: str) -> str:
@@ -198,8 +140,6 @@ class _Checker:
 
 def _syscall_known(name: str) -> bool:
     """Whether libseccomp knows ``name`` on any of the architectures we use."""
-    from . import seccomp_filter
-
     return seccomp_filter.syscall_known(name)
 
 
@@ -354,8 +294,6 @@ def load_profile(name_or_path: str, *, build: bool = True) -> Profile:
                            f"at line {exc.lineno} column {exc.colno}") from exc
     profile = parse_profile(data, path)
     if build:
-        from . import seccomp_filter
-
         seccomp_filter.build_filter(profile)
     return profile
 
@@ -384,8 +322,6 @@ def run(args: argparse.Namespace) -> int:
     if args.profile_command == "validate":
         print(f"{profile.path}: valid: {profile.describe()}")
         return 0
-    from . import seccomp_filter
-
     if args.output:
         with open(args.output, "wb") as fh:
             seccomp_filter.export(profile, fh, args.format)

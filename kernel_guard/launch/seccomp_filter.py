@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import IO, Any, Optional
 
-from .exceptions import KernelGuardError, ProfileError
-from .profiles import Profile
+from ..exceptions import KernelGuardError, ProfileError
+from .profile_model import Profile
 
 __all__ = [
     "LoadedFilter",

@@ -1,6 +1,6 @@
 """The exec supervisor: a separate process that answers the kernel's exec attempts.
 
-The launcher starts it (``python -m kernel_guard.supervisor``) while exec
+The launcher starts it (``python -m kernel_guard.launch.supervisor``) while exec
 still works, before the seccomp filter is loaded, and hands it the filter's
 user-notification listener over an AF_UNIX socket (SCM_RIGHTS); the kernel
 keeps no copy.  For each notification the supervisor:
@@ -26,8 +26,8 @@ ENOSYS: exec stays blocked, and the kernel records the loss.
 
 The first half of this module is the supervisor process; the second half is
 the kernel-side handle (start, hand over the listener, query, watch).
-Kernel-side state lives here, not in :mod:`kernel_guard.launch`, which exists
-twice when run with ``-m``.
+Kernel-side state lives here, not in :mod:`kernel_guard.launch.launcher`,
+which only runs the steps.
 """
 
 from __future__ import annotations
@@ -266,8 +266,8 @@ class Supervisor:
         self.emit(self.event(notif, info, allow))
 
     def event(self, notif: Notification, info: dict[str, Any], allowed: bool) -> dict:
-        from .events import make_event
-        from .processors import redact_argv
+        from ..events.processors import redact_argv
+        from ..events.schema import make_event
 
         exe = info.get("executable") or "<unreadable>"
         args = redact_argv(info.get("args") or [])
@@ -302,7 +302,7 @@ class Supervisor:
         except ValueError:
             return True  # ignore garbage: the kernel side is not trusted
         if isinstance(request, dict) and request.get("op") == "status":
-            from . import runtime
+            from .. import runtime
 
             rt = runtime.current()
             reply = {"pid": os.getpid(), "mode": self.mode, "kernel_pid": self.kernel_pid,
@@ -377,7 +377,7 @@ def _harden_self() -> None:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m kernel_guard.supervisor",
+    parser = argparse.ArgumentParser(prog="python -m kernel_guard.launch.supervisor",
                                      description="Exec supervisor (started by kernel_guard.launch).")
     parser.add_argument("--fd", type=int, required=True, help="socket to the kernel (SOCK_SEQPACKET)")
     parser.add_argument("--kernel-pid", type=int, required=True)
@@ -389,7 +389,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of ``python -m kernel_guard.supervisor``."""
+    """Entry point of ``python -m kernel_guard.launch.supervisor``."""
     from . import seccomp_filter as sf
 
     args = _parse(sys.argv[1:] if argv is None else argv)
@@ -400,8 +400,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for the kernel's cells
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     control = socket.socket(fileno=args.fd)
-    from . import runtime
-    from .events import make_event
+    from .. import runtime
+    from ..events.schema import make_event
 
     rt = runtime.start(kernel_id=args.kernel_id)
     rt.layers["supervisor"] = args.mode
@@ -537,7 +537,7 @@ def current() -> Optional[SupervisorHandle]:
 
 def supervisor_argv(fd: int, kernel_pid: int, mode: str, kernel_id: Optional[str], profile: str) -> list[str]:
     """The supervisor's command line (pure, for tests)."""
-    argv = [sys.executable, "-m", "kernel_guard.supervisor", "--fd", str(fd),
+    argv = [sys.executable, "-m", "kernel_guard.launch.supervisor", "--fd", str(fd),
             "--kernel-pid", str(kernel_pid), "--mode", mode, "--profile", profile]
     if kernel_id:
         argv += ["--kernel-id", kernel_id]

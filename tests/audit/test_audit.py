@@ -154,7 +154,7 @@ def test_hook_cannot_be_rewired(guarded):
     """Replacing the hook's defaults or code is refused."""
     guarded.mark()
     result = guarded.execute(
-        "from kernel_guard import audit\nhook = audit._State.installed['enforce']\n"
+        "from kernel_guard.audit import hook as audit\nhook = audit._State.installed['enforce']\n"
         "hook.__defaults__ = (frozenset(), None, None)"
     )
     assert_short_refusal(result)
@@ -219,7 +219,7 @@ def test_shimmed_subprocess_sys_is_still_refused(guarded):
 
 def test_the_native_filter_is_active_in_a_kernel(guarded):
     """The extension adds its hook through the compiled filter (a build without it would be ~5x slower per event)."""
-    result = guarded.execute("from kernel_guard import audit\nprint(audit.filter_kind())")
+    result = guarded.execute("from kernel_guard.audit import hook\nprint(hook.filter_kind())")
     assert result.stdout.strip() == "native"
 
 
@@ -241,7 +241,7 @@ def test_without_the_native_filter_the_python_hook_enforces_the_same_policy(tmp_
     import subprocess
     import sys
 
-    code = ("import kernel_guard.audit as a\na._audit_filter = None\na.install('enforce')\n"
+    code = ("import kernel_guard.audit.hook as a\na._audit_filter = None\na.install('enforce')\n"
             "import os\nprint(a.filter_kind())\n"
             "try:\n    os.system('true')\nexcept Exception as e:\n    print(type(e).__name__)\n"
             f"try:\n    open({str(tmp_path / 'evil.pth')!r}, 'w')\nexcept Exception as e:\n    print(type(e).__name__)\n"
@@ -253,7 +253,7 @@ def test_without_the_native_filter_the_python_hook_enforces_the_same_policy(tmp_
 
 def test_resolve_agrees_with_realpath(tmp_path):
     """The filter's realpath(3) shortcut gives os.path.realpath's answer, or None to fall back, for links and odd names."""
-    from kernel_guard import _audit_filter
+    from kernel_guard.audit import _filter as _audit_filter
 
     d = str(tmp_path)
     os.symlink("/etc", f"{d}/etclink")

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 from kernel_guard import cli
-from kernel_guard.check import REPORT_SCHEMA
-from kernel_guard.techniques import CATEGORIES, COMPATIBILITY, TECHNIQUES
+from kernel_guard.cli.check import REPORT_SCHEMA
+from kernel_guard.cli.techniques import CATEGORIES, COMPATIBILITY, TECHNIQUES
 
 
 @pytest.fixture

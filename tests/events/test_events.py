@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from conftest import assert_schema_valid
-from kernel_guard.events import make_event, to_json, validate_event
-from kernel_guard.processors import Redact, redact_argv, redact_text
+from kernel_guard.events.processors import Redact, redact_argv, redact_text
+from kernel_guard.events.schema import make_event, to_json, validate_event
 
 
 def _cells(kernel, n=1):
@@ -124,7 +124,7 @@ def test_redaction_shortcut_matches_running_every_pattern():
     import random
     import string
 
-    from kernel_guard.processors import _PATTERNS
+    from kernel_guard.events.processors import _PATTERNS
 
     def every_pattern(text):
         for pattern, replacement in _PATTERNS:
@@ -141,7 +141,7 @@ def test_redaction_shortcut_matches_running_every_pattern():
 
 def test_json_lines_are_the_same_with_and_without_orjson(monkeypatch):
     """orjson (when installed) and the standard library write byte-identical lines; odd values never raise."""
-    from kernel_guard import events
+    from kernel_guard.events import schema as events
 
     event = make_event("exec-denied", outcome="failure", layer="audit", reason="héllo ✓ \u2028 \"q\"",
                        process={"args": ["a", 1, 2.5, None, True]}, duration_ms=0.1 + 0.2)

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from kernel_guard import testing
-from kernel_guard.aggregate import Aggregate
-from kernel_guard.events import make_event
+from kernel_guard.events.aggregate import Aggregate
+from kernel_guard.events.schema import make_event
 from kernel_guard.testing import read_events
 
 from sink_helpers import LoggedKernel, wait_until

@@ -10,13 +10,13 @@ import time
 import pytest
 
 from kernel_guard import testing
-from kernel_guard.aggregate import Aggregate
-from kernel_guard.events import make_event, validate_event
+from kernel_guard.events.aggregate import Aggregate
+from kernel_guard.events.pipeline import EventPipeline
+from kernel_guard.events.processors import Sequence
+from kernel_guard.events.schema import make_event, validate_event
+from kernel_guard.events.sinks import SinkOptions, open_sink, validate_sink_url
+from kernel_guard.events.sinks.syslog import FACILITIES, format_message
 from kernel_guard.exceptions import ConfigError
-from kernel_guard.pipeline import EventPipeline
-from kernel_guard.processors import Sequence
-from kernel_guard.sinks import SinkOptions, open_sink, validate_sink_url
-from kernel_guard.sinks.syslog import FACILITIES, format_message
 
 from sink_helpers import LoggedKernel, Rsyslogd, dedupe, wait_until
 

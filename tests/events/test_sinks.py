@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from kernel_guard.events import make_event
+from kernel_guard.events.pipeline import EventPipeline
+from kernel_guard.events.schema import make_event
+from kernel_guard.events.sinks import open_sink, validate_sink_url
+from kernel_guard.events.sinks.file import FileSink
 from kernel_guard.exceptions import ConfigError, SinkError
-from kernel_guard.pipeline import EventPipeline
-from kernel_guard.sinks import open_sink, validate_sink_url
-from kernel_guard.sinks.file import FileSink
 from kernel_guard.testing import MemorySink, read_events
 
 
@@ -66,7 +66,7 @@ def test_logging_sink_uses_levels_by_outcome(caplog):
 
 def test_stderr_sink_writes_to_process_stderr(tmp_path):
     """stderr:// writes JSON lines to the process's standard error."""
-    code = ("from kernel_guard.sinks import open_sink; from kernel_guard.events import make_event\n"
+    code = ("from kernel_guard.events.sinks import open_sink; from kernel_guard.events.schema import make_event\n"
             "open_sink('stderr://').emit([make_event('kernel-started', outcome='success', layer='launcher')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert json.loads(out.stderr.strip().splitlines()[-1])["event"]["action"] == "kernel-started"
@@ -153,7 +153,7 @@ def test_concurrent_writers_never_interleave_lines(tmp_path):
     path = tmp_path / "shared.jsonl"
     code = (
         "import sys, threading\n"
-        "from kernel_guard.sinks.file import FileSink\nfrom kernel_guard.events import make_event\n"
+        "from kernel_guard.events.sinks.file import FileSink\nfrom kernel_guard.events.schema import make_event\n"
         "sink = FileSink(sys.argv[1])\n"
         "def work():\n"
         "    for i in range(50):\n"
@@ -193,8 +193,8 @@ def test_writer_thread_is_named(tmp_path):
 
 def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd):
     """Secrets are redacted and events numbered in order whether written by the writer thread, after close, or in a forked child."""
-    from kernel_guard.processors import AddContext, Redact, Sequence
-    from kernel_guard.events import KernelContext
+    from kernel_guard.events.processors import AddContext, Redact, Sequence
+    from kernel_guard.events.schema import KernelContext
 
     secret = "ghp_" + "a" * 36
     sink = MemorySink()
@@ -228,9 +228,9 @@ def test_network_sink_modules_load_only_when_used(tmp_path):
     """A kernel writing to a file never imports ssl/http.client; a missing module is a clear SinkError, not a crash."""
     code = ("import sys\nfrom kernel_guard import runtime\n"
             f"runtime.start(kernel_id='x')\n"
-            "print('kernel_guard.sinks.http' in sys.modules, 'kernel_guard.sinks.syslog' in sys.modules)\n"
-            "sys.modules['kernel_guard.sinks.http'] = None\n"
-            "from kernel_guard.sinks import open_sink\n"
+            "print('kernel_guard.events.sinks.http' in sys.modules, 'kernel_guard.events.sinks.syslog' in sys.modules)\n"
+            "sys.modules['kernel_guard.events.sinks.http'] = None\n"
+            "from kernel_guard.events.sinks import open_sink\n"
             "from kernel_guard.exceptions import SinkError\n"
             "try:\n    open_sink('https://collector.example:8443/x')\nexcept SinkError as e:\n    print('SinkError', 'collector.example' in str(e))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -7,12 +7,12 @@ import os
 import signal
 
 from kernel_guard import testing
-from kernel_guard.aggregate import Aggregate
-from kernel_guard.events import make_event
-from kernel_guard.pipeline import EventPipeline
-from kernel_guard.processors import Sequence
-from kernel_guard.sinks import open_sink
-from kernel_guard.spool import Spool
+from kernel_guard.events.aggregate import Aggregate
+from kernel_guard.events.pipeline import EventPipeline
+from kernel_guard.events.processors import Sequence
+from kernel_guard.events.schema import make_event
+from kernel_guard.events.sinks import open_sink
+from kernel_guard.events.spool import Spool
 from kernel_guard.testing import MemorySink, read_events
 
 from sink_helpers import HttpCollector, LoggedKernel, Rsyslogd, dedupe, free_port, wait_until

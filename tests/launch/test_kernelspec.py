@@ -53,7 +53,7 @@ def test_audit_profile_and_env_are_written(tmp_path: Path) -> None:
 def test_custom_profile_is_stored_by_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile given as a relative path is validated and written as an absolute path."""
     monkeypatch.chdir(tmp_path)
-    source = Path(__file__).resolve().parent.parent / "seccomp_profiles" / "default.json"
+    source = Path(__file__).resolve().parents[2] / "seccomp_profiles" / "default.json"
     (tmp_path / "mine.json").write_text(source.read_text())
     assert cli.main(["install-kernelspec", "--name", "kg", "--prefix", str(tmp_path / "p"),
                      "--profile", "./mine.json"]) == 0

@@ -422,7 +422,7 @@ def test_broken_profile_fails_closed_naming_the_file(tmp_path) -> None:
 def test_broken_profile_kernel_never_answers(spec_prefix: str, tmp_path) -> None:
     """A kernelspec whose profile broke after install dies at start instead of running unguarded."""
     profile = tmp_path / "p.json"
-    profile.write_text((Path(__file__).parent.parent / "seccomp_profiles" / "default.json").read_text())
+    profile.write_text((Path(__file__).parents[2] / "seccomp_profiles" / "default.json").read_text())
     install_spec(spec_prefix, "breaks-later", "--profile", str(profile))
     profile.write_text("{not json")
     kernel = LaunchedKernel(str(tmp_path / "k"), "breaks-later")
@@ -435,7 +435,7 @@ def test_broken_profile_kernel_never_answers(spec_prefix: str, tmp_path) -> None
 
 # A parent that makes seccomp(2) fail with ENOSYS, then execs the launcher: a system
 # without seccomp filters, as the launcher sees it.
-NO_SECCOMP_WRAPPER = ("import os, sys\nfrom kernel_guard import seccomp_filter\nsc = seccomp_filter.bindings()\n"
+NO_SECCOMP_WRAPPER = ("import os, sys\nfrom kernel_guard.launch import seccomp_filter\nsc = seccomp_filter.bindings()\n"
                       "f = sc.SyscallFilter(sc.ALLOW)\nf.add_rule(sc.ERRNO(38), 'seccomp')\nf.load()\n"
                       "os.execv(sys.executable, [sys.executable, '-m', 'kernel_guard.launch', *sys.argv[1:]])")
 

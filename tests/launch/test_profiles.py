@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kernel_guard import cli, profiles
+from kernel_guard import cli
 from kernel_guard.exceptions import ProfileError
+from kernel_guard.launch import profiles
 
 GOOD_RULE = {"names": ["execve", "execveat"], "action": "SCMP_ACT_NOTIFY"}
 

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from kernel_guard import profiles, seccomp_filter
+from kernel_guard.launch import profiles, seccomp_filter
 
 I386_EXECVE = """
 import ctypes, mmap, struct
@@ -30,7 +30,7 @@ def run_child(profile: str, body: str, tmp_path: Path) -> subprocess.CompletedPr
     """Load ``profile`` in a fresh interpreter (closing any listener), then run ``body``."""
     code = textwrap.dedent(f"""
         import os, subprocess, threading, time
-        from kernel_guard import profiles, seccomp_filter
+        from kernel_guard.launch import profiles, seccomp_filter
         started = threading.Event(); go = threading.Event(); seen = []
         def early():
             started.set(); go.wait()
@@ -104,7 +104,7 @@ def test_syscall_names_are_checked_against_libseccomp() -> None:
 
 def test_dropping_cap_sys_ptrace_clears_every_set(tmp_path: Path) -> None:
     """drop_capability removes CAP_SYS_PTRACE from the effective, permitted and bounding sets."""
-    code = ("from kernel_guard import seccomp_filter as s\nprint(s.drop_capability(s.CAP_SYS_PTRACE))\n"
+    code = ("from kernel_guard.launch import seccomp_filter as s\nprint(s.drop_capability(s.CAP_SYS_PTRACE))\n"
             "print({l.split(':')[0]: int(l.split()[1], 16) >> 19 & 1 for l in open('/proc/self/status') "
             "if l.startswith(('CapEff', 'CapPrm', 'CapBnd'))})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from launcher_support import LaunchedKernel, specs_on_path, wait_gone
 
-from kernel_guard import supervisor
+from kernel_guard.launch import supervisor
 
 
 def notification(pid: int, nr: int, args: list[int], arch: int = supervisor.AUDIT_ARCH_X86_64) -> supervisor.Notification:
@@ -26,7 +26,7 @@ def notification(pid: int, nr: int, args: list[int], arch: int = supervisor.AUDI
 def test_supervisor_argv_keeps_sinks_off_the_command_line() -> None:
     """The supervisor's argv names fd, kernel pid, mode and profile; sink URLs travel in the environment."""
     argv = supervisor.supervisor_argv(5, 42, "enforce", "kid", "default")
-    assert argv[:3] == [sys.executable, "-m", "kernel_guard.supervisor"]
+    assert argv[:3] == [sys.executable, "-m", "kernel_guard.launch.supervisor"]
     assert argv[3:] == ["--fd", "5", "--kernel-pid", "42", "--mode", "enforce", "--profile", "default",
                         "--kernel-id", "kid"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from jupyter_harness import JupyterServer
-from kernel_guard.kernelspec import install as install_kernelspec
+from kernel_guard.launch.kernelspec import install as install_kernelspec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

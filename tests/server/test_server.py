@@ -17,10 +17,11 @@ import sys
 import pytest
 
 from jupyter_harness import GUARDED_EXT_ARGV, JupyterServer, KernelSocket, output_text, wait_until
-from kernel_guard.events import validate_event
-from kernel_guard.kernelspec import install as install_kernelspec
-from kernel_guard.techniques import TECHNIQUES
-from kernel_guard.server import assess_kernelspec, is_launcher_argv, user_name, writable_by
+from kernel_guard.cli.techniques import TECHNIQUES
+from kernel_guard.events.schema import validate_event
+from kernel_guard.launch.kernelspec import install as install_kernelspec
+from kernel_guard.server.guard import user_name
+from kernel_guard.server.policy import assess_kernelspec, is_launcher_argv, writable_by
 
 USER = "alice"
 NOTEBOOK = "work/analysis.ipynb"
@@ -406,7 +407,9 @@ def test_audit_mode_records_an_unguarded_start_instead_of_refusing() -> None:
     import logging
     import types
 
-    from kernel_guard.server import KernelGuardServer, KernelRefused, ServerGuard, Verdict
+    from kernel_guard.server.guard import KernelRefused, ServerGuard
+    from kernel_guard.server.policy import Verdict
+    from kernel_guard.server.settings import KernelGuardServer
 
     emitted: list = []
     app = types.SimpleNamespace(kernel_manager=object(), log=logging.getLogger("test"),

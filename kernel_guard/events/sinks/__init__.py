@@ -9,8 +9,8 @@ A sink is three methods, like httpx's transports::
 The pipeline calls them from its writer thread (or, in a forked child, from
 the emitting thread), so a sink needs no locking of its own.  A sink that
 talks to the network sets ``spooled = True``: the pipeline then gives it a
-spool and a sender thread of its own (see :mod:`kernel_guard.pipeline`), and
-``emit`` may block and raise as the network does; it may also offer
+spool and a sender thread of its own (see :mod:`kernel_guard.events.pipeline`),
+and ``emit`` may block and raise as the network does; it may also offer
 ``emit_lines(lines)`` to take the spool's JSON lines without decoding them.
 :func:`open_sink` maps a URL scheme to a sink class; new schemes register in
 ``SCHEMES``.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from ..events import Event
-from ..exceptions import ConfigError, SinkError
+from ...exceptions import ConfigError, SinkError
+from ..schema import Event
 
 __all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "open_sink", "validate_sink_url"]
 
@@ -109,7 +109,7 @@ def _network(module: str) -> Callable[..., Sink]:
                             "(the Python installation lacks a module it needs, such as ssl)") from exc
         opener = SCHEMES[urlsplit(url).scheme]
         if opener is factory:
-            raise SinkError(f"sink {describe_url(url)}: kernel_guard.sinks.{module} did not register its scheme")
+            raise SinkError(f"sink {describe_url(url)}: kernel_guard.events.sinks.{module} did not register its scheme")
         return opener(url) if options is None else opener(url, options)
 
     return factory

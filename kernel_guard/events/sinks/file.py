@@ -7,8 +7,8 @@ import os
 from typing import List
 from urllib.parse import unquote, urlsplit
 
-from ..events import Event, to_json_line
-from ..exceptions import SinkError
+from ...exceptions import SinkError
+from ..schema import Event, to_json_line
 from . import Sink
 
 # Whole lines per write(2): O_APPEND makes each write land at the end as one

@@ -30,9 +30,9 @@ import time
 from typing import Dict, List, Optional
 from urllib.parse import unquote, urlsplit
 
-from .._version import __version__
-from ..events import Event, to_json_line
-from ..exceptions import SinkError
+from ..._version import __version__
+from ...exceptions import SinkError
+from ..schema import Event, to_json_line
 from . import SCHEMES, Sink, SinkOptions, describe_url
 
 __all__ = ["HttpSink", "read_headers"]

@@ -10,7 +10,7 @@ import logging
 from typing import List
 from urllib.parse import urlsplit
 
-from ..events import Event, to_json
+from ..schema import Event, to_json
 from . import Sink
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import List
 
-from ..events import Event, to_json_line
+from ..schema import Event, to_json_line
 from . import Sink
 
 

@@ -29,8 +29,8 @@ import socket
 from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
-from ..events import Event
-from ..exceptions import SinkError
+from ...exceptions import SinkError
+from ..schema import Event
 from . import SCHEMES, Sink, SinkOptions, describe_url
 
 __all__ = ["FACILITIES", "SyslogSink", "format_message", "severity"]
