@@ -6,6 +6,6 @@ setup(
     ext_modules=[
         # optional: without a compiler the audit layer falls back to a Python
         # hook (slower per event; `kernel-guard status` says which is active)
-        Extension("kernel_guard._audit_filter", ["kernel_guard/_audit_filter.c"], optional=True),
+        Extension("kernel_guard.audit._filter", ["kernel_guard/audit/_filter.c"], optional=True),
     ],
 )

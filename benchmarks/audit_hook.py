@@ -132,7 +132,7 @@ def child(variant: str, scale: float, inner: int) -> Dict[str, Dict[str, float]]
     loops = _loops(path)
     # the guard's modules and policy exist in both variants: the same objects in
     # memory (garbage-collection costs), only the hook differs
-    from kernel_guard import audit
+    from kernel_guard.audit import hook as audit
 
     audit.build_policy(True)
     try:

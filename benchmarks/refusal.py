@@ -24,7 +24,7 @@ TARGET_MS = 1.0
 
 CODE = r'''
 import ctypes as _ctypes, mmap as _mmap, os as _os, platform as _platform, subprocess as _subprocess, time as _time
-# a six-argument raw system call (x86_64 / aarch64 machine code), as kernel_guard.techniques builds it
+# a six-argument raw system call (x86_64 / aarch64 machine code), as kernel_guard.cli.techniques builds it
 _bench_stub = {
     "x86_64": bytes.fromhex("4889f84889f74889d64889ca4d89c24d89c80f05c3"),
     "aarch64": bytes.fromhex("e80300aae00301aae10302aae20303aae30304aae40305aa010000d4c0035fd6"),

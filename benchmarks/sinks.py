@@ -56,7 +56,7 @@ def child(total: int, burst: int) -> Dict[str, Any]:
     os.environ["KERNEL_GUARD_SINKS"] = f"file://{path}"
     os.environ["XDG_STATE_HOME"] = os.path.join(root, "state")
     from kernel_guard import runtime
-    from kernel_guard.events import make_event
+    from kernel_guard.events.schema import make_event
 
     rt = runtime.start(kernel_id="bench")
     pipeline = rt.pipeline
@@ -95,7 +95,7 @@ def child(total: int, burst: int) -> Dict[str, Any]:
 
 def _sink_rate(root: str, events: List[dict], rt: Any) -> float:
     """Events per second ``FileSink.emit`` writes: the writer thread's part (JSON + write(2))."""
-    from kernel_guard.sinks.file import FileSink
+    from kernel_guard.events.sinks.file import FileSink
 
     for processor in rt.pipeline.processors:  # events as they reach the sink (caller and writer processors)
         events = [e for e in map(processor, events) if e is not None]

@@ -66,7 +66,7 @@ def _time_calls(n: int) -> Dict[str, float]:
 
 def child(variant: str, n: int) -> Dict[str, Dict[str, float]]:
     """Time the calls, load ``variant``'s filter, time them again (one process)."""
-    from kernel_guard import profiles, seccomp_filter
+    from kernel_guard.launch import profiles, seccomp_filter
 
     before = _time_calls(n)
     seccomp_filter.set_no_new_privs()

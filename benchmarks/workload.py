@@ -87,7 +87,8 @@ _bench_elapsed = _bench_time.perf_counter() - _bench_t0
 # in both variants (the same heap), the runtime and the hook only in "guard".
 IN_PROCESS = r'''
 import sys
-from kernel_guard import audit, runtime
+from kernel_guard import runtime
+from kernel_guard.audit import hook as audit
 if sys.argv[1] == "guard":
     runtime.start(kernel_id="bench")
     audit.install("enforce")

@@ -4,6 +4,10 @@
 ["kernel_guard"]``) installs the IPython layer, the audit hook and execution
 events in a running kernel; ``python -m kernel_guard.launch`` adds the
 seccomp filter and the exec supervisor before the kernel starts.
+
+Each layer is a folder: :mod:`.ipython`, :mod:`.audit`, :mod:`.launch`,
+:mod:`.events`, :mod:`.server` (the jupyter_server extension) and :mod:`.cli`
+(the ``kernel-guard`` command); the modules beside them are shared.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import KernelGuard
-from .events import Event, make_event, validate_event
+from .events.schema import Event, make_event, validate_event
 from .exceptions import (
     ConfigError,
     CredentialRefused,
@@ -65,6 +69,6 @@ def load_ipython_extension(ip: Any) -> None:
 
 def unload_ipython_extension(ip: Any) -> None:
     """``%unload_ext kernel_guard`` is refused: the guard stays."""
-    from .extension import refuse
+    from .ipython.shell import refuse
 
     refuse("%unload_ext", "kernel_guard", tampering=True)

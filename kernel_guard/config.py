@@ -22,8 +22,8 @@ from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, default
 from traitlets.config import Application, Config, Configurable
 from traitlets.config.loader import DeferredConfigString, JSONFileConfigLoader, PyFileConfigLoader
 
+from .events.sinks import SinkOptions, validate_sink_url
 from .exceptions import ConfigError
-from .sinks import SinkOptions, validate_sink_url
 
 __all__ = ["KernelGuard", "load_config", "trusted_file"]
 
@@ -162,7 +162,7 @@ class KernelGuard(Configurable):
 
     @default("spool_dir")
     def _spool_dir_default(self) -> str:
-        from .spool import default_spool_root
+        from .events.spool import default_spool_root
 
         return default_spool_root()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import audit, cells, extension, runtime, status
-from .events import make_event
+from . import runtime
+from .audit import hook as audit
+from .events.schema import make_event
+from .ipython import cells, magics, shell
 
 __all__ = ["guard_shell"]
 
@@ -26,8 +28,8 @@ def guard_shell(ip: Any) -> runtime.Runtime:
         extra_env=guard.extra_protected_env,
     )
     rt.layers["audit"] = audit.installed_mode() or "off"
-    first = extension.install(ip)
-    status.register_magic(ip)  # %guard_status
+    first = shell.install(ip)
+    magics.register(ip)  # %guard_status
     cells.install(ip)
     if first:
         cells.started()

@@ -13,14 +13,14 @@ from typing import Any, Callable, Optional
 
 from traitlets.config import Config
 
-from . import pipeline as _pipeline
-from .aggregate import Aggregate
 from .config import KernelGuard, load_config
-from .events import Event, KernelContext, make_event
+from .events import pipeline as _pipeline
+from .events.aggregate import Aggregate
+from .events.pipeline import EventPipeline
+from .events.processors import AddContext, Redact, Sequence
+from .events.schema import Event, KernelContext, make_event
+from .events.sinks import Sink, SinkOptions, describe_url, open_sink
 from .exceptions import SinkError
-from .pipeline import EventPipeline
-from .processors import AddContext, Redact, Sequence
-from .sinks import Sink, SinkOptions, describe_url, open_sink
 
 __all__ = ["Runtime", "current", "emit", "start"]
 
@@ -91,7 +91,7 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     sinks, failures = open_sinks(list(guard.sinks), guard.sink_options())
     if not sinks:
         # never run without a record: fall back to the server log
-        from .sinks.stream import StderrSink
+        from .events.sinks.stream import StderrSink
 
         sinks = [StderrSink()]
     # aggregate before numbering and redacting: repeats cost no regex work and

@@ -1,4 +1,4 @@
-"""``kernel-guard status`` and ``%guard_status``: which layers are really active.
+"""Which layers are really active, for ``%guard_status`` and ``kernel-guard status``.
 
 Every answer is read from the system at the moment of asking, never taken
 from configuration: the seccomp state from ``/proc/<pid>/status``, the
@@ -11,17 +11,20 @@ In a kernel, ``%guard_status`` reports on that kernel.  From a shell,
 ``kernel-guard status`` reports on itself (a plain process: nothing is on)
 or, with ``--pid``, on a running kernel, as far as ``/proc`` shows it from
 outside.
+
+This module sits at the top of the package because three layers share it:
+the launcher records here what it set up (:func:`record_launch`), the
+IPython layer's magic (:mod:`kernel_guard.ipython.magics`) and the command
+(:mod:`kernel_guard.cli.status`) print its report.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
-__all__ = ["add_arguments", "collect", "collect_pid", "format_report", "register_magic", "run"]
+__all__ = ["collect", "collect_pid", "format_report", "note_supervisor_lost", "record_launch"]
 
 _launch: dict[str, Any] = {}
 
@@ -42,7 +45,7 @@ def _layer(state: str, active: bool, **evidence: Any) -> dict[str, Any]:
 
 
 def _seccomp_layer(pid: int | str = "self") -> dict[str, Any]:
-    from .seccomp_filter import listener_fds, proc_status
+    from .launch.seccomp_filter import listener_fds, proc_status
 
     st = proc_status(pid)
     filtered = st.get("Seccomp") == "2"
@@ -63,7 +66,7 @@ def _seccomp_layer(pid: int | str = "self") -> dict[str, Any]:
 
 
 def _supervisor_layer() -> dict[str, Any]:
-    from . import supervisor
+    from .launch import supervisor
 
     handle = supervisor.current()
     if handle is None:
@@ -117,7 +120,7 @@ def runtime_layers() -> dict[str, str]:
 
 
 def _audit_layer() -> dict[str, Any]:
-    from . import audit
+    from .audit import hook as audit
 
     mode = audit.installed_mode()
     # native: a C filter calls the policy for interesting events only; python:
@@ -185,7 +188,7 @@ def collect() -> dict[str, Any]:
 
 def _supervisors_of(pid: int) -> list[dict[str, Any]]:
     """Supervisor processes whose parent is ``pid`` (read from /proc)."""
-    from .seccomp_filter import proc_status
+    from .launch.seccomp_filter import proc_status
 
     found = []
     for name in os.listdir("/proc"):
@@ -196,7 +199,7 @@ def _supervisors_of(pid: int) -> list[dict[str, Any]]:
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"kernel_guard.supervisor" not in argv:
+        if b"kernel_guard.launch.supervisor" not in argv:
             continue
         st = proc_status(name)
         if st.get("PPid") == str(pid):
@@ -206,7 +209,7 @@ def _supervisors_of(pid: int) -> list[dict[str, Any]]:
 
 def collect_pid(pid: int) -> dict[str, Any]:
     """What /proc shows about another process (a running kernel)."""
-    from .seccomp_filter import proc_status
+    from .launch.seccomp_filter import proc_status
 
     if not proc_status(pid):
         return {"pid": pid, "error": f"no process {pid} (or /proc/{pid}/status is not readable)"}
@@ -247,32 +250,3 @@ def format_report(report: dict[str, Any]) -> str:
 def _short(detail: dict[str, Any]) -> str:
     text = ", ".join(f"{k}={v}" for k, v in detail.items())
     return text if len(text) <= 160 else text[:159] + "…"
-
-
-# -- command line and magic ------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``kernel-guard status [--pid PID] [--json]``."""
-    parser.add_argument("--pid", type=int, help="report on a running kernel process, from /proc")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print the status; exit 1 if the process asked about does not exist."""
-    report = collect_pid(args.pid) if args.pid else collect()
-    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
-    return 1 if "error" in report else 0
-
-
-def register_magic(ip: Any) -> None:
-    """Register ``%guard_status [--json]`` on a shell."""
-
-    def guard_status(line: str = "") -> Optional[dict]:
-        """Which kernel_guard layers are active in this kernel, read from the system."""
-        report = collect()
-        if "--json" in line.split():
-            return report
-        sys.stdout.write(format_report(report) + "\n")
-        return None
-
-    ip.magics_manager.register_function(guard_status, "line", "guard_status")

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from .events import Event
-from .sinks import Sink
+from .events.schema import Event
+from .events.sinks import Sink
 
 __all__ = ["CellResult", "KernelSession", "MemorySink", "read_events"]
 
@@ -163,7 +163,7 @@ class KernelSession:
     @property
     def kernel_id(self) -> Optional[str]:
         """The id jupyter_client put in the connection file name (if any)."""
-        from .events import KernelContext
+        from .events.schema import KernelContext
 
         return KernelContext.kernel_id_from_connection_file(self.manager.connection_file)
 

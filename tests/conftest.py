@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from kernel_guard.events import validate_event
+from kernel_guard.events.schema import validate_event
 from kernel_guard.testing import CellResult, KernelSession, plain_kernel_argv, read_events
 
 

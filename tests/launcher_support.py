@@ -60,9 +60,9 @@ class LaunchedKernel(GuardedKernel):
         return int(self.value("__import__('os').getpid()"))
 
     def supervisor_pid(self) -> int:
-        """The supervisor: the kernel's child running kernel_guard.supervisor."""
+        """The supervisor: the kernel's child running kernel_guard.launch.supervisor."""
         for child in psutil.Process(self.pid).children():
-            if "kernel_guard.supervisor" in child.cmdline():
+            if "kernel_guard.launch.supervisor" in child.cmdline():
                 return child.pid
         raise AssertionError("no supervisor child")
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
-from kernel_guard.server import KernelGuardServer, assess_kernelspec
+from kernel_guard.server.policy import assess_kernelspec
+from kernel_guard.server.settings import KernelGuardServer
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "examples" / "docker" / "Dockerfile"

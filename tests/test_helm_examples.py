@@ -3,7 +3,7 @@
 Helm deep-merges the chart's default values with the user's file (maps
 merge, lists are replaced, ``null`` removes a key) and validates the result
 against ``values.schema.json``.  The chart's schema and defaults are kept in
-``../shared/data`` next to this repository.
+``tests/data`` (BSD-3-Clause, with the chart's licence).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import yaml
 from traitlets.config import Config
 
 from kernel_guard.config import KernelGuard
-from kernel_guard.server import KernelGuardServer, assess_kernelspec
+from kernel_guard.server.policy import assess_kernelspec
+from kernel_guard.server.settings import KernelGuardServer
 
 REPO = Path(__file__).resolve().parents[1]
-CHART_DATA = REPO.parent / "shared" / "data"
+CHART_DATA = Path(__file__).resolve().parent / "data"
 EXAMPLES = sorted((REPO / "examples" / "helm").glob("*.yaml"))
 
 

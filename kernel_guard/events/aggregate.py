@@ -1,0 +1,149 @@
+"""Aggregation: a flood of identical events becomes one event per interval with a count.
+
+User code can raise the same audited event a million times (a loop of
+refused ``os.system`` calls, a ``socket.connect`` retry loop).  Writing each
+one would fill the queue, the spool and the collector, and cost the kernel
+memory and time.  :class:`Aggregate` is a processor: the first occurrence of
+an event passes through in full; identical ones after it, within
+``interval`` seconds, are only counted; when the interval ends, one
+``events-aggregated`` event carries the count (``kernel_guard.aggregated``)
+and the fields of the first occurrence.  A key that stays quiet for a whole
+interval is forgotten, so its next occurrence is again recorded in full.
+
+"Identical" means the same action, outcome, layer, technique, reason,
+process (executable, arguments), file path and target, from the same cell of
+the same kernel, notebook and user: what an analyst would call the same
+attempt repeated.  Events that are contracts one by one (every
+``cell-executed``, ``kernel-started`` ...) are never aggregated.
+
+Memory is bounded by ``max_keys`` tracked keys; beyond that, new keys pass
+through unaggregated (the pipeline's bounded queue still protects memory).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .schema import Event, to_json
+
+__all__ = ["NEVER_AGGREGATED", "Aggregate"]
+
+#: actions that are recorded one by one whatever their rate
+NEVER_AGGREGATED = frozenset({
+    "cell-executed", "kernel-started", "kernel-stopped", "guard-loaded", "guard-error",
+    "config-ignored", "events-dropped", "events-aggregated", "sink-error", "sink-recovered",
+})
+
+Key = Tuple[Any, ...]
+
+
+class _Slot:
+    """One key's current interval."""
+
+    __slots__ = ("first", "started", "count", "first_ts", "last_ts")
+
+    def __init__(self, first: Event, started: float) -> None:
+        self.first = first
+        self.started = started
+        self.count = 0
+        self.first_ts = ""
+        self.last_ts = ""
+
+
+def _key(event: Event) -> Key:
+    """What makes two events the same attempt (cheap: no serialisation)."""
+    ev = event.get("event") or {}
+    guard = event.get("kernel_guard") or {}
+    proc = event.get("process") or {}
+    file = event.get("file") or {}
+    args = proc.get("args")
+    # a flood is one cell's loop: the same attempt from another cell, kernel,
+    # notebook, user or process is a new attempt and is recorded in full
+    return (
+        (event.get("user") or {}).get("name"), guard.get("kernel_id"), guard.get("notebook"),
+        guard.get("execution_count"), guard.get("cell_id"), proc.get("pid"),
+        ev.get("action"), ev.get("outcome"), ev.get("reason"),
+        guard.get("layer"), guard.get("technique"), guard.get("target"),
+        proc.get("executable"), tuple(args) if isinstance(args, list) else args,
+        proc.get("command_line"), file.get("path") if isinstance(file, dict) else None,
+    )
+
+
+class Aggregate:
+    """Processor that counts repeats of an event instead of passing each one on."""
+
+    def __init__(self, interval: float = 5.0, max_keys: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self.clock = clock
+        self.aggregated = 0  # events counted rather than passed on, in total
+        self._slots: Dict[Key, _Slot] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> Optional[Event]:
+        """The event itself, or None when it was counted into an aggregate."""
+        if self.interval <= 0 or event.get("event", {}).get("action") in NEVER_AGGREGATED:
+            return event
+        try:
+            key = _key(event)
+            hash(key)
+        except TypeError:  # an unhashable field: do not aggregate what we cannot compare
+            return event
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                if len(self._slots) < self.max_keys:
+                    self._slots[key] = _Slot(event, self.clock())
+                return event
+            slot.count += 1
+            self.aggregated += 1
+            timestamp = event.get("@timestamp", "")
+            if slot.count == 1:
+                slot.first_ts = timestamp
+            slot.last_ts = timestamp
+            return None
+
+    def expire(self, force: bool = False) -> List[Event]:
+        """Aggregate events for every interval that has ended (all of them with ``force``)."""
+        now = self.clock()
+        out: List[Event] = []
+        with self._lock:
+            for key, slot in list(self._slots.items()):
+                if not force and now - slot.started < self.interval:
+                    continue
+                if slot.count:
+                    out.append(self._summary(slot, now))
+                    slot.started, slot.count = now, 0
+                elif not force:
+                    del self._slots[key]  # quiet for a whole interval: forget it
+        return out
+
+    def reset(self) -> None:
+        """Start empty (a forked child counts its own events)."""
+        self._lock = threading.Lock()
+        self._slots = {}
+
+    def _summary(self, slot: _Slot, now: float) -> Event:
+        """One ``events-aggregated`` event standing for ``slot.count`` identical events."""
+        first = slot.first
+        event: Event = json.loads(to_json(first))  # a deep, JSON-clean copy
+        ev = event.setdefault("event", {})
+        action = ev.get("action")
+        seconds = round(now - slot.started, 3)
+        ev.pop("sequence", None)
+        ev.update(action="events-aggregated", id=str(uuid.uuid4()))
+        ev["reason"] = (f"{slot.count} more identical {action} events in {seconds} s, "
+                        f"not recorded one by one (first: event {first.get('event', {}).get('id')})")
+        event["@timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event.setdefault("kernel_guard", {})["aggregated"] = {
+            "action": action, "count": slot.count, "first_event_id": first.get("event", {}).get("id"),
+            "first": slot.first_ts, "last": slot.last_ts, "interval_s": seconds,
+            "original_reason": first.get("event", {}).get("reason"),
+        }
+        return event

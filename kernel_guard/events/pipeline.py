@@ -1,0 +1,696 @@
+"""The event pipeline: light processors on the emitting thread, sinks on their own threads.
+
+    source -> emit(event) -> context, aggregation, numbering -> bounded queue
+           -> writer thread: redaction -+-> local sinks (file, stderr, logging)
+                                        +-> spool -> sender thread -> syslog
+                                        +-> spool -> sender thread -> HTTP
+
+Processors marked ``deferred`` (redaction) and every one after them run on
+the writer thread, in queue order, just before the batch is written: the
+caller pays for context, aggregation and numbering only.
+
+``emit`` never blocks and never raises: a full queue counts the event as
+dropped, and the writer records the count as an ``events-dropped`` event of
+its own.  Processors may swallow an event (the aggregator counts repeats
+instead of passing them on); its interval summaries are fed back in after it.
+
+Sinks that can fail on the network (``Sink.spooled``) never run on the
+writer thread: the writer appends their events to the sink's spool (a
+directory, see :mod:`kernel_guard.events.spool`) and a sender thread per sink
+sends from there, acknowledges what the sink accepted, and retries the rest with
+backoff and jitter.  A collector that is down or slow therefore delays
+neither the cell nor the file sink, and what it has not taken survives a
+kill of the kernel.  A sink that fails is reported once per distinct error
+(stderr line and a ``sink-error`` event) and its recovery once
+(``sink-recovered``); events a sink could not keep are counted and recorded
+as ``events-dropped``.
+
+In a forked child the threads do not exist, so the child writes
+synchronously: local sinks directly, network sinks into a spool segment of
+its own, which the parent (or the next kernel) sends when the child is gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import random
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+
+from .schema import Event, make_event, to_json, to_json_line
+from .processors import Processor, Sequence
+from .sinks import Sink
+from .spool import MemorySpool, Spool, Token, default_spool_root, open_spool
+
+__all__ = ["EventPipeline", "emit", "get_pipeline", "set_pipeline"]
+
+_BATCH = 1024
+_LOSS_REPORT_EVERY = 5.0  # seconds between events-dropped reports per sink
+_BACKOFF_FIRST = 0.5  # seconds before the first retry of a failed send
+_BACKOFF_MAX = 30.0  # seconds, the longest wait between retries
+_META = ("events-dropped", "sink-error", "sink-recovered")
+
+
+#: the writer's tick (s): routine events are written within it
+_TICK = 0.1
+#: queued events that wake the writer before its tick
+_WAKE_AT = 256
+
+
+class _FlushMarker:
+    """Placed in the queue; the writer sets it once everything before is written."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Deferred:
+    """An event to be built on the writer thread (see ``emit_later``)."""
+
+    __slots__ = ("build", "sequence")
+
+    def __init__(self, build: Callable[[], Event], sequence: Optional[int]) -> None:
+        self.build = build
+        self.sequence = sequence  # reserved when it was queued
+
+
+class EventPipeline:
+    """Process, queue and write events without blocking the caller."""
+
+    def __init__(
+        self,
+        sinks: Iterable[Sink],
+        processors: Iterable[Processor] = (),
+        queue_size: int = 10_000,
+        spool_dir: Optional[str] = None,
+        spool_max_bytes: int = 64 << 20,
+        start: bool = True,
+    ) -> None:
+        """``spool_dir``: root of the network sinks' spools (None: the default, "": in memory).
+        ``start=False`` opens the sinks and spools but starts no thread until :meth:`start`
+        (the launcher applies its Landlock domain in between, which covers only threads
+        that exist later)."""
+        self.sinks: List[Sink] = list(sinks)
+        self.processors: List[Processor] = list(processors)
+        split = next((i for i, p in enumerate(self.processors) if getattr(p, "deferred", False)),
+                     len(self.processors))
+        self._on_caller = self.processors[:split]
+        self._on_writer = self.processors[split:]
+        # reserves numbers for events built later (emit_later)
+        self._numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
+        self._finishing = threading.Lock()
+        self.queue_size = queue_size
+        self.dropped = 0
+        self.written = 0
+        self.sink_errors: Dict[str, str] = {}
+        self._reported_dropped = 0
+        self._queue: Deque[Any] = deque()
+        self._wake = threading.Event()
+        self._order = threading.RLock()
+        self._closed = False
+        self._sync = False
+        self._pid = os.getpid()
+        self._lost: Dict[str, int] = {}  # sink url -> events it could not keep
+        self._lost_reported: Dict[str, Tuple[int, float]] = {}
+        self._failing_since: Dict[str, float] = {}
+        root = default_spool_root() if spool_dir is None else spool_dir
+        self._workers: Dict[str, _SinkWorker] = {}
+        for sink in self.sinks:
+            if getattr(sink, "spooled", False):
+                self._workers[sink.url] = _SinkWorker(self, sink, open_spool(root, sink.url, spool_max_bytes))
+        self._direct = [s for s in self.sinks if s.url not in self._workers]
+        self._thread: Optional[threading.Thread] = None
+        if start:
+            self.start()
+        _register_fork_handler(self)
+        for url, worker in self._workers.items():
+            if root and isinstance(worker.spool, MemorySpool):
+                reason = (f"spool directory under {root} is not usable: events for {url} are "
+                          "kept in memory only until delivered (lost if the kernel is killed)")
+                _stderr_line(f"kernel_guard: {reason}.")
+                self.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
+
+    # -- emitting ---------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        """Process and enqueue one event; never blocks, never raises."""
+        with self._order:  # aggregating and queueing in one step: the queue is in emit order
+            event = self._process(event, 0)
+            if event is not None:
+                self._enqueue(event)
+
+    def emit_later(self, build: Callable[[], Event]) -> None:
+        """Queue ``build``; the writer thread calls it and emits the event it returns.
+
+        For routine events whose building would delay the caller (every
+        cell's ``cell-executed``): the event takes its place in the queue now,
+        so events stay in order.  ``build`` must not depend on state that
+        changes meanwhile (the context is applied when it is built).
+        """
+        if self._closed or self._sync or self._thread is None:
+            self.emit(_build(build))
+            return
+        with self._order:
+            sequence = self._numbering.reserve() if self._numbering is not None else None
+            if len(self._queue) >= self.queue_size:
+                self.dropped += 1
+                return
+            self._queue.append(_Deferred(build, sequence))
+
+    def _process(self, event: Event, start: int) -> Optional[Event]:
+        """Run the caller's processors from index ``start``; None if one swallowed the event."""
+        return _run_processors(self._on_caller[start:], event)
+
+    def _finish(self, event: Event) -> Optional[Event]:
+        """Run the writer's processors (redaction) just before writing."""
+        with self._finishing:
+            return _run_processors(self._on_writer, event)
+
+    def _enqueue(self, event: Event) -> None:
+        if self._closed:
+            # after shutdown the sinks are gone: the server log still gets it
+            finished = self._finish(event)
+            if finished is not None:
+                _stderr_line(to_json(finished))
+            return
+        if self._sync:
+            finished = self._finish(event)
+            if finished is not None:
+                self._write([finished])
+            return
+        if len(self._queue) >= self.queue_size:
+            self.dropped += 1
+            return
+        self._queue.append(event)
+        # Refusals are written at once; routine events (every cell) ride the
+        # writer's next tick, at most _TICK s later: waking a thread for each
+        # cell costs the cell a GIL hand-off (~0.3 ms measured).
+        if not self._wake.is_set() and (
+                event["event"].get("outcome") == "failure" or len(self._queue) >= _WAKE_AT):
+            self._wake.set()
+
+    def _expire_aggregates(self, force: bool = False) -> None:
+        """Feed the aggregators' summaries of ended intervals back in after them."""
+        for index, processor in enumerate(self._on_caller):
+            expire = getattr(processor, "expire", None)
+            if expire is None:
+                continue
+            try:
+                summaries = expire(force=force)
+            except Exception:
+                continue
+            for summary in summaries:
+                with self._order:
+                    summary = self._process(summary, index + 1)
+                    if summary is not None:
+                        self._enqueue(summary)
+
+    # -- writing ----------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer and the network senders (once)."""
+        if self._thread is not None:
+            return
+        self._start_writer()
+        for worker in self._workers.values():
+            worker.start()
+
+    def _start_writer(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kernel-guard-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        """Writer loop: drain the queue in batches until closed."""
+        while True:
+            self._wake.wait(_TICK)
+            self._wake.clear()
+            self._expire_aggregates()
+            self._drain()
+            if self._closed and not self._queue:
+                return
+
+    def _drain(self) -> None:
+        """Write everything queued, honouring flush markers in order."""
+        queue = self._queue
+        while queue:
+            batch: List[Event] = []
+            while queue and len(batch) < _BATCH:
+                item = queue.popleft()
+                if isinstance(item, _FlushMarker):
+                    self._write(batch)
+                    batch = []
+                    self._flush_sinks()
+                    item.done.set()
+                    continue
+                if isinstance(item, _Deferred):
+                    event = _build(item.build)
+                    if item.sequence is not None:
+                        event["event"]["sequence"] = item.sequence
+                    with self._order:
+                        item = self._process(event, 0)
+                    if item is None:
+                        continue
+                item = self._finish(item)
+                if item is not None:
+                    batch.append(item)
+            self._write(batch)
+        self._report_dropped()
+        self._report_losses()
+
+    def _report_dropped(self) -> None:
+        """Record how many events a full queue cost since the last report."""
+        lost = self.dropped - self._reported_dropped
+        if lost > 0:
+            self._reported_dropped += lost
+            event = make_event(
+                "events-dropped", outcome="failure", layer="pipeline",
+                reason=f"{lost} events dropped: the event queue ({self.queue_size}) was full",
+                dropped=lost, dropped_total=self.dropped,
+            )
+            self.emit(event)
+
+    def _report_losses(self, force: bool = False) -> None:
+        """Record, at most every few seconds per sink, events a sink could not keep."""
+        now = time.monotonic()
+        for worker in self._workers.values():
+            self._lost[worker.sink.url] = worker.lost + worker.spool.lost_torn
+        for url, total in list(self._lost.items()):
+            reported, when = self._lost_reported.get(url, (0, 0.0))
+            if total <= reported or (not force and now - when < _LOSS_REPORT_EVERY):
+                continue
+            self._lost_reported[url] = (total, now)
+            worker = self._workers.get(url)
+            why = (f"its spool is full ({worker.spool.max_bytes} bytes) or unreadable" if worker
+                   else "it could not be written (see the sink-error event)")
+            self.emit(make_event(
+                "events-dropped", outcome="failure", layer="pipeline", sink=url,
+                reason=f"{total - reported} events not kept for sink {url}: {why}",
+                dropped=total - reported, dropped_total=total,
+            ))
+
+    def _write(self, batch: List[Event]) -> None:
+        """Give a batch to every local sink and every network sink's spool."""
+        if not batch:
+            return
+        for sink in self._direct:
+            try:
+                sink.emit(batch)
+            except Exception as exc:
+                lost = sum(1 for e in batch if not _about(e, sink.url))
+                self._lost[sink.url] = self._lost.get(sink.url, 0) + lost
+                self._sink_failed(sink, exc)
+            else:
+                self._sink_ok(sink)
+        if self._workers:
+            lines = [to_json_line(e) for e in batch]
+            for worker in self._workers.values():
+                worker.accept(lines)
+        self.written += len(batch)
+
+    def _sink_failed(self, sink: Sink, exc: BaseException) -> None:
+        """Tell stderr and the sinks, once per distinct error."""
+        message = f"{type(exc).__name__}: {exc}"
+        self._failing_since.setdefault(sink.url, time.monotonic())
+        if self.sink_errors.get(sink.url) == message:
+            return
+        self.sink_errors[sink.url] = message
+        kept = ("events wait in its spool and are re-sent when it recovers"
+                if sink.url in self._workers else "events are not written there until it works again")
+        _stderr_line(f"kernel_guard: sink {sink.url} failed ({message}); {kept}; "
+                     "other sinks and the kernel continue.")
+        self.emit(make_event("sink-error", outcome="failure", layer="pipeline",
+                             reason=message, sink=sink.url))
+
+    def _sink_ok(self, sink: Sink) -> None:
+        """Record once that a failed sink works again."""
+        if sink.url not in self.sink_errors:
+            return
+        self.sink_errors.pop(sink.url, None)
+        since = self._failing_since.pop(sink.url, time.monotonic())
+        seconds = round(time.monotonic() - since, 3)
+        _stderr_line(f"kernel_guard: sink {sink.url} works again after {seconds} s.")
+        event = make_event("sink-recovered", outcome="success", layer="pipeline",
+                           reason=f"sink {sink.url} works again after {seconds} s",
+                           sink=sink.url, down_s=seconds)
+        event["event"]["category"], event["event"]["type"] = ["configuration"], ["change"]
+        self.emit(event)
+
+    def _flush_sinks(self) -> None:
+        for sink in self._direct:
+            try:
+                sink.flush()
+            except Exception as exc:
+                self._sink_failed(sink, exc)
+
+    # -- control ----------------------------------------------------------
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything emitted so far is written and sent; False on timeout.
+
+        A network sink that is failing is not waited for: its events are in
+        its spool, and waiting would only delay the caller.
+        """
+        deadline = time.monotonic() + timeout
+        self._expire_aggregates(force=True)
+        if self._sync or self._thread is None or not self._thread.is_alive():
+            self._drain()
+            self._flush_sinks()
+            written = True
+        else:
+            marker = _FlushMarker()
+            self._queue.append(marker)
+            self._wake.set()
+            written = marker.done.wait(timeout)
+        if self._sync:
+            return written
+        return all([worker.wait_sent(deadline) for worker in self._workers.values()]) and written
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush within ``timeout`` seconds, stop the threads, close the sinks.
+
+        What a network sink has not taken by then stays in its spool, and
+        the next kernel start sends it.
+        """
+        if self._closed:
+            return
+        self.start()  # what was queued before the threads started is written too
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        self._report_losses(force=True)
+        self.flush(max(0.0, deadline - time.monotonic()))
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._workers.values():
+            worker.stop(deadline)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                pass
+
+    def _after_fork_in_child(self) -> None:
+        """The threads are gone in the child: write synchronously there."""
+        self._sync = True
+        self._order = threading.RLock()
+        self._queue = deque()
+        self._wake = threading.Event()
+        self._pid = os.getpid()
+        for processor in self.processors:
+            if isinstance(processor, Sequence) or hasattr(processor, "expire"):
+                processor.reset()  # type: ignore[attr-defined]
+        for sink in self.sinks:
+            sink.after_fork()
+        for worker in self._workers.values():
+            worker.after_fork()
+
+    def stats(self) -> dict:
+        """Counts for ``kernel-guard status``."""
+        aggregated = sum(getattr(p, "aggregated", 0) for p in self.processors)
+        return {
+            "queued": len(self._queue), "written": self.written, "dropped": self.dropped,
+            "aggregated": aggregated,
+            "sinks": {s.url: self.sink_errors.get(s.url, "ok") for s in self.sinks},
+            "lost": {url: n for url, n in dict(self._lost).items() if n},
+            "spool": {url: w.stats() for url, w in self._workers.items()},
+            "writer_alive": bool(self._thread and self._thread.is_alive()) or self._sync,
+        }
+
+
+def _build(build: Callable[[], Event]) -> Event:
+    """The event ``build`` makes; a ``guard-error`` event in its place if it raises."""
+    try:
+        return build()
+    except Exception as exc:  # a bug in building must not lose the record that something happened
+        return make_event("guard-error", outcome="failure", layer="pipeline",
+                          reason=f"an event could not be built: {exc!r}")
+
+
+def _run_processors(processors: List[Processor], event: Event) -> Optional[Event]:
+    """``event`` through ``processors``; None if one swallowed it; a failing one is noted, not fatal."""
+    try:
+        for processor in processors:
+            event = processor(event)
+            if event is None:
+                return None
+    except Exception as exc:  # a processor bug must not lose the event
+        event.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
+    return event
+
+
+def _about(event: Event, url: str) -> bool:
+    """Whether ``event`` reports on sink ``url`` itself (not counted as its loss)."""
+    return event["event"].get("action") in _META and event.get("kernel_guard", {}).get("sink") == url
+
+
+class _SinkWorker:
+    """One network sink: its spool and the thread that sends from it."""
+
+    def __init__(self, pipeline: EventPipeline, sink: Sink, spool: "Spool | MemorySpool") -> None:
+        self.pipeline = weakref.proxy(pipeline)
+        self.sink = sink
+        self.spool = spool
+        self.lost = 0  # events not kept: spool full, or unreadable lines
+        self.failing = False
+        self.batch_bytes = int(getattr(sink, "batch_bytes", 512 * 1024))
+        self.confirm_after = float(getattr(sink, "confirm_after", 0.0))
+        self._pending: Deque[Tuple[float, Token]] = deque()  # sent, not yet confirmed
+        self._attempt = 0
+        self._retry_at = 0.0
+        self._sending = False
+        self._stop = False
+        self._wake = threading.Event()  # new events
+        self._poke = threading.Event()  # retry now (flush, close)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"kernel-guard-sender {sink.url}")
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+
+    # -- writer-thread side -------------------------------------------
+    def accept(self, lines: List[bytes]) -> None:
+        """Append to the spool (never blocks on the network) and wake the sender."""
+        self.lost += self.spool.append(lines)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # -- sender thread ------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self._step()
+            except Exception as exc:  # a bug here must not end delivery for good
+                _stderr_line(f"kernel_guard: sender for {self.sink.url} hit {exc!r}; continuing.")
+                time.sleep(0.5)
+        try:
+            self._confirm(force=True)
+        except Exception:
+            pass
+
+    def _step(self) -> None:
+        """Send one batch, or wait for events, a retry time or a confirmation."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            self._poke.wait(self._retry_at - now)
+            if self._poke.is_set():
+                self._poke.clear()
+                self._retry_at = 0.0
+            return
+        if not self._confirm():
+            return
+        self.spool.scan()
+        item = self.spool.read(self.batch_bytes)
+        if item is None:
+            wait = 0.5
+            if self._pending:
+                wait = max(0.01, self._pending[0][0] + self.confirm_after - now)
+            self._wake.wait(wait)
+            self._wake.clear()
+            return
+        lines, token = item
+        emit_lines = getattr(self.sink, "emit_lines", None)
+        events = None if emit_lines is not None else self._parse(lines)
+        self._sending = True
+        try:
+            if emit_lines is not None:
+                emit_lines(lines)  # the spool's lines are JSON already
+            elif events:
+                self.sink.emit(events)
+        except Exception as exc:
+            self._sending = False
+            self._failed(exc)
+            return
+        self._sending = False
+        self._succeeded()
+        take_rejected = getattr(self.sink, "take_rejected", None)
+        if take_rejected is not None:
+            self.lost += take_rejected()
+        if self.confirm_after > 0:
+            self._pending.append((time.monotonic(), token))
+        else:
+            self.spool.ack(token)
+
+    def _parse(self, lines: List[bytes]) -> List[Event]:
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                self.lost += 1  # cannot happen for lines we wrote; a damaged file
+        return events
+
+    def _confirm(self, force: bool = False) -> bool:
+        """Acknowledge sends that the sink has not disowned for ``confirm_after`` seconds.
+
+        For a stream without acknowledgements (syslog over TCP) a send only
+        counts once the connection is seen alive a little later; a dead
+        connection means those batches are sent again.
+        """
+        if not self._pending:
+            return True
+        now = time.monotonic()
+        if not force and now - self._pending[0][0] < self.confirm_after:
+            return True
+        try:
+            check = getattr(self.sink, "check", None)
+            if check is not None:
+                check()
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        while self._pending and (force or now - self._pending[0][0] >= self.confirm_after):
+            self.spool.ack(self._pending.popleft()[1])
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        """Send again later: unconfirmed batches too, after backoff with jitter."""
+        self.spool.rewind()
+        self._pending.clear()
+        self.failing = True
+        self._attempt += 1
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(self._attempt - 1, 10))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        hint = getattr(self.sink, "retry_after", None)
+        if isinstance(hint, (int, float)) and hint > 0:
+            delay = max(delay, min(float(hint), _BACKOFF_MAX * 2))
+        self._retry_at = time.monotonic() + delay
+        try:
+            self.pipeline._sink_failed(self.sink, exc)
+        except ReferenceError:
+            pass
+
+    def _succeeded(self) -> None:
+        if not self.failing:
+            return
+        self.failing = False
+        self._attempt = 0
+        try:
+            self.pipeline._sink_ok(self.sink)
+        except ReferenceError:
+            pass
+
+    # -- control ------------------------------------------------------
+    def wait_sent(self, deadline: float) -> bool:
+        """Wait until the spool has nothing unsent (not while the sink is failing)."""
+        self._wake.set()
+        while time.monotonic() < deadline:
+            if self.failing or self._stop:
+                return False
+            if not self._sending and not self.spool.unread():
+                return True
+            time.sleep(0.01)
+        return not self.spool.unread()
+
+    def stop(self, deadline: float) -> None:
+        """Stop the sender by ``deadline``; the spool keeps what was not delivered."""
+        self._stop = True
+        self._wake.set()
+        self._poke.set()
+        self._thread.join(max(0.05, deadline - time.monotonic()))
+        self.spool.close()
+
+    def after_fork(self) -> None:
+        """In a child: no sender thread; events go to a spool segment of the child's own."""
+        self.spool.after_fork()
+        self._pending.clear()
+        self._wake = threading.Event()
+        self._poke = threading.Event()
+
+    def stats(self) -> Dict[str, Any]:
+        return {"pending_bytes": self.spool.pending_bytes(), "lost": self.lost + self.spool.lost_torn,
+                "state": "retrying" if self.failing else "ok", "directory": self.spool.directory}
+
+
+def _stderr_line(text: str) -> None:
+    """A line on the process's real stderr (the server log), never raising."""
+    try:
+        fd = getattr(sys.stderr, "_original_stdstream_copy", None)
+        os.write(fd if isinstance(fd, int) and fd >= 0 else 2, (text + "\n").encode())
+    except OSError:
+        pass
+
+
+_pipelines: "weakref.WeakSet[EventPipeline]" = weakref.WeakSet()
+_fork_hook_registered = False
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_pipelines):
+        pipeline._after_fork_in_child()
+
+
+def _register_fork_handler(pipeline: EventPipeline) -> None:
+    global _fork_hook_registered
+    _pipelines.add(pipeline)
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_registered = True
+
+
+# -- the process's pipeline --------------------------------------------------
+_current: Optional[EventPipeline] = None
+_early: Deque[Event] = deque(maxlen=1000)  # events from before a pipeline exists
+
+
+def get_pipeline() -> Optional[EventPipeline]:
+    """The pipeline of this process, if the guard has been set up."""
+    return _current
+
+
+def set_pipeline(pipeline: EventPipeline) -> None:
+    """Make ``pipeline`` the process's pipeline; hand it any early events."""
+    global _current
+    _current = pipeline
+    while _early:
+        pipeline.emit(_early.popleft())
+
+
+def emit(event: Event) -> None:
+    """Emit through the process's pipeline (kept until one exists)."""
+    pipeline = _current
+    if pipeline is None:
+        _early.append(event)
+    else:
+        pipeline.emit(event)
+
+
+def emit_later(build: Callable[[], Event]) -> None:
+    """``EventPipeline.emit_later`` on the process's pipeline (built now if there is none yet)."""
+    pipeline = _current
+    if pipeline is None:
+        _early.append(_build(build))
+    else:
+        pipeline.emit_later(build)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    if _current is not None:
+        _current.close(timeout=3.0)

@@ -1,0 +1,174 @@
+"""Sinks: where events go.
+
+A sink is three methods, like httpx's transports::
+
+    emit(events)  write a batch (a list of events, oldest first); may raise
+    flush()       push out anything buffered
+    close()       release the connection or file
+
+The pipeline calls them from its writer thread (or, in a forked child, from
+the emitting thread), so a sink needs no locking of its own.  A sink that
+talks to the network sets ``spooled = True``: the pipeline then gives it a
+spool and a sender thread of its own (see :mod:`kernel_guard.events.pipeline`),
+and ``emit`` may block and raise as the network does; it may also offer
+``emit_lines(lines)`` to take the spool's JSON lines without decoding them.
+:func:`open_sink` maps a URL scheme to a sink class; new schemes register in
+``SCHEMES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+from urllib.parse import urlsplit
+
+from ...exceptions import ConfigError, SinkError
+from ..schema import Event
+
+__all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "open_sink", "validate_sink_url"]
+
+
+@dataclass
+class SinkOptions:
+    """Settings of the network sinks (from ``KernelGuard``; see docs/sinks.md)."""
+
+    syslog_facility: str = "user"
+    syslog_app_name: str = "kernel_guard"
+    syslog_max_message_bytes: int = 8192
+    http_format: str = "ndjson"
+    http_gzip: bool = False
+    http_headers_file: str = ""
+    http_headers_env: str = ""
+    http_ca_bundle: str = ""
+    http_timeout: float = 10.0
+    unsafe_http_skip_tls_verify: bool = False
+
+
+class Sink:
+    """Base class; subclasses implement :meth:`emit`."""
+
+    #: the URL the sink was opened from, with any credentials removed
+    url = ""
+    #: network sink: written from a spool by a sender thread of its own
+    spooled = False
+    #: seconds a send must stay unchallenged by :meth:`check` before it counts as delivered
+    confirm_after = 0.0
+
+    def emit(self, events: List[Event]) -> None:
+        """Write a batch of events, oldest first."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Push out anything buffered (default: nothing is)."""
+
+    def close(self) -> None:
+        """Release files and connections (default: nothing to release)."""
+
+    def after_fork(self) -> None:
+        """Reset locks or buffers in a forked child (default: nothing to reset)."""
+
+    def check(self) -> None:
+        """Raise if what was sent may not have arrived (default: sends are final)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def _file(url: str, options: Optional[SinkOptions] = None) -> Sink:
+    from .file import FileSink
+
+    return FileSink.from_url(url)
+
+
+def _stderr(url: str, options: Optional[SinkOptions] = None) -> Sink:
+    from .stream import StderrSink
+
+    return StderrSink()
+
+
+def _logging(url: str, options: Optional[SinkOptions] = None) -> Sink:
+    from .logger import LoggingSink
+
+    return LoggingSink.from_url(url)
+
+
+def _network(module: str) -> Callable[..., Sink]:
+    """A factory that imports the network sink's module on first use.
+
+    Their modules import ssl and http.client (about 50 ms): a kernel, and the
+    supervisor, writing to a file must not start slower for sinks it never opens.
+    """
+
+    def factory(url: str, options: Optional[SinkOptions] = None) -> Sink:
+        import importlib
+
+        try:
+            importlib.import_module(f".{module}", __name__)  # replaces this entry in SCHEMES
+        except ImportError as exc:
+            raise SinkError(f"sink {describe_url(url)} cannot be used: {exc} "
+                            "(the Python installation lacks a module it needs, such as ssl)") from exc
+        opener = SCHEMES[urlsplit(url).scheme]
+        if opener is factory:
+            raise SinkError(f"sink {describe_url(url)}: kernel_guard.events.sinks.{module} did not register its scheme")
+        return opener(url) if options is None else opener(url, options)
+
+    return factory
+
+
+#: URL scheme -> factory ``(url, options=None)``.  syslog and http register
+#: their own openers here when their modules are imported.
+SCHEMES: Dict[str, Callable[..., Sink]] = {
+    "file": _file,
+    "stderr": _stderr,
+    "logging": _logging,
+    **{scheme: _network("syslog") for scheme in ("syslog+udp", "syslog+tcp", "syslog+unix")},
+    **{scheme: _network("http") for scheme in ("http", "https")},
+}
+
+
+def describe_url(url: str) -> str:
+    """The URL without user info or query (never log credentials)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    try:
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError:  # not a number: leave it out rather than fail while reporting
+        pass
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def validate_sink_url(url: str) -> str:
+    """Check a sink URL's form; return it, or raise ConfigError naming the fix."""
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        known = ", ".join(sorted(f"{s}://" for s in SCHEMES))
+        raise ConfigError(
+            f"unknown sink scheme in {describe_url(url) or url!r}: use one of {known}"
+        )
+    if scheme == "file":
+        path = urlsplit(url).path
+        if not path.startswith("/") or urlsplit(url).netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"file sink {url!r} needs an absolute path: write file:///abs/path/events.jsonl"
+            )
+    parts = urlsplit(url)
+    if scheme in ("syslog+udp", "syslog+tcp", "http", "https"):
+        try:
+            parts.port  # raises ValueError on a port that is not a number
+        except ValueError:
+            raise ConfigError(f"sink {scheme}://{parts.hostname or ''} has an invalid port: "
+                              f"write {scheme}://host:port") from None
+        if not parts.hostname:
+            raise ConfigError(f"sink {scheme}:// needs a host: write {scheme}://host:port"
+                              + ("/path" if scheme.startswith("http") else ""))
+    if scheme == "syslog+unix" and (not parts.path.startswith("/") or parts.netloc not in ("", "localhost")):
+        raise ConfigError("syslog+unix:// needs an absolute socket path: write syslog+unix:///dev/log")
+    return url
+
+
+def open_sink(url: str, options: Optional[SinkOptions] = None) -> Sink:
+    """Open the sink for a URL (raises SinkError when it cannot be used)."""
+    validate_sink_url(url)
+    factory = SCHEMES[urlsplit(url).scheme]
+    return factory(url) if options is None else factory(url, options)

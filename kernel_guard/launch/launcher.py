@@ -1,0 +1,628 @@
+"""``python -m kernel_guard.launch [options] -f {connection_file}``: the guarded kernel.
+
+The wrapper sets up every layer before any notebook code can run, then starts
+ipykernel in the same process.  The order is the security argument, so each
+step is a function and :func:`launch` calls them in sequence:
+
+1. ``record``    audit hook in record mode (from the first moment); the
+                 seccomp profile; credential scrubbing; the supervisor's
+                 process spawned; then the Landlock signal ``scope`` (ABI 6+),
+                 while the process is still single-threaded and with the
+                 supervisor outside it; then the guard's runtime and sinks,
+                 whose threads start inside the scope; imports and look-ups
+                 that need exec (libseccomp bindings, ``find_library``,
+                 ``platform``);
+2. ``supervisor`` a separate process (fork + exec while exec still works)
+                 with its own sinks, session and process group, connected by a
+                 socket pair; its start overlaps the warm-up, and is waited
+                 for here;
+3. ``filter``    no_new_privs, CAP_SYS_PTRACE dropped, the profile's filter
+                 loaded with TSYNC, plus rules that send every signal, pidfd
+                 and rlimit call aimed at the supervisor's threads to the
+                 supervisor (refused, recorded); the listener fd passed to
+                 the supervisor over SCM_RIGHTS and closed here;
+4. ``verify``    ``/proc/self/status`` says ``Seccomp: 2``, ``NoNewPrivs: 1``,
+                 no listener fd is left in this process, the supervisor lives;
+                 then the audit hook switches to enforcing, with the
+                 supervisor's pid protected from signals;
+5. ``kernel``    IPKernelApp with ``--ext=kernel_guard`` and
+                 ``reraise_ipython_extension_failures`` on the command line,
+                 where no user config file can drop them.
+
+A failure in steps 2-4 under a ``fail_closed`` profile (the default profile)
+ends the process with one paragraph on stderr (the Jupyter server log) and a
+``guard-error`` event: a kernel without its filter must not start.
+
+Losing the supervisor later is not fatal to the kernel, and need not be: the
+filter makes exec fail (ENOSYS) once its listener is gone, and refuses every
+new listener, so nothing can take the supervisor's place and exec stays
+blocked for good.  Ending the kernel instead would lose the user's work and
+still race a forked child; the loss is recorded (event and stderr).
+
+``python -m kernel_guard.launch`` runs this module's :func:`main` from the
+package's ``__main__``.  It keeps no state; the state lives in
+:mod:`runtime`, :mod:`supervisor`, :mod:`status` and the audit hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import sys
+import time
+from typing import Any, NoReturn, Optional
+
+__all__ = ["DEFAULT_SCRUB", "build_parser", "kernel_argv", "launch", "main"]
+
+#: environment variables that let notebook code act as the server or the hub
+DEFAULT_SCRUB = (
+    "JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_OAUTH_*", "JUPYTER_TOKEN",
+    "JUPYTER_PASSWORD", "JUPYTERHUB_COOKIE_SECRET", "JPY_COOKIE_SECRET", "CONFIGPROXY_AUTH_TOKEN",
+)
+
+_STEP_NAMES = {
+    "record": "preparing the guard", "scope": "applying the kernel's Landlock domain",
+    "supervisor": "starting the exec supervisor",
+    "filter": "loading the seccomp filter", "verify": "verifying the seccomp filter",
+    "kernel": "starting the kernel with the kernel_guard extension",
+}
+
+
+class LaunchError(Exception):
+    """A step of the launch failed; ``step`` names it."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's own options; everything else goes to IPKernelApp."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kernel_guard.launch",
+        description="Start an IPython kernel behind kernel_guard's seccomp exec filter and supervisor.")
+    parser.add_argument("-f", dest="connection_file", required=True, help="the kernel's connection file")
+    parser.add_argument("--profile", default="default",
+                        help="seccomp profile: a built-in name (default, audit) or a JSON file path")
+    parser.add_argument("--scrub-env", action="append", default=[], metavar="PATTERN",
+                        help="another environment variable (glob) to remove before the kernel starts")
+    parser.add_argument("--unsafe-keep-credentials", action="store_true",
+                        help="keep hub/server tokens in the kernel's environment (weakens the guard)")
+    parser.add_argument("--unsafe-allow-debugger", action="store_true",
+                        help="keep debugpy's debug_request, which evaluates code outside cells (weakens the guard)")
+    parser.add_argument("--supervisor-timeout", type=float, default=30.0,
+                        help="seconds to wait for the supervisor to start (default 30)")
+    return parser
+
+
+def kernel_argv(connection_file: str, extra: list[str]) -> list[str]:
+    """IPKernelApp's argv: the extension and its failure mode fixed on the command line."""
+    return [*extra, "-f", connection_file, "--ext=kernel_guard",
+            "--InteractiveShellApp.reraise_ipython_extension_failures=True"]
+
+
+# -- step 1: record, prepare ----------------------------------------------------
+
+def _drop_cwd_from_path() -> Optional[str]:
+    """``-m`` puts the notebook directory first on sys.path: nothing may be imported
+    from there before the filter (a user ``json.py`` would run unguarded)."""
+    if sys.flags.safe_path or not sys.path:
+        return None
+    if os.path.abspath(sys.path[0] or ".") == os.getcwd():
+        return sys.path.pop(0)
+    return None
+
+
+def _trusted_config(extra: list[str]) -> Any:
+    """KernelGuard settings from trusted sources only: root-owned system config files
+    and ``--KernelGuard.*`` on the kernelspec's command line.  User config files run
+    user code, which must not happen before the filter."""
+    from traitlets.config import Config
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    from ..config import _load_file, trusted_file
+
+    merged = Config()
+    try:
+        from IPython.core.application import SYSTEM_CONFIG_DIRS
+    except ImportError:
+        SYSTEM_CONFIG_DIRS = [os.path.join(sys.prefix, "etc", "ipython"), "/usr/local/etc/ipython", "/etc/ipython"]
+    for directory in reversed(SYSTEM_CONFIG_DIRS):  # later (more specific) files win
+        for base in ("ipython_config", "ipython_kernel_config"):
+            for ext in (".py", ".json"):
+                path = os.path.join(directory, base + ext)
+                if os.path.isfile(path) and trusted_file(path):
+                    try:
+                        merged.merge(_load_file(path))
+                    except Exception:
+                        pass
+    cli = [a for a in extra if a.startswith("--KernelGuard.")]
+    if cli:
+        merged.merge(KVArgParseConfigLoader(argv=cli).load_config())
+    return merged
+
+
+def _scrub_environment(patterns: list[str]) -> list[str]:
+    """Remove credential variables from os.environ and from the initial environment
+    block that /proc/self/environ shows; return the names removed."""
+    names = sorted(n for n in os.environ if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    for name in names:
+        del os.environ[name]  # unsetenv: libc's environ no longer points at them
+    if names:
+        _blank_initial_environ(names)
+    return names
+
+
+def _blank_initial_environ(names: list[str]) -> None:
+    """Overwrite NAME=value in the process's initial environment block with NULs."""
+    with open("/proc/self/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5) fields 50, 51)
+    fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        block = os.pread(fd, end - start, start)
+        wanted = {n.encode() for n in names}
+        offset = 0
+        for entry in block.split(b"\0"):
+            if entry.split(b"=", 1)[0] in wanted:
+                os.pwrite(fd, b"\0" * len(entry), start + offset)
+            offset += len(entry) + 1
+    finally:
+        os.close(fd)
+
+
+def _ldconfig_cache() -> dict[str, str]:
+    """``ldconfig -p`` read once while exec works: library name -> soname for this ABI."""
+    import platform
+    import subprocess
+
+    tag = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), "")
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "LC_ALL": "C", "LANG": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    cache: dict[str, str] = {}
+    for match in re.finditer(r"^\s+(lib(\S+?)\.so(?:\.\S*)?) \(([^)]*)\)", out, re.M):
+        soname, name, flags = match.groups()
+        if (tag in flags) if tag else True:
+            cache.setdefault(name, soname)
+    return cache
+
+
+def _cached_find_library(cache: dict[str, str]) -> None:
+    """``ctypes.util.find_library`` runs ldconfig/gcc, which the filter refuses: answer
+    from the snapshot taken before it, and fall back to the original otherwise."""
+    import ctypes.util
+
+    original = ctypes.util.find_library
+
+    def find_library(name: str) -> Optional[str]:
+        return cache.get(name) or original(name)
+
+    find_library.__doc__ = original.__doc__
+    find_library.__wrapped__ = original  # type: ignore[attr-defined]
+    ctypes.util.find_library = find_library
+
+
+def _warm_up() -> dict[str, str]:
+    """Everything that needs exec, done while exec still works."""
+    import platform
+
+    from . import seccomp_filter
+
+    seccomp_filter.bindings()  # pyseccomp runs find_library -> ldconfig at import
+    platform.uname()
+    platform.processor()  # `uname -p`, cached for debugpy and friends
+    cache = _ldconfig_cache()
+    import ipykernel.kernelapp  # noqa: F401  (import-time probes happen now)
+    _create_profile_dir()
+    return cache
+
+
+def _create_profile_dir() -> None:
+    """IPython writes its profile skeleton (startup/README) on first start: do it now,
+    before the audit hook refuses writes under the IPython directory."""
+    try:
+        from IPython.core.profiledir import ProfileDir
+        from IPython.paths import get_ipython_dir
+
+        ProfileDir.create_profile_dir_by_name(get_ipython_dir(), "default")
+    except Exception:
+        pass  # a read-only home: IPython copes, as in a plain kernel
+
+
+# -- step 2: supervisor ---------------------------------------------------------
+
+def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any) -> Any:
+    """Start the supervisor's process in step 1, once the environment is scrubbed and
+    before the signal scope and the guard's threads exist: its interpreter starts
+    while the warm-up runs; step 2 waits until it is ready.
+    Returns the pending handle, or the exception that prevented the start (raised in step 2)."""
+    from . import supervisor
+
+    env = dict(os.environ)
+    env["KERNEL_GUARD_SINKS"] = ",".join(guard.sinks)
+    env["KERNEL_GUARD_MODE"] = guard.mode
+    try:
+        return supervisor.spawn(profile.mode, kernel_id, profile.name, env)
+    except Exception as exc:
+        return exc
+
+
+def _apply_landlock(profile: Any, guard: Any) -> Any:
+    """The kernel's Landlock domain, for this process and every child: the profile's
+    writable roots and allowed programs, and the signal scope (the supervisor, started
+    just before, is outside it and out of the notebook's reach).  Applied while
+    single-threaded (checked): before ABI 8 a domain covers the calling thread only.
+    Returns the LandlockResult, or the OSError that prevented it."""
+    from . import landlock, seccomp_filter
+
+    settings = profile.landlock
+    try:
+        seccomp_filter.set_no_new_privs()  # Landlock needs it, as the filter will
+        if settings is None:
+            return landlock.restrict_signals()
+        abi = landlock.abi_version()
+        if abi == 0 and settings.min_abi == 0:
+            return landlock.LandlockResult(0, False, reason="Landlock is not available on this kernel: writes "
+                                                            "are not confined and every exec is refused")
+        writable, programs = settings.expand(os.path.expanduser("~"), os.getcwd(), sys.executable)
+        from ..events.spool import default_spool_root
+
+        spool = default_spool_root() if guard.spool_dir is None else guard.spool_dir
+        if spool:  # network sinks keep writing their spool segments there
+            writable = (*writable, spool)
+        real = tuple(dict.fromkeys(os.path.realpath(p) for p in programs))
+        domain = landlock.Domain(writable, landlock.allowed_programs(programs), real, min_abi=settings.min_abi)
+        return landlock.restrict(domain)
+    except OSError as exc:
+        return exc
+
+
+def _start_supervisor(pending: Any, timeout: float) -> Any:
+    """Step 2: the supervisor spawned in step 1, once it is ready."""
+    from . import supervisor
+
+    if isinstance(pending, BaseException):
+        raise pending
+    return supervisor.wait_ready(pending, timeout)
+
+
+# -- step 3: filter ---------------------------------------------------------------
+
+def _load_filter(profile: Any, handle: Any, scope: Any = None) -> Any:
+    from . import seccomp_filter
+
+    seccomp_filter.drop_capability(seccomp_filter.CAP_SYS_PTRACE)
+    seccomp_filter.set_no_new_privs()
+    # signals, pidfds and rlimits aimed at the supervisor go to it: refused and recorded
+    extra = seccomp_filter.supervisor_rules(handle.pid, handle.tids, handle.witness) if handle is not None else ()
+    loaded = seccomp_filter.load(profile, extra)
+    if loaded.listener_fd is not None:
+        if handle is None:
+            os.close(loaded.listener_fd)  # nobody answers: notified syscalls fail with ENOSYS
+        else:
+            # programs the kernel's own domain lets run: the supervisor may let those
+            # continue, since Landlock, not its reading of the target, decides
+            allowed = list(scope.programs) if getattr(scope, "enforces_exec", False) else []
+            handle.send_listener(loaded.listener_fd, allowed)
+    return loaded
+
+
+# -- step 4: verify ---------------------------------------------------------------
+
+def _verify(handle: Any) -> dict[str, str]:
+    from . import seccomp_filter
+
+    status = seccomp_filter.proc_status()
+    problems = []
+    if status.get("Seccomp") != "2":
+        problems.append(f"Seccomp is {status.get('Seccomp', 'missing')}, not 2 (filter mode)")
+    if status.get("NoNewPrivs") != "1":
+        problems.append(f"NoNewPrivs is {status.get('NoNewPrivs', 'missing')}, not 1")
+    leftover = seccomp_filter.listener_fds()
+    if leftover:
+        problems.append(f"this process still holds listener fds {leftover}")
+    if handle is not None and not handle.alive():
+        problems.append(f"the supervisor (pid {handle.pid}) is not running")
+    if problems:
+        raise LaunchError("verify", "; ".join(problems))
+    return status
+
+
+def _enforce(rt: Any, handle: Any, allowed: tuple[str, ...] = ()) -> None:
+    """Switch the audit hook to the configured mode, protecting the supervisor's pid
+    and letting through the programs the kernel's Landlock domain allows."""
+    from ..audit import hook as audit
+
+    guard = rt.guard
+    audit.install(guard.mode, extra_persistence=guard.extra_persistence_paths,
+                  extra_env=guard.extra_protected_env,
+                  protected_pids=[handle.pid] if handle is not None else [], allowed_programs=allowed)
+    rt.layers["audit"] = audit.installed_mode() or "off"
+
+
+def _allow_supervisor_to_read(pid: int) -> None:
+    """Under Yama ptrace_scope=1 only ancestors may read a process's memory; the
+    supervisor is our child.  PR_SET_PTRACER names it, here and in every Python-level
+    fork (children of native forks stay unreadable there: recorded as such)."""
+    from . import seccomp_filter
+
+    if not seccomp_filter.allow_ptracer(pid):
+        return  # no Yama: nothing to do
+    prctl = seccomp_filter._libc().prctl  # looked up now: no ctypes events in the child
+    os.register_at_fork(after_in_child=lambda: prctl(seccomp_filter.PR_SET_PTRACER, pid, 0, 0, 0))
+
+
+def _on_supervisor_lost(handle: Any) -> None:
+    from .. import runtime, status
+    from ..events import pipeline
+    from ..events.schema import make_event
+
+    reason = (f"the exec supervisor (pid {handle.pid}) {handle.lost_reason}: exec stays blocked for good "
+              "(ENOSYS; the filter refuses any new listener), but attempts are no longer recorded from "
+              "outside the kernel")
+    status.note_supervisor_lost(reason)
+    pipeline._stderr_line(f"kernel_guard: {reason}")
+    runtime.emit(make_event("supervisor-lost", outcome="failure", layer="supervisor", reason=reason,
+                            supervisor_pid=handle.pid, exit_status=handle.exit_status))
+
+
+def _guard_multiprocessing(enforce_exec: bool) -> None:
+    """Fork is the start method that works without exec; spawn/forkserver get a clear error."""
+    import multiprocessing
+    import multiprocessing.util as mp_util
+
+    multiprocessing.set_start_method("fork", force=True)
+    if not enforce_exec or getattr(mp_util.spawnv_passfds, "_kernel_guard", False):
+        return
+    from ..exceptions import ExecRefused
+
+    original = mp_util.spawnv_passfds
+
+    def spawnv_passfds(path: Any, args: Any, passfds: Any) -> int:
+        pid = original(path, args, passfds)  # the exec is attempted, refused and recorded
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:  # a child whose exec failed exits at once
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                raise ExecRefused(
+                    "starting a new Python interpreter for multiprocessing ('spawn'/'forkserver')",
+                    hint="The 'spawn' and 'forkserver' start methods exec a new interpreter, which this "
+                         "kernel cannot do. Use 'fork' (the default here): multiprocessing.get_context('fork'), "
+                         "or ProcessPoolExecutor(mp_context=multiprocessing.get_context('fork')).",
+                    layer="seccomp")
+            time.sleep(0.005)
+        return pid
+
+    spawnv_passfds._kernel_guard = True  # type: ignore[attr-defined]
+    mp_util.spawnv_passfds = spawnv_passfds
+
+
+def _disable_debugger() -> None:
+    """debugpy evaluates arbitrary code through debug_request, outside cell events.
+
+    ipykernel decides whether it has a debugger when ``ipykernel.debugger`` is
+    imported, by importing debugpy's server (pydevd: about 0.1 s of start-up).
+    Imported here first with that import failing, the kernel has no debugger
+    and does not load one; user code can still import debugpy afterwards.
+    """
+    if "ipykernel.debugger" not in sys.modules:
+        blocked = "debugpy.server"
+        saved = sys.modules.get(blocked)
+        sys.modules[blocked] = None  # type: ignore[assignment]  (makes its import raise ImportError)
+        try:
+            import ipykernel.debugger  # noqa: F401
+        finally:
+            if saved is None:
+                del sys.modules[blocked]
+            else:
+                sys.modules[blocked] = saved
+    import ipykernel.debugger
+
+    ipykernel.debugger._is_debugpy_available = False
+
+
+# -- failing ---------------------------------------------------------------------
+
+def _fail(step: str, reason: str, profile_path: str, fatal: bool, handle: Any = None) -> None:
+    """Fail closed (exit) or, under a profile that allows it, warn and go on."""
+    from .. import runtime
+    from ..events import pipeline
+    from ..events.schema import make_event
+
+    what = _STEP_NAMES.get(step, step)
+    if fatal:
+        text = (f"kernel_guard: the kernel was not started: {what} failed: {reason}. The seccomp "
+                f"profile {profile_path} requires the filter (fail_closed), and a kernel without it "
+                "would run notebook code unguarded. Check that the kernel runs on Linux 5.7 or newer "
+                "with seccomp user notification, that libseccomp and pyseccomp are installed, and that "
+                "the profile is valid (`kernel-guard profile validate PATH`).")
+    else:
+        text = (f"kernel_guard: {what} failed: {reason}. The profile {profile_path} does not require "
+                "the filter, so the kernel starts without the seccomp layer: exec is NOT blocked.")
+    pipeline._stderr_line(text)
+    runtime.emit(make_event("guard-error", outcome="failure", layer="launcher", reason=text, step=step,
+                            profile=profile_path, fatal=fatal))
+    if fatal:
+        # a started supervisor follows us out (PR_SET_PDEATHSIG); signalling it
+        # here would meet our own audit hook, which protects its pid
+        rt = runtime.current()
+        if rt is not None:
+            rt.pipeline.close(timeout=3.0)
+        raise SystemExit(1)
+
+
+# -- the sequence ----------------------------------------------------------------
+
+def launch(argv: Optional[list[str]] = None) -> NoReturn:
+    """Run the five steps, then the kernel; never returns."""
+    from ..audit import hook as audit
+
+    audit.install("audit")  # step 1 begins: record from the first moment
+    dropped_path = _drop_cwd_from_path()
+    args, extra = build_parser().parse_known_args(argv)
+    rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
+    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, scope)  # steps 2-4
+    allowed = tuple(scope.programs) if getattr(scope, "enforces_exec", False) and loaded is not None else ()
+    _enforce(rt, handle, allowed)
+    if handle is not None:
+        _allow_supervisor_to_read(handle.pid)
+        handle.watch(_on_supervisor_lost)
+    _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed, ld_cache,
+                  args.unsafe_allow_debugger)
+    if dropped_path is not None:
+        sys.path.insert(0, dropped_path)  # the notebook's own modules, as in a plain kernel
+    _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope)
+    _run_kernel(args.connection_file, extra, handle, profile.path)
+
+
+def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any, Any]:
+    """Step 1: runtime and sinks (threads not yet started), the profile, credential
+    scrubbing, the supervisor's process (spawned, see :func:`_spawn_supervisor`),
+    what needs exec, the Landlock domain, then the pipeline's threads."""
+    from .. import runtime
+    from ..events.schema import KernelContext, make_event
+    from ..exceptions import ProfileError
+    from . import profiles, seccomp_filter
+
+    kernel_id = KernelContext.kernel_id_from_connection_file(args.connection_file)
+    config = _trusted_config(extra)
+    profile_path, profile, problem = args.profile, None, None
+    try:
+        profile_path = profiles.resolve_profile_path(args.profile)
+        profile = profiles.load_profile(profile_path, build=False)  # libseccomp builds it in step 3
+    except (ProfileError, seccomp_filter.SeccompUnavailable) as exc:
+        problem = str(exc)
+    patterns = [*DEFAULT_SCRUB, *args.scrub_env]
+    scrubbed = [] if args.unsafe_keep_credentials else _scrub_environment(patterns)
+    pending = scope = warm_up_error = None
+    ld_cache: dict[str, str] = {}
+    # order matters: sinks and spools open before the Landlock domain (their files
+    # may lie outside its writable roots), their threads start after it (a domain
+    # covers only the thread that applies it and threads started later)
+    rt = runtime.start(config, kernel_id=kernel_id, threads=False)
+    if profile is not None:
+        # the supervisor starts outside the domain; what needs exec runs before
+        # the domain allows only the interpreter
+        if profile.uses_notify:
+            pending = _spawn_supervisor(rt.guard, kernel_id, profile)
+        try:
+            ld_cache = _warm_up()
+        except Exception as exc:
+            warm_up_error = exc
+        scope = _apply_landlock(profile, rt.guard)
+    rt.pipeline.start()
+    rt.layers["launcher"] = "on"
+    if profile is None:
+        _fail("record", problem or "no profile", profile_path, fatal=True)
+    runtime.emit(make_event("credentials-scrubbed", outcome="success", layer="launcher",
+                            reason=(f"removed {len(scrubbed)} credential variables from the kernel's environment"
+                                    if not args.unsafe_keep_credentials else
+                                    "credential scrubbing disabled (--unsafe-keep-credentials)"),
+                            variables=scrubbed, patterns=patterns))
+    if isinstance(scope, OSError):
+        required = profile.landlock is not None and profile.landlock.min_abi > 0
+        _fail("scope", f"the Landlock domain could not be applied: {scope.strerror}", profile.path,
+              fatal=profile.fail_closed or required)
+    if warm_up_error is not None:
+        _fail("record", f"{type(warm_up_error).__name__}: {warm_up_error}", profile.path, fatal=profile.fail_closed)
+    return rt, profile, scrubbed, ld_cache, pending, scope
+
+
+def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
+           scope: Any = None) -> tuple[Any, Any, dict[str, str]]:
+    """Steps 2-4: supervisor, filter, verification; (handle, loaded filter, /proc status).
+
+    Fails closed under a fail_closed profile; otherwise returns (None, None, status)."""
+    from ..exceptions import ProfileError
+    from . import seccomp_filter
+
+    handle = None
+    step = "supervisor"
+    try:
+        if profile.uses_notify:
+            handle = _start_supervisor(pending, timeout)  # step 2
+        step = "filter"
+        loaded = _load_filter(profile, handle, scope)  # step 3
+        step = "verify"
+        return handle, loaded, _verify(handle)  # step 4
+    except Exception as exc:
+        failed_step, reason = (exc.step, exc.reason) if isinstance(exc, LaunchError) else (
+            step, f"{type(exc).__name__}: {exc}")
+        # a profile libseccomp rejects is never started with, whatever it says
+        _fail(failed_step, reason, profile.path, profile.fail_closed or isinstance(exc, ProfileError), handle)
+        # not fatal (audit profile): go on without the seccomp layer, and without
+        # a supervisor that has nothing to supervise
+        if handle is not None:
+            handle.stop()
+        return None, None, seccomp_filter.proc_status()
+
+
+def _adapt_python(enforce_exec: bool, ld_cache: dict[str, str], allow_debugger: bool) -> None:
+    """Make the standard library live with the filter: fork, find_library, no debugpy."""
+    _guard_multiprocessing(enforce_exec)
+    _cached_find_library(ld_cache)
+    if not allow_debugger:
+        _disable_debugger()
+
+
+def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: dict[str, str],
+                  scrubbed: list[str], debugger: bool, scope: Any) -> None:
+    """What was set up, for status and for the kernel-started event."""
+    from .. import status
+    from ..ipython import cells
+    from . import profiles
+
+    summary = profiles.profile_summary(profile)
+    sup_pid = handle.pid if handle is not None else None
+    rt.layers["seccomp"] = profile.mode if loaded is not None else "off"
+    rt.layers["supervisor"] = "running" if sup_pid else "none"
+    rt.layers["landlock"] = scope.describe() if hasattr(scope, "describe") else "off"
+    status.record_launch(profile=summary, seccomp=loaded is not None, supervisor_pid=sup_pid,
+                         architectures=list(loaded.architectures) if loaded else [],
+                         scrubbed=scrubbed, debugger=debugger,
+                         landlock_abi=getattr(scope, "abi", None),
+                         landlock_writable=list(getattr(scope, "writable", ())),
+                         landlock_programs=list(getattr(scope, "programs", ())))
+    cells.started(layer="launcher", profile=summary, layers=dict(rt.layers), supervisor_pid=sup_pid,
+                  seccomp=proc_status.get("Seccomp"), no_new_privs=proc_status.get("NoNewPrivs"))
+
+
+def _run_kernel(connection_file: str, extra: list[str], handle: Any, profile_path: str) -> NoReturn:
+    """Step 5: ipykernel in this process."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    app = IPKernelApp.instance()
+    try:
+        app.initialize(kernel_argv(connection_file, extra))
+    except BaseException as exc:  # catch_config_error exits; an extension failure raises
+        _fail("kernel", f"{type(exc).__name__}: {exc}", profile_path, True, handle)
+    if handle is not None:
+        _exclude_from_children(app.kernel, handle.pid)
+    app.start()
+    raise SystemExit(0)
+
+
+def _exclude_from_children(kernel: Any, pid: int) -> None:
+    """ipykernel terminates its process-group children at shutdown; the supervisor
+    leaves by itself when the kernel exits (PDEATHSIG, listener hang-up)."""
+    original = kernel._process_children
+
+    def _process_children() -> list:
+        return [p for p in original() if p.pid != pid]
+
+    kernel._process_children = _process_children
+
+
+def main(argv: Optional[list[str]] = None) -> NoReturn:
+    """Entry point of ``python -m kernel_guard.launch``."""
+    launch(argv)
+
+
+if __name__ == "__main__":
+    main()

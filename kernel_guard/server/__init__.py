@@ -1,0 +1,57 @@
+"""The server layer: a jupyter_server extension that starts only guarded kernels.
+
+Loaded as ``kernel_guard.server`` (``jupyter_server_config.d/kernel_guard.json``
+enables it), it decides which kernelspecs may start (:mod:`.policy`: the
+guarded launcher with a safe path, or ``c.KernelGuardServer.allowed_kernelspecs``,
+from a ``kernel.json`` the server's user cannot change), refuses every other
+start however it is asked for — ``/api/kernels``, sessions, restarts — where
+the kernel manager launches it (:mod:`.kernels`), refuses terminals and, by
+policy, downloads (:mod:`.routes`), records the kernel lifecycle with the
+user and the notebook, and reports at start-up which hardening settings are
+off (:mod:`.report`); its settings are ``c.KernelGuardServer.*``
+(:mod:`.settings`).  It guards nothing inside a kernel: a kernel it lets
+start is exactly as guarded as its kernelspec's launcher, notebook code
+still holds the server's token, and a server whose user can change its
+config files can be configured without it (the report names such files).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import runtime
+from .guard import ServerGuard
+from .kernels import KernelHooks
+from .report import HardeningReport
+from .routes import RouteHooks
+from .settings import KernelGuardServer
+
+EXTENSION_NAME = "kernel_guard.server"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """``ServerApp.jpserver_extensions = {"kernel_guard.server": True}`` loads this module."""
+    return [{"module": EXTENSION_NAME}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> ServerGuard:
+    """Install the server layer on a ServerApp (called once by jupyter_server).
+
+    Order matters: the runtime first, so every later step can record; the
+    kernel manager before any route is served; the report last, once the
+    IOLoop runs, when every other extension (terminals) has loaded.
+    """
+    settings = KernelGuardServer(parent=serverapp)
+    rt = runtime.start(serverapp.config)
+    guard = ServerGuard(serverapp, settings, rt)
+    kernels = KernelHooks(guard)
+    kernels.guard_kernel_manager()
+    if settings.hide_refused_kernelspecs:
+        kernels.guard_kernelspec_listing()
+    kernels.listen()
+    routes = RouteHooks(guard)
+    routes.guard_routes()
+    routes.guard_terminals()
+    serverapp.io_loop.add_callback(HardeningReport(guard, routes).report)
+    serverapp.log.info("kernel_guard: server extension loaded (mode %s)", rt.mode)
+    return guard

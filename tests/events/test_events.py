@@ -1,0 +1,158 @@
+"""Execution events from a real kernel: every cell, silent ones, user_expressions, lifecycle, redaction."""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import assert_schema_valid
+from kernel_guard.events.processors import Redact, redact_argv, redact_text
+from kernel_guard.events.schema import make_event, to_json, validate_event
+
+
+def _cells(kernel, n=1):
+    events = kernel.new_events(until=lambda evs: len([e for e in evs if e["event"]["action"] == "cell-executed"]) >= n)
+    return [e for e in events if e["event"]["action"] == "cell-executed"]
+
+
+def test_cell_executed_carries_the_documented_fields(guarded):
+    """A cell yields cell-executed with user, host, kernel id, notebook, cell id, count, code, duration."""
+    guarded.mark()
+    code = "total = sum(range(100))\ntotal"
+    result = guarded.execute(code, cell_id="cell-1234")
+    (event,) = _cells(guarded)
+    g = event["kernel_guard"]
+    assert event["user"]["name"] == "alice"
+    assert event["host"]["hostname"]
+    assert g["kernel_id"] == guarded.session.kernel_id
+    assert g["notebook"] == "analysis.ipynb"
+    assert g["cell_id"] == "cell-1234"
+    assert g["execution_count"] == result.reply["execution_count"]
+    assert g["code"] == code and g["code_sha256"] == hashlib.sha256(code.encode()).hexdigest()
+    assert event["event"]["outcome"] == "success" and g["duration_ms"] >= 0
+    assert isinstance(event["event"]["sequence"], int)
+    assert_schema_valid([event])
+
+
+def test_failing_cell_records_error_name(guarded):
+    """A cell that raises is recorded with outcome failure and the exception name."""
+    guarded.mark()
+    guarded.execute("1/0")
+    (event,) = _cells(guarded)
+    assert event["event"]["outcome"] == "failure"
+    assert event["kernel_guard"]["error_name"] == "ZeroDivisionError"
+
+
+def test_silent_execution_and_user_expressions_are_recorded(guarded):
+    """silent=True requests (no pre/post_run_cell) and user_expressions still yield cell-executed."""
+    guarded.mark()
+    guarded.execute("hidden = 42", silent=True, user_expressions={"probe": "hidden * 2"})
+    (event,) = _cells(guarded)
+    assert event["kernel_guard"]["silent"] is True
+    assert event["kernel_guard"]["user_expressions"] == {"probe": "hidden * 2"}
+
+
+def test_long_code_is_truncated_with_hash(guarded):
+    """By default code is truncated to 200 characters and the full code's sha256 is kept."""
+    guarded.mark()
+    code = "x = 1  # " + "y" * 500
+    guarded.execute(code)
+    (event,) = _cells(guarded)
+    assert len(event["kernel_guard"]["code"]) == 200 and event["kernel_guard"]["code_truncated"] is True
+    assert event["kernel_guard"]["code_sha256"] == hashlib.sha256(code.encode()).hexdigest()
+
+
+def test_secrets_in_code_and_commands_are_redacted(guarded):
+    """Tokens and passwords in cells and refused commands never reach the sink."""
+    guarded.mark()
+    guarded.execute("password = 'hunter2hunter2'\nheaders = {'Authorization': 'Bearer abcdef123456'}")
+    guarded.execute("!curl -H 'Authorization: Bearer sekret-token-value' https://x --password=pw123456")
+    _cells(guarded, 2)
+    raw = "\n".join(to_json(e) for e in guarded.new_events())
+    for secret in ("hunter2hunter2", "abcdef123456", "sekret-token-value", "pw123456"):
+        assert secret not in raw
+
+
+def test_kernel_lifecycle_events(make_kernel):
+    """A kernel start yields kernel-started, a clean shutdown kernel-stopped."""
+    kernel = make_kernel()
+    kernel.execute("1")
+    kernel.shutdown()
+    actions = [e["event"]["action"] for e in kernel.events()]
+    assert actions[0] == "kernel-started"
+    assert actions[-1] == "kernel-stopped"
+    sequences = [e["event"]["sequence"] for e in kernel.events()]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+
+def test_every_event_is_schema_valid(guarded):
+    """All events the shared kernel wrote so far validate against the documented schema."""
+    events = guarded.events()
+    assert len(events) > 5
+    assert_schema_valid(events)
+    for event in events:
+        assert event["kernel_guard"]["mode"] == "enforce"
+
+
+def test_redact_text_patterns():
+    """Known secret shapes are replaced, ordinary text is kept."""
+    assert "s3cr3t" not in redact_text("mysql://bob:s3cr3t@db/x")
+    assert "ghp_" not in redact_text("token ghp_" + "a" * 36)
+    assert "AKIAABCDEFGHIJKLMNOP" not in redact_text("key AKIAABCDEFGHIJKLMNOP")
+    assert redact_text("print(sum(range(10)))") == "print(sum(range(10)))"
+
+
+def test_redact_argv_hides_flag_values():
+    """The value after --token or --password is redacted."""
+    assert redact_argv(["tool", "--token", "abc123", "--name", "x"]) == ["tool", "--token", "[REDACTED]", "--name", "x"]
+
+
+def test_redact_processor_uses_secret_environment_values():
+    """Values of JUPYTERHUB_API_TOKEN found anywhere in an event are removed."""
+    event = make_event("exec-denied", outcome="failure", layer="audit",
+                       process={"args": ["curl", "-H", "X: 0123456789abcdef"], "command_line": "curl 0123456789abcdef"})
+    Redact(environ={"JUPYTERHUB_API_TOKEN": "0123456789abcdef"})(event)
+    assert "0123456789abcdef" not in to_json(event)
+
+
+def test_validate_event_reports_missing_fields():
+    """The schema check names what is missing."""
+    assert "missing event.action" in validate_event({"@timestamp": "x", "event": {}})
+
+
+def test_redaction_shortcut_matches_running_every_pattern():
+    """Skipping patterns whose key substrings are absent never changes the result."""
+    import random
+    import string
+
+    from kernel_guard.events.processors import _PATTERNS
+
+    def every_pattern(text):
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    pieces = ["token=", "Password: ", "Authorization: Bearer ", "api_key=", "https://u:p@h/", "ghp_" + "a" * 30,
+              "AKIA" + "B" * 16, "eyJabcdefgh.ijklmnopq.rstuvwxyz", "ls -la", "x", " ", "=", ":", "KEY", "Auth"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces + list(string.ascii_letters)) for _ in range(rng.randint(1, 12)))
+        assert redact_text(text) == every_pattern(text), text
+
+
+def test_json_lines_are_the_same_with_and_without_orjson(monkeypatch):
+    """orjson (when installed) and the standard library write byte-identical lines; odd values never raise."""
+    from kernel_guard.events import schema as events
+
+    event = make_event("exec-denied", outcome="failure", layer="audit", reason="héllo ✓ \u2028 \"q\"",
+                       process={"args": ["a", 1, 2.5, None, True]}, duration_ms=0.1 + 0.2)
+    fast = events.to_json_line(event)
+    monkeypatch.setattr(events, "orjson", None)
+    assert events.to_json_line(event) == fast and fast.endswith(b"\n") and fast.count(b"\n") == 1
+    assert events.to_json(event) == fast[:-1].decode()
+    odd = {"k": {1: object(), "lone": "\udcff", "big": 2 ** 70}}
+    import orjson  # in the test extra, so both paths are always checked
+
+    for module in (None, orjson):
+        monkeypatch.setattr(events, "orjson", module)
+        line = events.to_json_line(odd)
+        assert line.count(b"\n") == 1 and b'"big":1180591620717411303424' in line and b'"1":"<object' in line

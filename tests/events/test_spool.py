@@ -1,0 +1,177 @@
+"""The spool: events for a sink that is down survive kernel kills and are sent, in order, later."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from kernel_guard import testing
+from kernel_guard.events.aggregate import Aggregate
+from kernel_guard.events.pipeline import EventPipeline
+from kernel_guard.events.processors import Sequence
+from kernel_guard.events.schema import make_event
+from kernel_guard.events.sinks import open_sink
+from kernel_guard.events.spool import Spool
+from kernel_guard.testing import MemorySink, read_events
+
+from sink_helpers import HttpCollector, LoggedKernel, Rsyslogd, dedupe, free_port, wait_until
+
+
+def _lines(*texts: str) -> list:
+    return [json.dumps({"n": t}).encode() + b"\n" for t in texts]
+
+
+def _drain(spool: Spool) -> list:
+    out = []
+    while (item := spool.read(64)) is not None:
+        lines, token = item
+        out += [json.loads(line)["n"] for line in lines]
+        spool.ack(token)
+    return out
+
+
+def test_spool_sends_in_order_across_segments_and_resumes_from_the_acknowledged_offset(tmp_path):
+    """Lines come back in append order across segments; after a reopen only unacknowledged ones return."""
+    spool = Spool(str(tmp_path), segment_bytes=40)
+    for i in range(10):
+        assert spool.append(_lines(f"e{i}")) == 0
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".jsonl")]) > 1
+    lines, token = spool.read(12)  # one line
+    spool.ack(token)
+    spool.close()
+    again = Spool(str(tmp_path), segment_bytes=40)
+    assert _drain(again) == [f"e{i}" for i in range(1, 10)]
+    again.close()
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".jsonl")] == []
+
+
+def test_live_spools_keep_their_own_segments_and_adopt_those_left_behind(tmp_path):
+    """A second process's spool does not take segments a live one holds, but adopts them once it is gone."""
+    first, second = Spool(str(tmp_path)), Spool(str(tmp_path))
+    first.append(_lines("from-first"))
+    second.append(_lines("from-second"))
+    assert _drain(second) == ["from-second"]
+    first.close()  # like an exit (or SIGKILL): the lock goes with the process
+    second.scan(force=True)
+    assert _drain(second) == ["from-first"]
+    second.close()
+
+
+def test_spool_cap_counts_what_is_not_kept_and_records_it(tmp_path):
+    """Past spool_max_bytes events are refused, counted, and an events-dropped event names the sink."""
+    port = free_port()  # nothing listens: the sink stays down
+    memory = MemorySink()
+    pipe = EventPipeline([memory, open_sink(f"http://127.0.0.1:{port}/x")], [Aggregate(0), Sequence()],
+                         spool_dir=str(tmp_path), spool_max_bytes=20_000)
+    for i in range(200):
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=f"attempt {i}"))
+    pipe.close(timeout=1.0)
+    dropped = [e for e in memory.events if e["event"]["action"] == "events-dropped"]
+    lost = pipe.stats()["spool"][f"http://127.0.0.1:{port}/x"]["lost"]
+    assert 100 < lost < 200
+    # the last report can itself find the spool full: it is counted, reported to the other sinks
+    assert lost - 2 <= sum(e["kernel_guard"]["dropped"] for e in dropped) <= lost
+    assert all(e["kernel_guard"]["sink"] == f"http://127.0.0.1:{port}/x" for e in dropped)
+
+
+def test_torn_line_left_by_a_crash_is_skipped_and_counted(tmp_path):
+    """A half-written last line in a dead process's segment is not sent, and is counted as lost."""
+    name = "00000000000000000001-1-abcdef.jsonl"
+    (tmp_path / name).write_bytes(b'{"n": "whole"}\n{"n": "to')
+    spool = Spool(str(tmp_path))
+    assert _drain(spool) == ["whole"]
+    assert spool.lost_torn == 1
+    spool.close()
+
+
+def test_forked_child_events_for_a_network_sink_are_sent_by_the_parent(tmp_path):
+    """A forked child spools its event (it has no sender thread); the parent sends it once the child is gone."""
+    receiver = HttpCollector().start()
+    try:
+        pipe = EventPipeline([open_sink(receiver.url)], [Aggregate(0), Sequence()], spool_dir=str(tmp_path))
+        pid = os.fork()
+        if pid == 0:
+            pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason="from the child"))
+            os._exit(0)
+        os.waitpid(pid, 0)
+        wait_until(receiver.snapshot, 10, "the child's event")
+        pipe.close()
+    finally:
+        receiver.stop()
+    [event] = receiver.snapshot()
+    assert event["event"]["reason"] == "from the child" and event["event"]["sequence"] == 1
+
+
+def test_spool_survives_sigkill_and_the_next_kernel_start_delivers_it(tmp_path):
+    """Events spooled while the collector was down survive SIGKILL of the kernel; the next start sends them in order."""
+    receiver = HttpCollector()  # not started yet: down
+    events_file = tmp_path / "events.jsonl"
+    env = {"KERNEL_GUARD_SINKS": f"{receiver.url},file://{events_file}", "XDG_STATE_HOME": str(tmp_path / "state")}
+    argv = testing.plain_kernel_argv("--ext=kernel_guard")
+    first = LoggedKernel(argv=argv, env=env, stderr_path=str(tmp_path / "first.stderr"))
+    first.start()
+    try:
+        for i in range(5):
+            first.execute(f"x = {i}")
+        first.execute("import os\ntry:\n    os.system('id')\nexcept PermissionError:\n    pass")
+        spool_root = tmp_path / "state" / "kernel_guard" / "spool"
+
+        def spooled_ids() -> set:
+            ids = set()
+            for folder in spool_root.iterdir():
+                for segment in folder.glob("*.jsonl"):
+                    ids |= {json.loads(line)["event"]["id"] for line in segment.read_text().splitlines()}
+            return ids
+
+        written = wait_until(lambda: (w := read_events(str(events_file))) and {e["event"]["id"] for e in w}
+                             <= spooled_ids() and len(w) >= 8 and w, 15, "the events in the spool")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+    finally:
+        first.shutdown()
+    killed_pid = written[0]["process"]["pid"]
+    receiver.start()
+    try:
+        with LoggedKernel(argv=argv, env=env, stderr_path=str(tmp_path / "second.stderr")):
+            expected = {e["event"]["id"] for e in written}
+            wait_until(lambda: expected <= receiver.ids(), 30, "the killed kernel's events from the next start")
+    finally:
+        receiver.stop()
+    from_killed = [e for e in dedupe(receiver.snapshot()) if e["process"]["pid"] == killed_pid]
+    sequences = [e["event"]["sequence"] for e in from_killed]
+    assert sequences == list(range(1, len(sequences) + 1))  # in order, and no gap
+    assert {"kernel-started", "cell-executed", "exec-denied"} <= {e["event"]["action"] for e in from_killed}
+
+
+def test_syslog_http_and_file_sinks_lose_nothing_while_collectors_go_down_and_come_back(tmp_path):
+    """With syslog+tcp, http and file sinks, collectors that go down and come back receive every event."""
+    rsyslog = Rsyslogd(str(tmp_path / "rsyslog")).start()
+    receiver = HttpCollector().start()
+    events_file = tmp_path / "events.jsonl"
+    sinks = f"syslog+tcp://127.0.0.1:{rsyslog.port},{receiver.url},file://{events_file}"
+    env = {"KERNEL_GUARD_SINKS": sinks, "XDG_STATE_HOME": str(tmp_path / "state")}
+    try:
+        with LoggedKernel(argv=testing.plain_kernel_argv("--ext=kernel_guard"), env=env,
+                          stderr_path=str(tmp_path / "kernel.stderr")) as kernel:
+            kernel.execute("import os\nx = 0")
+            rsyslog.stop()
+            receiver.stop()
+            for _ in range(10):
+                assert kernel.timed("x += 1") < 1.0
+            kernel.execute("try:\n    os.system('id')\nexcept PermissionError:\n    pass")
+            rsyslog.start()
+            receiver.start()
+            for _ in range(5):
+                kernel.execute("x += 1")
+            expected = {e["event"]["id"] for e in read_events(str(events_file))}
+            wait_until(lambda: expected <= receiver.ids(), 30, "every event at the HTTP collector")
+            wait_until(lambda: expected <= {e["event"]["id"] for e in rsyslog.events()}, 30,
+                       "every event at rsyslogd")
+        written = read_events(str(events_file))
+        actions = [e["event"]["action"] for e in written]
+        assert actions.count("cell-executed") == 17 and "exec-denied" in actions
+        assert {"sink-error", "sink-recovered"} <= set(actions)
+    finally:
+        receiver.stop()
+        rsyslog.stop()
