@@ -93,12 +93,7 @@ def unprivileged_root() -> Iterator[str]:
         pytest.fail(f"uid {NOTEBOOK_USER[0]} cannot run {sys.executable} with kernel_guard: "
                     f"{probe.stderr.strip()[-300:]} (create the venv from an interpreter every user can "
                     "run, as scripts/bootstrap does)")
-    # not under /tmp: that is one of the kernel's writable roots, and the Landlock
-    # tests need folders outside them
-    base = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
-    os.makedirs(base, exist_ok=True)
-    os.chmod(base, 0o755)
-    root = tempfile.mkdtemp(prefix="uid1000-", dir=base)
+    root = tempfile.mkdtemp(prefix="kernel-guard-uid1000-")
     os.chmod(root, 0o755)
     try:
         yield root

@@ -96,10 +96,10 @@ def test_dockerfile_runs_install_kernelspec_and_extension_steps(image: dict) -> 
 
 
 def test_image_default_python3_is_the_guarded_kernelspec(image: dict) -> None:
-    """sys.prefix's python3 kernelspec runs the launcher, and the server extension would start it."""
+    """sys.prefix's python3 kernelspec runs the launcher isolated, and the server extension would start it."""
     folder = image["prefix"] / "share" / "jupyter" / "kernels" / "python3"
     spec = json.loads((folder / "kernel.json").read_text())
-    assert spec["argv"][1:3] == ["-m", "kernel_guard.launch"]
+    assert spec["argv"][1:4] == ["-I", "-m", "kernel_guard.launch"]
     assert spec["display_name"] == "Python 3 (kernel_guard)"
     verdict = assess_kernelspec("python3", spec["argv"], spec.get("env", {}), str(folder), euid=1000, groups=[100])
     assert verdict.allowed and verdict.guarded, verdict.reason

@@ -38,8 +38,11 @@ __all__ = ["add_arguments", "install", "kernel_dict", "run"]
 
 
 def launcher_argv(profile: str, extra: Optional[list[str]] = None, executable: Optional[str] = None) -> list[str]:
-    """The kernelspec argv (pure)."""
-    return [executable or sys.executable, "-m", "kernel_guard.launch", "--profile", profile,
+    """The kernelspec argv (pure).  ``-I``: the interpreter starts isolated from the
+    user's files -- no user site-packages, no ``PYTHON*`` variables, no working
+    directory on the path -- until the guard is up (the launcher adds the notebook
+    folder, ``PYTHONPATH`` and the user site back afterwards)."""
+    return [executable or sys.executable, "-I", "-m", "kernel_guard.launch", "--profile", profile,
             *(extra or []), "-f", "{connection_file}"]
 
 

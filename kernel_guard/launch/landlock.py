@@ -1,8 +1,11 @@
 """Landlock: the kernel's own, unprivileged sandbox, through its three system calls.
 
-This module applies the part of a Landlock domain that keeps the exec
-supervisor out of the notebook's reach: the *signal scope* (Landlock ABI 6,
-Linux 6.12).  A process in a scoped domain cannot signal any process outside
+This module applies the kernel's Landlock domain: writes only beneath the
+writable roots, execution only of the allowed programs (:func:`restrict`),
+and the scopes that keep the exec supervisor out of the notebook's reach
+(:func:`restrict_signals` alone where a profile asks for no filesystem
+rules): the *signal scope* (Landlock ABI 6, Linux 6.12), and the same for
+connections to abstract unix sockets.  A process in a scoped domain cannot signal any process outside
 it, by any route the kernel checks — ``kill``, ``tgkill``, a pidfd, ``kill(-1)``,
 a process group, ``SIGIO`` through ``F_SETOWN`` — and every child, across fork
 and exec, inherits the domain, which nothing can lift.  The launcher applies it
@@ -41,6 +44,9 @@ LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
 LANDLOCK_SCOPE_SIGNAL = 1 << 1
 #: the first ABI with scopes
 SIGNAL_SCOPE_ABI = 6
+#: no signal, and no connection to an abstract unix socket, reaches outside the domain
+_SCOPES = LANDLOCK_SCOPE_SIGNAL | LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+_SCOPE_NAMES = ("signal", "abstract unix socket")
 LANDLOCK_RULE_PATH_BENEATH = 1
 
 # filesystem rights (<linux/landlock.h>); reading is never restricted here
@@ -95,7 +101,7 @@ class LandlockResult:
         """One line for status and events."""
         if not self.applied:
             return f"off: {self.reason}"
-        parts = ["signal scope"] if "signal" in self.scopes else []
+        parts = ["signal and abstract-socket scope"] if "signal" in self.scopes else []
         if self.programs:
             parts.append(f"writes beneath {len(self.writable)} roots, exec of {', '.join(self.programs)}")
         return f"{', '.join(parts) or 'no rules'} (Landlock ABI {self.abi})"
@@ -144,7 +150,7 @@ def restrict_signals() -> LandlockResult:
         # outside could signal the supervisor on the notebook's behalf
         raise OSError(errno.EBUSY, f"the process has {threads} threads; the domain would cover one")
     func, (create, _add, restrict) = _syscall()  # type: ignore[misc]
-    attr = _RulesetAttr(0, 0, LANDLOCK_SCOPE_SIGNAL)
+    attr = _RulesetAttr(0, 0, _SCOPES)
     fd = func(create, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
     if fd < 0:
         err = ctypes.get_errno()
@@ -155,7 +161,7 @@ def restrict_signals() -> LandlockResult:
             raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
     finally:
         os.close(fd)
-    return LandlockResult(abi, True, scopes=("signal",))
+    return LandlockResult(abi, True, scopes=_SCOPE_NAMES)
 
 
 def write_rights(abi: int) -> int:
@@ -261,7 +267,7 @@ def restrict(domain: Domain) -> LandlockResult:
         raise OSError(errno.EBUSY, f"the process has {threads} threads; the domain would cover one")
     func, (create, add, restrict_self) = _syscall()  # type: ignore[misc]
     handled = write_rights(abi) | ACCESS_FS_EXECUTE
-    scoped = LANDLOCK_SCOPE_SIGNAL if domain.scope_signals and abi >= SIGNAL_SCOPE_ABI else 0
+    scoped = _SCOPES if domain.scope_signals and abi >= SIGNAL_SCOPE_ABI else 0
     attr = _RulesetAttr(handled, 0, scoped)
     size = ctypes.sizeof(attr) if abi >= SIGNAL_SCOPE_ABI else 8  # older kernels know the first field only
     ruleset = func(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
@@ -280,6 +286,6 @@ def restrict(domain: Domain) -> LandlockResult:
             raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
     finally:
         os.close(ruleset)
-    scopes = ("signal",) if scoped else ()
+    scopes = _SCOPE_NAMES if scoped else ()
     return LandlockResult(abi, True, scopes=scopes, writable=domain.writable, executable=domain.executable,
                           programs=domain.programs)

@@ -116,6 +116,45 @@ def _drop_cwd_from_path() -> Optional[str]:
     return None
 
 
+def _restore_user_paths(dropped: Optional[str]) -> list[str]:
+    """Once the guard is up, what a plain kernel has on sys.path: the notebook
+    folder first, ``PYTHONPATH``, the user site (``pip install --user``), which
+    ``-I`` or the dropped working directory kept out until now.  Code found there
+    runs inside every layer from here on.  Returns the entries added."""
+    import site
+
+    added: list[str] = []
+    if dropped is not None or sys.flags.safe_path:  # -I implies safe_path
+        folder = dropped if dropped is not None else os.getcwd()
+        sys.path.insert(0, folder)
+        added.append(folder)
+    if sys.flags.isolated:
+        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[1:1] = extra
+        added += extra
+        user_site = site.getusersitepackages()
+        if user_site_wanted() and os.path.isdir(user_site) and user_site not in sys.path:
+            site.addsitedir(user_site)  # runs its .pth files: inside the guard now
+            added.append(user_site)
+    return added
+
+
+def user_site_wanted() -> bool:
+    """Whether a plain (not isolated) start of this interpreter would use the user
+    site-packages: not with ``PYTHONNOUSERSITE``, set-id, or in a virtual environment
+    without system site-packages (as :mod:`site` decides)."""
+    if os.environ.get("PYTHONNOUSERSITE") or os.geteuid() != os.getuid() or os.getegid() != os.getgid():
+        return False
+    if sys.prefix == sys.base_prefix:
+        return True
+    try:
+        with open(os.path.join(sys.prefix, "pyvenv.cfg"), encoding="utf-8") as fh:
+            cfg = fh.read()
+    except OSError:
+        return False
+    return re.search(r"^include-system-site-packages\s*=\s*true\s*$", cfg, re.M | re.I) is not None
+
+
 def _trusted_config(extra: list[str]) -> Any:
     """KernelGuard settings from trusted sources only: root-owned system config files
     and ``--KernelGuard.*`` on the kernelspec's command line.  User config files run
@@ -475,8 +514,7 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
         handle.watch(_on_supervisor_lost)
     _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed, ld_cache,
                   args.unsafe_allow_debugger)
-    if dropped_path is not None:
-        sys.path.insert(0, dropped_path)  # the notebook's own modules, as in a plain kernel
+    _restore_user_paths(dropped_path)
     _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope)
     _run_kernel(args.connection_file, extra, handle, profile.path)
 

@@ -728,7 +728,7 @@ def current() -> Optional[SupervisorHandle]:
 
 def supervisor_argv(fd: int, kernel_pid: int, mode: str, kernel_id: Optional[str], profile: str) -> list[str]:
     """The supervisor's command line (pure, for tests)."""
-    argv = [sys.executable, "-m", "kernel_guard.launch.supervisor", "--fd", str(fd),
+    argv = [sys.executable, "-I", "-m", "kernel_guard.launch.supervisor", "--fd", str(fd),
             "--kernel-pid", str(kernel_pid), "--mode", mode, "--profile", profile]
     if kernel_id:
         argv += ["--kernel-id", kernel_id]

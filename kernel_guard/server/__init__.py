@@ -10,9 +10,10 @@ policy, downloads (:mod:`.routes`), records the kernel lifecycle with the
 user and the notebook, and reports at start-up which hardening settings are
 off (:mod:`.report`); its settings are ``c.KernelGuardServer.*``
 (:mod:`.settings`).  It guards nothing inside a kernel: a kernel it lets
-start is exactly as guarded as its kernelspec's launcher, notebook code
-still holds the server's token, and a server whose user can change its
-config files can be configured without it (the report names such files).
+start is exactly as guarded as its kernelspec's launcher; notebook code
+cannot read the server's token (the extension makes the server process
+non-dumpable), but a server whose user can change its config files can be
+configured without it (the report names such files).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> ServerGuard:
     kernel manager before any route is served; the report last, once the
     IOLoop runs, when every other extension (terminals) has loaded.
     """
+    protected = protect_server_process()
     settings = KernelGuardServer(parent=serverapp)
     rt = runtime.start(serverapp.config)
     guard = ServerGuard(serverapp, settings, rt)
@@ -53,5 +55,20 @@ def _load_jupyter_server_extension(serverapp: Any) -> ServerGuard:
     routes.guard_routes()
     routes.guard_terminals()
     serverapp.io_loop.add_callback(HardeningReport(guard, routes).report)
-    serverapp.log.info("kernel_guard: server extension loaded (mode %s)", rt.mode)
+    serverapp.log.info("kernel_guard: server extension loaded (mode %s)%s", rt.mode,
+                       "" if protected else "; the server process could not be made non-dumpable")
     return guard
+
+
+def protect_server_process() -> bool:
+    """Make this process non-dumpable: its ``/proc/<pid>`` files (``environ`` with the
+    hub's API token, ``mem``) then belong to root, so no process of the same user —
+    a kernel — can read them or ptrace it.  Kernels it starts are dumpable again
+    after their exec, as usual.  Returns whether it worked."""
+    import ctypes
+
+    PR_SET_DUMPABLE = 4
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False

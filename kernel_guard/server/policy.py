@@ -1,17 +1,17 @@
 """Which kernelspecs may start: pure functions over a kernelspec's argv, env and files.
 
 A kernelspec may start when it is *guarded* — its argv is
-``[python, -P|-I, -m, kernel_guard.launch, ...]``, or the same without the
-flag and ``PYTHONSAFEPATH=1`` in its ``env`` — or named in
+``[python, -I, -m, kernel_guard.launch, ...]`` (isolated: no user site, no
+``PYTHON*`` variables, no working directory before the guard) — or named in
 ``c.KernelGuardServer.allowed_kernelspecs``; and, in both cases, when its
 ``kernel.json`` is a file the server's user cannot change.  The last condition
 matters: Jupyter looks for kernelspecs in the user's own data directory
 (``~/.local/share/jupyter/kernels``) *first*, so a user can shadow the
 admin's ``python3`` with a ``kernel.json`` whose argv or
 ``metadata.kernel_guard`` merely looks guarded.  The metadata is never
-trusted for that reason; and without ``-P``/``-I`` ``python -m`` puts the
-kernel's working directory (the user's notebook folder) first on
-``sys.path``, where a ``kernel_guard/`` folder would replace the launcher.
+trusted for that reason; and without ``-I`` the interpreter reads the
+user's site-packages and, under ``python -m``, the notebook folder first,
+where a ``kernel_guard/`` folder or a ``.pth`` file would run before the guard.
 A kernelspec ``env`` that sets loader variables (``PYTHONPATH``,
 ``LD_PRELOAD`` ...) is refused too.
 """
@@ -31,7 +31,6 @@ LAUNCH_MODULE = "kernel_guard.launch"
 #: interpreter options that may stand between ``python`` and ``-m``
 _PYTHON_FLAGS = re.compile(r"^-[IPsEBuOqd]+$")
 #: options that keep the working directory off ``sys.path`` for ``-m``
-_SAFE_PATH_FLAGS = ("I", "P")
 _PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)?)?$")
 NOT_INSTALLED = "is not installed"
 
@@ -54,26 +53,27 @@ class Verdict:
 
 
 def is_launcher_argv(argv: Iterable[str], env: Optional[dict[str, str]] = None) -> bool:
-    """True if argv is ``[python, <flags>, -m, kernel_guard.launch, ...]`` with a safe path.
+    """True if argv is ``[python, <flags>, -m, kernel_guard.launch, ...]`` with ``-I``.
 
-    Without ``-P``/``-I`` in the flags, or ``PYTHONSAFEPATH`` in the
-    kernelspec's ``env`` (Python 3.11+), ``python -m`` puts the working
-    directory first on ``sys.path``.
+    Without isolation the interpreter reads the user's site-packages (a
+    ``.pth`` file or a module named like one the launcher imports, written by
+    an earlier cell), ``PYTHON*`` variables and, under ``-m``, the working
+    directory before the guard exists.  ``env`` is accepted for callers that
+    pass it; only the flags decide.
     """
     argv = list(argv)
-    safe_env = bool((env or {}).get("PYTHONSAFEPATH"))
     if not argv or not _PYTHON_NAME.match(os.path.basename(argv[0])):
         return False
     flags: list[str] = []
     rest = argv[1:]
     while rest and _PYTHON_FLAGS.match(rest[0]):
         flags.append(rest.pop(0))
-    safe_flag = any(letter in flag for flag in flags for letter in _SAFE_PATH_FLAGS)
-    return len(rest) >= 2 and rest[0] == "-m" and rest[1] == LAUNCH_MODULE and (safe_flag or safe_env)
+    isolated = any("I" in flag for flag in flags)
+    return len(rest) >= 2 and rest[0] == "-m" and rest[1] == LAUNCH_MODULE and isolated
 
 
 def _runs_launcher_unsafely(argv: list[str], env: dict[str, str]) -> bool:
-    """``python -m kernel_guard.launch`` without a safe path: looks guarded but is not."""
+    """``python -m kernel_guard.launch`` without ``-I``: looks guarded but is not."""
     return LAUNCH_MODULE in argv and not is_launcher_argv(argv, env)
 
 
@@ -141,8 +141,9 @@ def assess_kernelspec(
     listed = name in set(allowed_names)
     if not guarded and not listed:
         if _runs_launcher_unsafely(argv, env):
-            why = ("runs kernel_guard.launch without -P, -I or PYTHONSAFEPATH, so a kernel_guard "
-                   "folder next to the notebook would replace the launcher")
+            why = ("runs kernel_guard.launch without -I, so the user's site-packages, PYTHON* variables "
+                   "and the notebook folder are read before the guard exists; reinstall it with "
+                   "`kernel-guard install-kernelspec`")
         else:
             why = "does not run the kernel_guard launcher and is not in KernelGuardServer.allowed_kernelspecs"
         return Verdict(name, False, False, why)

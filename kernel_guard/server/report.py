@@ -5,7 +5,7 @@ report logs, and emits as a ``server-hardening`` event, the settings that
 leave a gap the extension cannot close itself — terminals allowed, no idle
 culling, ``debug_request`` allowed, a server running as root, kernelspecs
 the user can change, no kernelspec that may start, user-writable config
-files — each with what to set.  It changes none of them.
+files and start-up folders — each with what to set.  It changes none of them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,38 @@ from ..events.schema import make_event
 from .guard import ServerGuard
 from .routes import RouteHooks
 
-__all__ = ["HardeningReport"]
+__all__ = ["HardeningReport", "writable_start_folders"]
+
+
+def writable_start_folders() -> list[tuple[str, str]]:
+    """(variable, folder) for each folder read at start-up that this process's user
+    could change: the Jupyter config and data folders, the IPython folder, the user
+    site-packages (where this interpreter uses one).  A folder that does not exist yet counts when it could be created."""
+    import site
+
+    from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir
+
+    try:
+        from IPython.paths import get_ipython_dir
+
+        ipython_dir = get_ipython_dir()
+    except Exception:
+        ipython_dir = os.path.expanduser("~/.ipython")
+    folders = [("JUPYTER_CONFIG_DIR", jupyter_config_dir()), ("JUPYTER_DATA_DIR", jupyter_data_dir()),
+               ("IPYTHONDIR", ipython_dir)]
+    if site.ENABLE_USER_SITE:  # this interpreter reads it at start (not in a plain venv)
+        folders.append(("PYTHONUSERBASE", site.getusersitepackages()))
+    return [(name, path) for name, path in folders if _could_change(path)]
+
+
+def _could_change(path: str) -> bool:
+    """Whether this process could write ``path``, or create it in its nearest existing folder."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK)
 
 
 class HardeningReport:
@@ -67,6 +98,10 @@ class HardeningReport:
             add("MappingKernelManager.default_kernel_name",
                 f"the default kernel '{default}' is refused, so 'New notebook' fails",
                 "install the guarded kernelspec as python3 or set default_kernel_name")
+        for variable, folder in writable_start_folders():
+            add(f"${variable}", f"{folder} is read at every server or kernel start and the notebook user can "
+                "write it: a cell (home is one of the kernel's writable roots) can plant code there",
+                f"point {variable} at a root-owned folder (singleuser.extraEnv) or mount it read-only")
         user_files = [path for path in getattr(app, "loaded_config_files", []) if not trusted_file(path)]
         if user_files:
             add("config files", "the server loaded config files its user can change, which can disable "

@@ -19,8 +19,7 @@ class KernelGuardServer(Configurable):
     allowed_kernelspecs = List(
         Unicode(),
         help="""Names of kernelspecs that may start although their argv does not
-        run ``python -P -m kernel_guard.launch`` (or ``python -m kernel_guard.launch``
-        with PYTHONSAFEPATH=1 in the kernelspec's env; for example a kernelspec that
+        run ``python -I -m kernel_guard.launch`` (for example a kernelspec that
         loads only the IPython layer with ``--ext=kernel_guard``). Guarded
         kernelspecs need no entry. Their kernel.json must still be a file the
         server's user cannot change (see require_protected_kernelspecs).""",

@@ -19,10 +19,11 @@ def installed(prefix: Path, name: str) -> dict:
 
 
 def test_kernel_json_runs_the_launcher_with_this_interpreter(tmp_path: Path) -> None:
-    """argv is [python, -m, kernel_guard.launch, --profile, default, -f, {connection_file}] with deliberate metadata."""
+    """argv is [python, -I, -m, kernel_guard.launch, --profile, default, -f, {connection_file}] with deliberate
+    metadata."""
     assert cli.main(["install-kernelspec", "--name", "kg", "--prefix", str(tmp_path)]) == 0
     spec = installed(tmp_path, "kg")
-    assert spec["argv"] == [sys.executable, "-m", "kernel_guard.launch", "--profile", "default",
+    assert spec["argv"] == [sys.executable, "-I", "-m", "kernel_guard.launch", "--profile", "default",
                             "-f", "{connection_file}"]
     assert spec["metadata"]["kernel_guard"] == {"version": __version__, "profile": "default", "mode": "enforce"}
     assert spec["metadata"]["debugger"] is False

@@ -8,6 +8,7 @@ every exec refused and the status saying so.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from conftest import GuardedKernel
 from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root
 
 from kernel_guard.launch import landlock
+from kernel_guard.launch.profiles import builtin_dir
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +28,23 @@ def root() -> Iterator[str]:
         yield folder
 
 
+def _profile_without_shared_roots(root: str) -> str:
+    """The default profile, writable only beneath home and the notebook folder: the
+    test's folders may lie under /tmp (wherever the checkout is)."""
+    with open(os.path.join(builtin_dir(), "default.json")) as fh:
+        data = json.load(fh)
+    data["kernel_guard"]["landlock"]["writable"] = ["{home}", "{notebook_dir}", "/dev/null"]
+    path = os.path.join(root, "home-only.json")
+    with open(path, "w") as fh:
+        json.dump(data, fh)
+    os.chmod(path, 0o644)
+    return path
+
+
 @pytest.fixture(scope="module")
 def kernel(root: str) -> Iterator[LaunchedKernel]:
-    """A launcher kernel (default profile) as uid 1000 whose audit hook only records."""
-    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+    """A launcher kernel as uid 1000 whose audit hook only records; writable: home and notebook folder."""
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded", "--profile", _profile_without_shared_roots(root))):
         started = LaunchedKernel(os.path.join(root, "k"), "guarded", env={"KERNEL_GUARD_MODE": "audit"},
                                  user=NOTEBOOK_USER).start()
         yield started

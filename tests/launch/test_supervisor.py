@@ -26,8 +26,8 @@ def notification(pid: int, nr: int, args: list[int], arch: int = supervisor.AUDI
 def test_supervisor_argv_keeps_sinks_off_the_command_line() -> None:
     """The supervisor's argv names fd, kernel pid, mode and profile; sink URLs travel in the environment."""
     argv = supervisor.supervisor_argv(5, 42, "enforce", "kid", "default")
-    assert argv[:3] == [sys.executable, "-m", "kernel_guard.launch.supervisor"]
-    assert argv[3:] == ["--fd", "5", "--kernel-pid", "42", "--mode", "enforce", "--profile", "default",
+    assert argv[:4] == [sys.executable, "-I", "-m", "kernel_guard.launch.supervisor"]
+    assert argv[4:] == ["--fd", "5", "--kernel-pid", "42", "--mode", "enforce", "--profile", "default",
                         "--kernel-id", "kid"]
 
 

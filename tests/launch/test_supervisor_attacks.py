@@ -207,7 +207,7 @@ def test_the_kernel_runs_as_the_notebook_user_in_a_signal_scope(kernel: Launched
     assert kernel.value("__import__('os').getuid()") == NOTEBOOK_USER[0]
     assert landlock.abi_version() >= landlock.SIGNAL_SCOPE_ABI, "CI runs where Landlock ABI 6+ exists"
     status = kernel.value("__import__('kernel_guard.status').status.collect()['layers']['landlock']")
-    assert status["active"] and status["state"].startswith("signal scope"), status
+    assert status["active"] and status["state"].startswith("signal and abstract-socket scope"), status
     sup = psutil.Process(pids["SUP"])
     assert os.getsid(pids["SUP"]) == pids["SUP"] != os.getsid(kernel.pid)
     assert os.getpgid(pids["WITNESS"]) == pids["SUP"]

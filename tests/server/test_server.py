@@ -176,10 +176,10 @@ def test_switching_a_session_to_an_unguarded_kernel_is_refused(server: JupyterSe
 
 
 def test_kernelspec_that_only_looks_guarded_is_refused(server: JupyterServer) -> None:
-    """A kernel.json whose argv names kernel_guard.launch without -P, and whose metadata claims a guard, is refused."""
+    """A kernel.json whose argv names kernel_guard.launch without -I, and whose metadata claims a guard, is refused."""
     response = server.post("/api/kernels", {"name": "forged"})
     assert response.status_code == 403
-    assert "without -P, -I or PYTHONSAFEPATH" in response.json()["message"]
+    assert "without -I" in response.json()["message"] and "install-kernelspec" in response.json()["message"]
 
 
 def test_kernelspec_listing_shows_only_kernels_that_start(server: JupyterServer) -> None:
@@ -326,15 +326,17 @@ def test_nbclient_runs_a_notebook_through_the_guarded_kernelspec(server: Jupyter
 
 # -- pure logic, in process --------------------------------------------------------------
 
-def test_launcher_argv_needs_a_safe_path_flag() -> None:
-    """Only python -P/-I -m kernel_guard.launch counts as the guarded launcher."""
-    assert is_launcher_argv(["/opt/conda/bin/python3", "-P", "-m", "kernel_guard.launch", "-f", "{connection_file}"])
-    assert is_launcher_argv(["python3.11", "-I", "-m", "kernel_guard.launch"])
+def test_launcher_argv_needs_an_isolated_start() -> None:
+    """Only python -I -m kernel_guard.launch counts as the guarded launcher: -P or PYTHONSAFEPATH alone
+    still reads the user's site-packages before the guard."""
+    assert is_launcher_argv(["/opt/conda/bin/python3", "-I", "-m", "kernel_guard.launch", "-f", "{connection_file}"])
+    assert is_launcher_argv(["python3.11", "-BI", "-m", "kernel_guard.launch"])
+    assert not is_launcher_argv(["/opt/conda/bin/python3", "-P", "-m", "kernel_guard.launch", "-f", "{connection_file}"])
     assert not is_launcher_argv(["python", "-m", "kernel_guard.launch", "-f", "{connection_file}"])
     assert not is_launcher_argv(["python", "-P", "-c", "import os", "-m", "kernel_guard.launch"])
     assert not is_launcher_argv(["/home/u/evil", "-P", "-m", "kernel_guard.launch"])
     assert not is_launcher_argv(["python", "-P", "-m", "ipykernel_launcher", "--ext=kernel_guard"])
-    assert is_launcher_argv(["python3", "-m", "kernel_guard.launch"], env={"PYTHONSAFEPATH": "1"})
+    assert not is_launcher_argv(["python3", "-m", "kernel_guard.launch"], env={"PYTHONSAFEPATH": "1"})
 
 
 def test_kernelspec_files_the_server_user_can_change_are_refused(tmp_path) -> None:
@@ -342,7 +344,7 @@ def test_kernelspec_files_the_server_user_can_change_are_refused(tmp_path) -> No
     if os.geteuid() != 0:
         pytest.fail("this test changes file ownership and must run as root (as CI does)")
     uid = 65534
-    argv = [sys.executable, "-P", "-m", "kernel_guard.launch", "-f", "{connection_file}"]
+    argv = [sys.executable, "-I", "-m", "kernel_guard.launch", "-f", "{connection_file}"]
     admin = tmp_path / "admin" / "kg"
     admin.mkdir(parents=True)
     (admin / "kernel.json").write_text("{}")
@@ -374,7 +376,7 @@ def test_kernelspec_files_the_server_user_can_change_are_refused(tmp_path) -> No
 
 def test_kernelspec_env_that_changes_what_loads_is_refused() -> None:
     """A guarded argv with PYTHONPATH or LD_PRELOAD in the kernelspec's env is refused."""
-    argv = ["python3", "-P", "-m", "kernel_guard.launch"]
+    argv = ["python3", "-I", "-m", "kernel_guard.launch"]
     verdict = assess_kernelspec("kg", argv, {"PYTHONPATH": "/home/u/fake"}, None, require_protected=False)
     assert not verdict.allowed and "PYTHONPATH" in verdict.reason
     assert assess_kernelspec("kg", argv, {"PYTHONSAFEPATH": "1", "KERNEL_GUARD_SINKS": "stderr://"}, None,
