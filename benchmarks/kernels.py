@@ -35,7 +35,7 @@ def kernel_command(config: str) -> Tuple[List[str], Dict[str, str]]:
     if config == "extension":
         return [*plain, "--ext=kernel_guard"], {}
     if config == "launcher":
-        return [sys.executable, "-m", "kernel_guard.launch", "-f", "{connection_file}"], {"PYTHONSAFEPATH": "1"}
+        return [sys.executable, "-I", "-m", "kernel_guard.launch", "-f", "{connection_file}"], {}
     raise ValueError(f"unknown configuration {config!r}: one of {', '.join(CONFIGS)}")
 
 

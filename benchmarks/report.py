@@ -24,7 +24,7 @@ JSON shape (``SCHEMA_VERSION`` changes only when a key changes meaning)::
     }
 
 Scenario names: ``audit_hook``, ``workload``, ``cell_latency``, ``kernel_start``,
-``syscalls``, ``refusal``, ``sinks``.  Configurations: ``plain``, ``extension``,
+``syscalls``, ``refusal``, ``sinks``, ``landlock``.  Configurations: ``plain``, ``extension``,
 ``launcher`` (``none``, ``noop``, ``guard`` for ``audit_hook``).
 """
 
@@ -37,7 +37,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 SCHEMA_VERSION = 1
-SCENARIOS = ("audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks")
+SCENARIOS = ("audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock")
 ROW_KEYS = ("metric", "config", "plain", "guarded", "ratio", "target", "met")
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (  # noqa: E402
-    audit_hook, cell_latency, kernels, refusal, report, sinks, startup, syscalls, workload,
+    audit_hook, cell_latency, kernels, landlock, refusal, report, sinks, startup, syscalls, workload,
 )
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             _guarded(results, "cell_latency", lambda: cell_latency.run(workspace, cells, blocks))
         if "workload" in wanted:
             _guarded(results, "workload", lambda: workload.run(workspace, reps, quick))
-        in_kernels = wanted & {"syscalls", "refusal", "sinks"}
+        in_kernels = wanted & {"syscalls", "refusal", "sinks", "landlock"}
         if in_kernels:
             running = kernels.start_all(workspace)
             try:
@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     _guarded(results, "syscalls", lambda: syscalls.run(running, reps, quick))
                 if "refusal" in wanted:
                     _guarded(results, "refusal", lambda: refusal.run(running, reps, quick))
+                if "landlock" in wanted:
+                    _guarded(results, "landlock", lambda: landlock.run(running, reps, quick))
                 if "sinks" in wanted:  # last: the flood leaves its mark on the kernel
                     sink_runs = 1 if quick else min(reps, 3)
                     _guarded(results, "sinks", lambda: sinks.run(sink_runs, quick, running["extension"]))

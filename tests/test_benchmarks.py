@@ -10,12 +10,12 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = {"audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks"}
+SCENARIOS = {"audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock"}
 ROW_KEYS = {"metric", "config", "plain", "guarded", "ratio", "target", "met"}
 
 
 @pytest.mark.timeout(300)
-def test_quick_run_writes_json_with_all_seven_scenarios_and_the_documented_keys(tmp_path):
+def test_quick_run_writes_json_with_all_eight_scenarios_and_the_documented_keys(tmp_path):
     """`run.py --quick` with one repetition and few cells prints a table and writes every scenario's keys."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -42,4 +42,6 @@ def test_quick_run_writes_json_with_all_seven_scenarios_and_the_documented_keys(
     assert doc["scenarios"]["refusal"]["outcomes"]["extension"]["subprocess"] == "refused"
     assert set(doc["scenarios"]["syscalls"]["floor"]) == {"minimal", "guard"}
     assert set(doc["scenarios"]["syscalls"]["floor"]["guard"]) == {"getppid", "stat"}
+    assert {"write", "open_read", "stat", "joblib_first", "pool_round_trip"} <= set(
+        doc["scenarios"]["landlock"]["ratios"]["launcher"])
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels

@@ -1,0 +1,111 @@
+"""Scenario 8: what the launcher's Landlock domain costs files and parallel work.
+
+Inside each running kernel (the launcher's is in its Landlock domain, with the
+interpreter as its only allowed program): writing a small file and opening one
+for reading (Landlock checks writes when a file is opened), a ``stat``, the
+first ``joblib.Parallel(n_jobs=2)`` call (loky starts its workers by exec of the
+interpreter, which the supervisor lets through: the exec round trip is in it),
+and a ``ProcessPoolExecutor`` round trip with two workers.  The extension
+alone has no Landlock and refuses every exec: it is timed on files only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+if __package__:
+    from .kernels import CONFIGS, GUARDED, BenchKernel
+    from .stats import interleaved, median, ratio, rounded
+
+#: the extension alone refuses every exec, loky's and the pool's spawn included
+PARALLEL_CONFIGS = ("plain", "launcher")
+#: metric -> (row label, target ratio)
+METRICS = {
+    "write": ("write 1 KiB to a new file, us", 1.05),
+    "open_read": ("open a file for reading, us", 1.05),
+    "stat": ("os.stat() of a file, us", 1.05),
+    "joblib_first": ("first joblib.Parallel(n_jobs=2) call, ms", 1.2),
+    "pool_round_trip": ("ProcessPoolExecutor(2) start, map, shut down, ms", 1.2),
+}
+
+CODE = r'''
+import os as _os, time as _time, tempfile as _tempfile
+_bench_dir = _tempfile.mkdtemp(prefix="bench-files-", dir=_os.getcwd())
+def _bench_files(n):
+    perf, join = _time.perf_counter, _os.path.join
+    payload = b"x" * 1024
+    best = {"write": float("inf"), "open_read": float("inf"), "stat": float("inf")}
+    for rep in range(3):
+        t = perf()
+        for i in range(n):
+            with open(join(_bench_dir, f"f{rep}-{i}"), "wb") as fh:
+                fh.write(payload)
+        best["write"] = min(best["write"], (perf() - t) / n * 1e6)
+        path = join(_bench_dir, f"f{rep}-0")
+        t = perf()
+        for _ in range(n):
+            open(path, "rb").close()
+        best["open_read"] = min(best["open_read"], (perf() - t) / n * 1e6)
+        t = perf()
+        for _ in range(n):
+            _os.stat(path)
+        best["stat"] = min(best["stat"], (perf() - t) / n * 1e6)
+    return best
+def _bench_parallel():
+    from concurrent.futures import ProcessPoolExecutor
+    out = {}
+    try:
+        from joblib import Parallel, delayed
+        from joblib.externals.loky import get_reusable_executor
+        get_reusable_executor().shutdown(wait=True)  # the next call starts its workers anew
+        t = _time.perf_counter()
+        Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4))
+        out["joblib_first"] = (_time.perf_counter() - t) * 1e3
+    except ImportError:
+        pass
+    t = _time.perf_counter()
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(abs, range(4)))
+    out["pool_round_trip"] = (_time.perf_counter() - t) * 1e3
+    return out
+'''
+
+
+def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[str, Any]:
+    n = 300 if quick else 1000
+    for config, kernel in kernels.items():
+        kernel.execute(CODE)
+        kernel.value("", f"_bench_files({n // 10})")  # warm-up
+        if config in PARALLEL_CONFIGS:
+            kernel.value("", "_bench_parallel()")
+    samples: Dict[str, Dict[str, list]] = {c: {m: [] for m in METRICS} for c in CONFIGS}
+    for index in range(repetitions):
+        for config in interleaved(CONFIGS, index):
+            timed = kernels[config].value("", f"_bench_files({n})")
+            if config in PARALLEL_CONFIGS:
+                timed.update(kernels[config].value("", "_bench_parallel()", timeout=300))
+            for metric, value in timed.items():
+                samples[config][metric].append(value)
+    results = {c: {m: median(v) for m, v in s.items() if v} for c, s in samples.items()}
+    rows = []
+    ratios: Dict[str, Dict[str, Any]] = {}
+    for config in GUARDED:
+        ratios[config] = {}
+        for metric, (label, target) in METRICS.items():
+            if metric not in results[config] or metric not in results["plain"]:
+                continue
+            r = ratio(results[config][metric], results["plain"][metric])
+            ratios[config][metric] = rounded(r, 4)
+            rows.append({"metric": label, "config": config, "plain": rounded(results["plain"][metric], 2),
+                         "guarded": rounded(results[config][metric], 2), "ratio": rounded(r, 3),
+                         "target": f"<= {target}", "met": r is not None and r <= target})
+    return {
+        "title": "files and parallel work in the Landlock domain",
+        "unit": "us per file operation, ms per parallel call",
+        "repetitions": repetitions,
+        "results": {c: {k: rounded(v, 3) for k, v in r.items()} for c, r in results.items()},
+        "ratios": ratios,
+        "target": "file operations <= 1.05x, parallel calls <= 1.2x a plain kernel",
+        "met": all(row["met"] for row in rows),
+        "rows": rows,
+    }
