@@ -257,7 +257,8 @@ def _warm_up() -> dict[str, str]:
     platform.uname()
     platform.processor()  # `uname -p`, cached for debugpy and friends
     cache = _ldconfig_cache()
-    import ipykernel.kernelapp  # noqa: F401  (import-time probes happen now)
+    # ipykernel, zmq, tornado and jupyter_client are imported in step 5, inside every
+    # layer: what runs before them is kept to what the guard itself needs
     _create_profile_dir()
     return cache
 
