@@ -257,8 +257,8 @@ def _warm_up() -> dict[str, str]:
     platform.uname()
     platform.processor()  # `uname -p`, cached for debugpy and friends
     cache = _ldconfig_cache()
-    # ipykernel, zmq, tornado and jupyter_client are imported in step 5, inside every
-    # layer: what runs before them is kept to what the guard itself needs
+    # ipykernel, zmq, tornado and jupyter_client are imported once the Landlock domain
+    # is in force: what runs before it is kept to what the guard itself needs
     _create_profile_dir()
     return cache
 
@@ -556,6 +556,10 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
             warm_up_error = exc
         scope = _apply_landlock(profile, rt.guard)
     rt.pipeline.start()
+    if profile is not None:
+        # inside the Landlock domain, while the supervisor's interpreter starts (step 2
+        # waits for it): the kernel's own imports overlap that wait
+        import ipykernel.kernelapp  # noqa: F401
     rt.layers["launcher"] = "on"
     if profile is None:
         _fail("record", problem or "no profile", profile_path, fatal=True)
