@@ -252,4 +252,15 @@ COMPATIBILITY: List[Check] = [
           "[t.start() for t in ts]; [t.join() for t in ts]\nprint('OK' if sorted(out) == [0, 1, 2, 3] else 'bad')"),
     Check("%env read", "%env HOME\nprint('OK')"),
     Check("interrupt a long cell", "import time\ntime.sleep(60)", expect="KeyboardInterrupt", interrupt_after=1.0),
+    # parallel work that starts the kernel's own interpreter: the launcher's Landlock
+    # domain lets it run (an extension-only kernel refuses it, and check says so)
+    Check("multiprocessing spawn pool", "import multiprocessing as mp\nwith mp.get_context('spawn').Pool(2) as p:\n"
+          "    print('OK' if p.map(abs, [-1, -2]) == [1, 2] else 'bad')"),
+    Check("ProcessPoolExecutor with forkserver", "import concurrent.futures as cf, multiprocessing as mp\n"
+          "with cf.ProcessPoolExecutor(2, mp_context=mp.get_context('forkserver')) as ex:\n"
+          "    print('OK' if list(ex.map(abs, [-1, -2])) == [1, 2] else 'bad')"),
+    Check("joblib.Parallel, default backend", "from joblib import Parallel, delayed\n"
+          "print('OK' if Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2] else 'bad')",
+          requires="joblib"),
+    Check("ctypes.util.find_library", "import ctypes.util\nprint('OK' if ctypes.util.find_library('m') else 'bad')"),
 ]
