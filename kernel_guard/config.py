@@ -15,6 +15,7 @@ replace them.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from typing import Any, Callable
 
@@ -28,6 +29,14 @@ from .exceptions import ConfigError
 __all__ = ["KernelGuard", "load_config", "trusted_file"]
 
 MODES = ("enforce", "audit")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+#: environment variables that change what an interpreter loads: a kernelspec must not set
+#: them (the server refuses it, install-kernelspec --env too)
+LOADER_ENV = re.compile(
+    r"^(LD_|DYLD_)|^(PYTHONPATH|PYTHONHOME|PYTHONSTARTUP|PYTHONUSERBASE|PYTHONINSPECT|PYTHONPLATLIBDIR"
+    r"|PYTHONEXECUTABLE|GCONV_PATH|IPYTHONDIR|IPYTHON_DIR|JUPYTER_PATH|JUPYTER_CONFIG_DIR|JUPYTER_CONFIG_PATH)$"
+)
 _FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
                "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
                *(f"local{i}" for i in range(8)))
@@ -132,6 +141,16 @@ class KernelGuard(Configurable):
         help="Extra regular expressions whose matches are replaced by [REDACTED] in events.",
     ).tag(config=True)
 
+    @validate("redact_patterns")
+    def _validate_patterns(self, proposal: Any) -> list[str]:
+        for pattern in proposal["value"]:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise TraitError(f"KernelGuard.redact_patterns: {pattern!r} is not a regular expression "
+                                 f"({exc}); fix or remove it") from None
+        return list(proposal["value"])
+
     extra_persistence_paths = List(
         Unicode(),
         help="Extra absolute directories that cells may not write to (like IPython startup).",
@@ -150,6 +169,14 @@ class KernelGuard(Configurable):
         Unicode(),
         help="Extra environment variable names that cells may not change.",
     ).tag(config=True)
+
+    @validate("extra_protected_env")
+    def _validate_env_names(self, proposal: Any) -> list[str]:
+        for name in proposal["value"]:
+            if not isinstance(name, str) or not _ENV_NAME.match(name):
+                raise TraitError(f"KernelGuard.extra_protected_env: {name!r} is not an environment variable "
+                                 "name (letters, digits and _, not starting with a digit)")
+        return list(proposal["value"])
 
     # -- delivery: spool, aggregation, network sinks (docs/sinks.md) -----------
     spool_dir = Unicode(
@@ -281,7 +308,7 @@ class KernelGuard(Configurable):
         """Numeric settings stay within sane bounds; the message names the setting and the unit."""
         name, value = proposal["trait"].name, proposal["value"]
         low, high, unit = _RANGES[name]
-        if value < low or (high is not None and value > high):
+        if value != value or value < low or (high is not None and value > high):  # value != value: NaN
             bounds = f"{low:,} or more" if high is None else f"between {low:,} and {high:,}"
             raise TraitError(f"KernelGuard.{name} must be {bounds} {unit}")
         return value
@@ -402,7 +429,16 @@ def load_config(merged: Config | None = None, app: Application | None = None) ->
         if name in trusted and trusted[name] == value:
             continue
         _apply_untrusted(guard, name, value, ignored, untrusted_files)
-    extra = [url for url in _env_list("KERNEL_GUARD_EXTRA_SINKS") if url not in guard.sinks]
+    extra = []
+    for url in _env_list("KERNEL_GUARD_EXTRA_SINKS"):
+        try:
+            url = validate_sink_url(url)
+        except ConfigError as exc:
+            ignored.append({"setting": "KERNEL_GUARD_EXTRA_SINKS", "value": repr(url),
+                            "reason": f"{exc}; sink left out"})
+            continue
+        if url not in guard.sinks and url not in extra:
+            extra.append(url)
     if extra:
         # added by tools such as `kernel-guard check`, whatever the kernelspec sets
         _apply(guard, "sinks", list(guard.sinks) + extra, ignored, "KERNEL_GUARD_EXTRA_SINKS")
@@ -418,18 +454,41 @@ def _apply(guard: KernelGuard, name: str, value: Any, ignored: list, source: str
     try:
         if isinstance(value, DeferredConfigString):
             # --KernelGuard.x=... arrives as text: kernel apps don't list our class
-            value = value.get_value(guard.traits()[name])
+            value = _from_command_line(value, name, guard)
         setattr(guard, name, value)
     except (TraitError, ConfigError) as exc:
         ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value),
                         "reason": f"invalid, kept {getattr(guard, name)!r}: {exc}"})
 
 
+#: list settings whose items never contain a comma: `--KernelGuard.sinks=a,b` is two items
+_COMMA_LISTS = ("sinks", "extra_persistence_paths", "extra_protected_env")
+
+
+def _from_command_line(value: DeferredConfigString, name: str, guard: KernelGuard) -> Any:
+    """A command-line value as the trait takes it: a list literal, or comma-separated
+    items for the lists whose items never hold a comma, or one item."""
+    text = str(value).strip()
+    if isinstance(guard.traits()[name], List):
+        if text.startswith("["):
+            import ast
+
+            try:
+                items = ast.literal_eval(text)
+            except (ValueError, SyntaxError) as exc:
+                raise ConfigError(f"{text[:80]!r} is not a list literal ({exc}): write ['a', 'b']") from None
+            return list(items) if isinstance(items, (list, tuple)) else items
+        if name in _COMMA_LISTS:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return [text]
+    return value.get_value(guard.traits()[name])
+
+
 def _apply_untrusted(guard: KernelGuard, name: str, value: Any, ignored: list, files: list[str]) -> None:
     """Apply a setting from a user-writable file unless it weakens the guard."""
     if isinstance(value, DeferredConfigString) and guard.has_trait(name):
         try:
-            value = value.get_value(guard.traits()[name])
+            value = _from_command_line(value, name, guard)
         except Exception:
             pass
     if name in ADDITIVE and isinstance(value, (list, tuple)):

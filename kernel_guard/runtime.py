@@ -86,7 +86,10 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
         if kernel_id and not _runtime.context.kernel_id:
             _runtime.context.kernel_id = kernel_id
         return _runtime
-    guard, ignored = load_config(config)
+    try:
+        guard, ignored = load_config(config)
+    except Exception as exc:  # a configuration that cannot even be read must not leave the kernel unguarded
+        guard, ignored = _strict_settings(exc)
     context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
     sinks, failures = open_sinks(list(guard.sinks), guard.sink_options())
     if not sinks:
@@ -112,6 +115,14 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
                              reason=item["reason"], setting=item["setting"], value=item["value"],
                              files=item.get("files", [])))
     return _runtime
+
+
+def _strict_settings(exc: BaseException) -> tuple[KernelGuard, list[dict[str, Any]]]:
+    """The strict defaults (enforce, the server log), with the reason the configuration was dropped."""
+    guard = KernelGuard(config=Config(), mode="enforce", sinks=["stderr://"])
+    reason = (f"the configuration could not be read ({type(exc).__name__}: {exc}); "
+              "running with the strict defaults (mode enforce, sink stderr://): fix the setting named above")
+    return guard, [{"setting": "KernelGuard", "value": "(all)", "reason": reason}]
 
 
 def kernel_id_from_app() -> Optional[str]:

@@ -143,3 +143,17 @@ def test_package_magics_policy(make_kernel):
     assert [e["kernel_guard"]["layer"] for e in failures] == ["audit"]
     assert failures[0]["event"]["action"] == "exec-denied"
     assert not [e for e in kernel.new_events() if e["event"]["action"] == "shell-refused"]
+
+
+def test_list_settings_on_the_command_line_are_split_on_commas() -> None:
+    """--KernelGuard.sinks=a,b is two sinks (a list literal works too); a regex list takes one pattern."""
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    from kernel_guard.config import load_config
+
+    config = KVArgParseConfigLoader(argv=["--KernelGuard.sinks=stderr://,logging://kg",
+                                          "--KernelGuard.extra_protected_env=['A', 'B']",
+                                          "--KernelGuard.redact_patterns=x{1,3}"]).load_config()
+    guard, ignored = load_config(config)
+    assert guard.sinks == ["stderr://", "logging://kg"] and guard.extra_protected_env == ["A", "B"]
+    assert guard.redact_patterns == ["x{1,3}"] and ignored == []

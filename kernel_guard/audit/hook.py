@@ -130,7 +130,8 @@ def _dir(path: str) -> str:
 def default_persistence(extra: Iterable[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...], frozenset]:
     """(protected directories, glob patterns, exact files) for this user.
 
-    Directories: Jupyter config and kernelspec dirs, system IPython config.
+    Directories: Jupyter config and kernelspec dirs, system IPython config, the
+    Python environment (prefixes, site-packages, kernel_guard itself).
     Globs: the IPython dir's startup folders and ``*_config.py/json``.
     Files: the shell's start-up files in the home directory.
     """
@@ -151,10 +152,25 @@ def default_persistence(extra: Iterable[str] = ()) -> tuple[tuple[str, ...], tup
     ipdir = _dir(ipdir)
     globs += [ipdir + "*/startup/*", ipdir + "*_config.py", ipdir + "*_config.json",
               ipdir + "*/*_config.py", ipdir + "*/*_config.json", ipdir + "extensions/*"]
+    dirs += _environment_dirs()
     home = os.path.expanduser("~")
     files = frozenset(os.path.realpath(os.path.join(home, f)) for f in _HOME_RC)
     dirs += list(extra)
     return tuple(sorted({_dir(d) for d in dirs})), tuple(globs), files
+
+
+def _environment_dirs() -> list[str]:
+    """The Python environment the kernel and the server import from: its prefixes,
+    site-packages (the user's too) and kernel_guard's own folder (an editable
+    install lives outside site-packages).  Code written there runs at the next start."""
+    import site
+
+    dirs = [sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    try:
+        dirs += [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:  # site without these (an embedded interpreter)
+        pass
+    return [d for d in dirs if d and os.path.realpath(d) != "/"]
 
 
 def glob_pattern(globs: Iterable[str]) -> re.Pattern:

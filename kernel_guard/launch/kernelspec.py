@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -116,12 +117,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="environment variable for the kernel (repeatable), e.g. KERNEL_GUARD_SINKS=...")
 
 
+#: a kernelspec name as jupyter_client accepts it
+_NAME = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
+
+
+def _check_name(name: str) -> str:
+    if not name or not _NAME.match(name):
+        raise ValueError(f"--name {name!r}: a kernelspec name is letters, digits, '.', '_' and '-' "
+                         "(e.g. python3 or python3-guarded)")
+    return name
+
+
 def _parse_env(items: list[str]) -> dict[str, str]:
+    """--env K=V items, each checked as every kernel start would check it."""
+    from ..config import LOADER_ENV, MODES
+    from ..events.sinks import validate_sink_url
+
     env = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--env {item!r} is not K=V")
+        if LOADER_ENV.search(key):
+            raise ValueError(f"--env {key}: it changes what the kernel loads, and the server refuses kernelspecs "
+                             "that set it; configure it elsewhere")
+        if key == "KERNEL_GUARD_MODE" and value not in MODES:
+            raise ValueError(f"--env KERNEL_GUARD_MODE={value!r}: use one of {', '.join(MODES)}")
+        if key in ("KERNEL_GUARD_SINKS", "KERNEL_GUARD_EXTRA_SINKS"):
+            for url in (u.strip() for u in value.split(",")):
+                if url:
+                    try:
+                        validate_sink_url(url)
+                    except KernelGuardError as exc:
+                        raise ValueError(f"--env {key}: {exc}") from None
         env[key] = value
     return env
 
@@ -129,6 +157,7 @@ def _parse_env(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Install; errors name what to fix."""
     try:
+        _check_name(args.name)
         env = _parse_env(args.env)
         prefix = sys.prefix if args.sys_prefix else args.prefix
         path = install(args.name, args.display_name, user=args.user, prefix=prefix,

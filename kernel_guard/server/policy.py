@@ -24,22 +24,16 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from ..config import LOADER_ENV as _LOADER_ENV
+
 __all__ = ["NOT_INSTALLED", "Verdict", "assess_kernelspec", "is_launcher_argv", "writable_by"]
 
 LAUNCH_MODULE = "kernel_guard.launch"
 
 #: interpreter options that may stand between ``python`` and ``-m``
 _PYTHON_FLAGS = re.compile(r"^-[IPsEBuOqd]+$")
-#: options that keep the working directory off ``sys.path`` for ``-m``
 _PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)?)?$")
 NOT_INSTALLED = "is not installed"
-
-#: environment variables a kernelspec must not set: they change what the
-#: launcher imports, loads or reads as configuration
-_LOADER_ENV = re.compile(
-    r"^(LD_|DYLD_)|^(PYTHONPATH|PYTHONHOME|PYTHONSTARTUP|PYTHONUSERBASE|PYTHONINSPECT|PYTHONPLATLIBDIR"
-    r"|PYTHONEXECUTABLE|GCONV_PATH|IPYTHONDIR|IPYTHON_DIR|JUPYTER_PATH|JUPYTER_CONFIG_DIR|JUPYTER_CONFIG_PATH)$"
-)
 
 
 @dataclass(frozen=True)

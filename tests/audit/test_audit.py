@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +115,31 @@ def test_persistence_paths_cannot_be_written(guarded):
         assert_short_refusal(guarded.execute(code))
         assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied", target
         assert not os.path.exists(target)
+
+
+def test_the_python_environment_and_the_guard_itself_cannot_be_written(guarded):
+    """Appending to kernel_guard's own modules, adding one, or a module in site-packages: refused, recorded
+    (the ConfigMap route has no Landlock; in images the environment may belong to the notebook user)."""
+    import sysconfig
+
+    import kernel_guard
+
+    package = os.path.dirname(kernel_guard.__file__)
+    targets = [(os.path.join(package, "__init__.py"), "a"), (os.path.join(package, "planted.py"), "w"),
+               (os.path.join(sysconfig.get_paths()["purelib"], "kg_planted_module.py"), "w")]
+    init = Path(package) / "__init__.py"
+    before = init.read_text()
+    try:
+        for target, mode in targets:
+            guarded.mark()
+            assert_short_refusal(guarded.execute(f"open({target!r}, {mode!r}).write('\\nEVIL = 1\\n')"))
+            assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied", target
+    finally:
+        for target, _mode in targets[1:]:
+            if os.path.exists(target):
+                os.unlink(target)
+    assert init.read_text() == before
+    assert not any(os.path.exists(t) for t, _ in targets[1:])
 
 
 def test_persistence_via_rename_and_symlink_is_refused(guarded):

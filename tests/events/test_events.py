@@ -156,3 +156,14 @@ def test_json_lines_are_the_same_with_and_without_orjson(monkeypatch):
         monkeypatch.setattr(events, "orjson", module)
         line = events.to_json_line(odd)
         assert line.count(b"\n") == 1 and b'"big":1180591620717411303424' in line and b'"1":"<object' in line
+
+
+def test_line_separators_inside_values_are_escaped() -> None:
+    """U+2028, U+2029 and U+0085 are valid unescaped JSON, but str.splitlines breaks lines on them: escaped."""
+    import json
+
+    from kernel_guard.events.schema import make_event, to_json_line
+
+    code = "a\u2028b\u2029c\u0085d"
+    line = to_json_line(make_event("cell-executed", outcome="success", layer="ipython", code=code)).decode()
+    assert len(line.splitlines()) == 1 and json.loads(line)["kernel_guard"]["code"] == code

@@ -89,3 +89,19 @@ def test_malformed_env_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     """--env without '=' is an error naming the argument."""
     assert cli.main(["install-kernelspec", "--prefix", str(tmp_path), "--env", "NOVALUE"]) == 1
     assert "NOVALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name", ""], "a kernelspec name is letters"),
+    (["--name", "has space"], "a kernelspec name is letters"),
+    (["--env", "KERNEL_GUARD_MODE=weak"], "use one of enforce, audit"),
+    (["--env", "KERNEL_GUARD_SINKS=stderr://,http://[::1"], "cannot be parsed"),
+    (["--env", "KERNEL_GUARD_EXTRA_SINKS=syslog+udp://host:0"], "port 0"),
+    (["--env", "PYTHONPATH=/somewhere"], "changes what the kernel loads"),
+])
+def test_install_refuses_what_every_kernel_start_would_reject(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              args: list, message: str) -> None:
+    """A bad name or --env value is refused at install time, naming the option and the fix; nothing is written."""
+    assert cli.main(["install-kernelspec", "--prefix", str(tmp_path), *args]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "share").exists()

@@ -139,8 +139,21 @@ def describe_url(url: str) -> str:
 
 
 def validate_sink_url(url: str) -> str:
-    """Check a sink URL's form; return it, or raise ConfigError naming the fix."""
-    scheme = urlsplit(url).scheme
+    """Check a sink URL's form; return it, or raise ConfigError naming the fix (never
+    anything else: a URL the parser cannot even split is a ConfigError too)."""
+    if not isinstance(url, str):
+        raise ConfigError(f"a sink URL must be text, not {type(url).__name__} {url!r}"[:200])
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"sink URL {url[:100]!r} cannot be parsed ({exc}): write scheme://host:port/path, "
+                          "e.g. syslog+tcp://[::1]:514") from None
+    try:
+        parts.port  # raises ValueError on a port that is not a number or out of range
+    except ValueError:
+        raise ConfigError(f"sink {parts.scheme}://{parts.hostname or ''} has an invalid port: "
+                          f"write {parts.scheme}://host:port") from None
+    scheme = parts.scheme
     if scheme not in SCHEMES:
         known = ", ".join(sorted(f"{s}://" for s in SCHEMES))
         raise ConfigError(
@@ -152,13 +165,10 @@ def validate_sink_url(url: str) -> str:
             raise ConfigError(
                 f"file sink {url!r} needs an absolute path: write file:///abs/path/events.jsonl"
             )
-    parts = urlsplit(url)
     if scheme in ("syslog+udp", "syslog+tcp", "http", "https"):
-        try:
-            parts.port  # raises ValueError on a port that is not a number
-        except ValueError:
-            raise ConfigError(f"sink {scheme}://{parts.hostname or ''} has an invalid port: "
-                              f"write {scheme}://host:port") from None
+        if parts.port == 0:
+            raise ConfigError(f"sink {scheme}://{parts.hostname or ''}:0 has port 0, which no collector "
+                              f"listens on: write {scheme}://host:port")
         if not parts.hostname:
             raise ConfigError(f"sink {scheme}:// needs a host: write {scheme}://host:port"
                               + ("/path" if scheme.startswith("http") else ""))
