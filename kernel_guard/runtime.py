@@ -17,7 +17,7 @@ from .config import KernelGuard, load_config
 from .events import pipeline as _pipeline
 from .events.aggregate import Aggregate
 from .events.pipeline import EventPipeline
-from .events.processors import AddContext, Redact, Sequence
+from .events.processors import AddContext, Redact, Sequence, TruncateCode
 from .events.schema import Event, KernelContext, make_event
 from .events.sinks import Sink, SinkOptions, describe_url, open_sink
 from .exceptions import SinkError
@@ -101,7 +101,7 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     # leave no holes in event.sequence; redaction runs on the writer thread
     # (deferred), not in the cell
     processors = [AddContext(context), Aggregate(guard.aggregate_interval), Sequence(),
-                  Redact(guard.redact_patterns)]
+                  Redact(guard.redact_patterns), TruncateCode()]
     pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size,
                          spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes, start=threads)
     _pipeline.set_pipeline(pipe)

@@ -15,85 +15,27 @@ import itertools
 import os
 import re
 import threading
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from .schema import Event, KernelContext
+from .secrets import REDACTED, redact_argv, redact_text, secret_env_name
 
-__all__ = ["AddContext", "Processor", "Redact", "Sequence", "redact_text"]
+__all__ = ["AddContext", "Processor", "Redact", "Sequence", "TruncateCode", "redact_argv", "redact_text"]
 
 #: A processor: ``event -> event`` (may mutate and return the same dict).
 Processor = Callable[[Event], Event]
-
-REDACTED = "[REDACTED]"
-
-_SECRET_NAMES = r"(?:[A-Za-z0-9_.-]*(?:token|passw(?:or)?d|passwd|secret|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credential|auth)[A-Za-z0-9_.-]*)"
-
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    # Authorization: Bearer xyz / Authorization: Basic xyz (header values)
-    (re.compile(r"(?i)\b(authorization|proxy-authorization)([\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token|digest)\s+)?[^\s'\"]+"),
-     r"\1\2\3 " + REDACTED),
-    # --password=xyz, token=xyz, API_KEY: xyz, "secret": "xyz"
-    (re.compile(r"(?i)(\b" + _SECRET_NAMES + r"[\"']?\s*[=:]\s*[\"']?)((?:bearer|basic|token)\s+)?([^\s'\",;&]+)"),
-     r"\1\2" + REDACTED),
-    # scheme://user:password@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)"), r"\1" + REDACTED + r"\3"),
-    # well-known token shapes: GitHub, Slack, AWS access keys, JWTs
-    (re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"),
-     REDACTED),
-]
-_SECRET_FLAG = re.compile(r"(?i)^--?" + _SECRET_NAMES + "$")
 
 #: environment variables whose *values* are secrets wherever they appear
 SECRET_ENV_PREFIXES = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_OAUTH", "JUPYTER_TOKEN")
 
 
 def _secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values of secret-looking environment variables, longest first."""
+    """Values of secret-looking environment variables (``*_TOKEN``, ``*_API_KEY``,
+    ``*_PAT``, passwords ...), longest first."""
     env = os.environ if environ is None else environ
-    values = {
-        value for name, value in env.items()
-        if len(value) >= 8 and (name.startswith(SECRET_ENV_PREFIXES) or re.search(r"(?i)token|secret|passw", name))
-    }
+    values = {value for name, value in env.items()
+              if len(value) >= 8 and (name.startswith(SECRET_ENV_PREFIXES) or secret_env_name(name))}
     return sorted(values, key=len, reverse=True)
-
-
-def redact_text(text: str, literals: Iterable[str] = ()) -> str:
-    """Replace secrets in free text: known literal values, then patterns."""
-    for literal in literals:
-        if literal in text:
-            text = text.replace(literal, REDACTED)
-    if not text.isascii():
-        # case-insensitive matching folds more than str.lower() (the Kelvin sign,
-        # the long s): non-ASCII text always meets every pattern
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
-        return text
-    # Most texts (commands, paths, reasons) hold no secret: a pattern runs only
-    # when the substrings it cannot match without are there (about 5x cheaper).
-    (auth_header, auth_repl), (named, named_repl), (userinfo, userinfo_repl), (shapes, shapes_repl) = _PATTERNS
-    if "=" in text or ":" in text:
-        lowered = text.lower()
-        if "auth" in lowered:
-            text = auth_header.sub(auth_repl, text)
-        if ("token" in lowered or "passw" in lowered or "secret" in lowered or "key" in lowered
-                or "credential" in lowered or "auth" in lowered):
-            text = named.sub(named_repl, text)
-        if "@" in text and "://" in text:
-            text = userinfo.sub(userinfo_repl, text)
-    if "gh" in text or "xox" in text or "AKIA" in text or "eyJ" in text:
-        text = shapes.sub(shapes_repl, text)
-    return text
-
-
-def redact_argv(argv: list[Any], literals: Iterable[str] = ()) -> list[Any]:
-    """Redact an argv: each argument as text, and the value after ``--token``."""
-    out: list[Any] = []
-    hide_next = False
-    for arg in argv:
-        text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
-        out.append(REDACTED if hide_next else redact_text(text, literals))
-        hide_next = bool(_SECRET_FLAG.match(text))
-    return out
 
 
 class AddContext:
@@ -127,8 +69,9 @@ class Redact:
 
     deferred = True  # on the writer thread: every event passes through it before any sink
 
-    _TEXT_FIELDS = (("process", "command_line"), ("kernel_guard", "code"),
-                    ("kernel_guard", "target"), ("event", "reason"), ("file", "path"))
+    _TEXT_FIELDS = (("process", "command_line"), ("process", "executable"), ("kernel_guard", "code"),
+                    ("kernel_guard", "target"), ("kernel_guard", "notebook"), ("kernel_guard", "value"),
+                    ("event", "reason"), ("file", "path"))
 
     def __init__(self, extra_patterns: Iterable[str] = (), environ: dict[str, str] | None = None) -> None:
         self.literals = _secret_env_values(environ)
@@ -151,6 +94,25 @@ class Redact:
         guard = event.get("kernel_guard")
         if isinstance(guard, dict) and isinstance(guard.get("user_expressions"), dict):
             guard["user_expressions"] = {k: self._text(str(v)) for k, v in guard["user_expressions"].items()}
+        return event
+
+
+class TruncateCode:
+    """Cut a cell's code to its limit *after* redaction (a token crossing the cut
+    would otherwise leave its first part): ``kernel_guard.code_limit`` says where."""
+
+    deferred = True
+
+    def __call__(self, event: Event) -> Event:
+        guard = event.get("kernel_guard")
+        if isinstance(guard, dict) and "code_limit" in guard:
+            limit = guard.pop("code_limit")
+            code = guard.get("code")
+            if isinstance(code, str) and isinstance(limit, int):
+                guard["code"] = code[:limit]
+            expressions = guard.get("user_expressions")
+            if isinstance(expressions, dict) and isinstance(limit, int):
+                guard["user_expressions"] = {k: str(v)[:limit] for k, v in expressions.items()}
         return event
 
 

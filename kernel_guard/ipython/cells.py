@@ -28,7 +28,9 @@ def code_fields(code: str, policy: str, max_chars: int) -> dict[str, Any]:
     if policy == "full":
         fields["code"] = code
     elif policy == "truncated":
-        fields["code"] = code[:max_chars]
+        # cut on the writer thread after redaction (events.processors.TruncateCode)
+        fields["code"] = code
+        fields["code_limit"] = max_chars
         fields["code_truncated"] = len(code) > max_chars
     return fields
 
@@ -52,7 +54,8 @@ def _cell_event(code: str, *, silent: bool, reply: Any, duration: float, cell_id
     if session:
         fields["session"] = session
     if user_expressions:
-        fields["user_expressions"] = {k: str(v)[: rt.guard.code_max_chars] for k, v in user_expressions.items()}
+        fields["user_expressions"] = {k: str(v) for k, v in user_expressions.items()}
+        fields.setdefault("code_limit", rt.guard.code_max_chars)  # cut after redaction
     if status == "error":
         fields["error_name"] = reply.get("ename")
     event = make_event("cell-executed", outcome="success" if status == "ok" else "failure",

@@ -89,6 +89,10 @@ class HardeningReport:
         verdicts = guard.verdicts()
         if not any(v.allowed for v in verdicts):
             add("kernelspecs", "no installed kernelspec may start", "run `kernel-guard install-kernelspec`")
+        for name in self._imports_from_working_folder(verdicts):
+            add(f"kernelspec {name}", "its kernels import from their working folder first (python without -P "
+                "or -I, and no PYTHONSAFEPATH): a kernel_guard/ folder next to a notebook replaces the guard",
+                "add -P to its argv, or PYTHONSAFEPATH=1 to the server's environment")
         for verdict in verdicts:
             if verdict.allowed and self._spec_mode(verdict.name) == "audit":
                 add(f"kernelspec {verdict.name}", "runs the launcher with an audit profile: records, does not refuse",
@@ -108,6 +112,25 @@ class HardeningReport:
                 "this extension: " + ", ".join(user_files),
                 "set Spawner.disable_user_config = True in JupyterHub, keep config root-owned")
         return off
+
+    def _imports_from_working_folder(self, verdicts: list) -> list[str]:
+        """Allowed kernelspecs (by name: guarded ones start isolated) whose Python puts
+        the working folder first on sys.path."""
+        names = []
+        for verdict in verdicts:
+            if not verdict.allowed or verdict.guarded:
+                continue
+            try:
+                spec = self.guard.ksm.get_kernel_spec(verdict.name)
+            except Exception:
+                continue
+            argv, env = list(spec.argv or []), dict(spec.env or {})
+            flags = [a for a in argv[1:3] if a.startswith("-") and not a.startswith("--")]
+            safe = any("P" in f or "I" in f for f in flags) or env.get("PYTHONSAFEPATH") \
+                or os.environ.get("PYTHONSAFEPATH")
+            if "python" in os.path.basename(argv[0] if argv else "") and not safe:
+                names.append(verdict.name)
+        return names
 
     def _spec_mode(self, name: str) -> Optional[str]:
         """The mode a kernelspec's metadata states (informational: never grants a start)."""

@@ -124,15 +124,17 @@ def test_redaction_shortcut_matches_running_every_pattern():
     import random
     import string
 
-    from kernel_guard.events.processors import _PATTERNS
+    from kernel_guard.events.secrets import DETECTORS
 
     def every_pattern(text):
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        for detector in DETECTORS:
+            text = detector.pattern.sub(detector.replacement, text)
         return text
 
     pieces = ["token=", "Password: ", "Authorization: Bearer ", "api_key=", "https://u:p@h/", "ghp_" + "a" * 30,
-              "AKIA" + "B" * 16, "eyJabcdefgh.ijklmnopq.rstuvwxyz", "ls -la", "x", " ", "=", ":", "KEY", "Auth"]
+              "AKIA" + "B" * 16, "eyJabcdefgh.ijklmnopq.rstuvwxyz", "ls -la", "x", " ", "=", ":", "KEY", "Auth",
+              "pwd=", "glpat-" + "c" * 20, "sk-" + "d" * 24, "AIza" + "e" * 35, "hf_" + "f" * 34, "/", "+",
+              "sk_live_" + "g" * 20, "-----BEGIN PRIVATE KEY-----", "_PAT=", "hooks.slack.com/services/T1/B2/x"]
     rng = random.Random(7)
     for _ in range(3000):
         text = "".join(rng.choice(pieces + list(string.ascii_letters)) for _ in range(rng.randint(1, 12)))

@@ -254,6 +254,8 @@ def test_startup_report_names_settings_that_are_off(server: JupyterServer) -> No
     off = {item["setting"] for item in event["kernel_guard"]["settings_off"]}
     assert "MappingKernelManager.allowed_message_types" in off
     assert "MappingKernelManager.cull_idle_timeout" not in off  # culling is on in this server
+    # kg-guarded runs python -m ipykernel_launcher without -P: it imports from its working folder first
+    assert "kernelspec kg-guarded" in off
     assert ("server user" in off) == (os.geteuid() == 0)
     assert event["kernel_guard"]["terminals"] == "refused"
     assert set(event["kernel_guard"]["allowed_kernelspecs"]) >= {"kg-guarded", "kg-shortlived"}
