@@ -82,24 +82,31 @@ plain_read(PyObject *args)
     return 1;
 }
 
-/* /proc/<pid>/environ and /mem are credentials: the policy decides those. */
+/* /proc/<pid>/environ and /mem are credentials: the policy decides every read of a
+ * file named so, however the path is spelled (relative, "//", links in its folders),
+ * and resolves it. */
 static int
-starts_with_proc(PyObject *path)
+may_be_credential(PyObject *path)
 {
-    static PyObject *prefix = NULL;
-    if (prefix == NULL) {
-        prefix = PyUnicode_InternFromString("/proc/");
-        if (prefix == NULL) {
+    static PyObject *suffixes[2] = {NULL, NULL};
+    if (suffixes[0] == NULL) {
+        suffixes[0] = PyUnicode_InternFromString("environ");
+        suffixes[1] = PyUnicode_InternFromString("mem");
+        if (suffixes[0] == NULL || suffixes[1] == NULL) {
             PyErr_Clear();
             return 1;  /* cannot tell: let the policy look */
         }
     }
-    Py_ssize_t r = PyUnicode_Tailmatch(path, prefix, 0, PY_SSIZE_T_MAX, -1);
-    if (r < 0) {
-        PyErr_Clear();
-        return 1;
+    for (int k = 0; k < 2; k++) {
+        Py_ssize_t r = PyUnicode_Tailmatch(path, suffixes[k], 0, PY_SSIZE_T_MAX, 1);
+        if (r != 0) {
+            if (r < 0) {
+                PyErr_Clear();
+            }
+            return 1;
+        }
     }
-    return (int)r;
+    return 0;
 }
 
 static int
@@ -131,7 +138,7 @@ filter_hook(const char *event, PyObject *args, void *data)
         return 0;
     }
     if (strcmp(event, "open") == 0 && args != NULL && plain_read(args)
-            && !starts_with_proc(PyTuple_GET_ITEM(args, 0))) {
+            && !may_be_credential(PyTuple_GET_ITEM(args, 0))) {
         return 0;
     }
     /* as CPython does for Python hooks: no tracer or profiler runs inside the

@@ -70,12 +70,13 @@ INTERESTING_EVENTS = frozenset({
     "pty.spawn", "os.kill", "os.killpg",
     "ctypes.dlopen", "ctypes.dlsym",
     "os.putenv", "os.unsetenv",
-    "open", "os.rename", "os.link", "os.symlink", "shutil.copyfile",
+    "open", "os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.copytree",
     "sys.addaudithook", "cpython.PyInterpreterState_New",
     "object.__setattr__", "object.__delattr__",
 })
 
 _SELF_PROTECTION = frozenset({"object.__setattr__", "object.__delattr__"})
+_MOVE_EVENTS = frozenset({"os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.copytree"})
 
 _EXEC_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "pty.spawn"})
 
@@ -100,6 +101,14 @@ _LIBC_LIKE = re.compile(r"(^|/)(libc|libdl|libpthread|ld-linux)[.-]|(^|/)libc$")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 _PROC_SECRETS = ("/environ", "/mem")
+_PROC_SECRET_NAMES = ("environ", "mem")
+
+
+def _is_proc_secret(path: str) -> bool:
+    """Whether ``path``, as the kernel resolves it (relative to the working folder,
+    extra slashes, links in its folders), is a process's environ or mem."""
+    real = "/" + os.path.realpath(os.path.abspath(path)).lstrip("/")  # POSIX keeps a leading "//"
+    return real.startswith("/proc/") and real.endswith(_PROC_SECRETS)
 
 _HOME_RC = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile",
             ".pythonrc", ".pythonrc.py")
@@ -204,6 +213,20 @@ def is_persistence_path(path: str, dirs: tuple[str, ...], globs: re.Pattern, fil
     return False
 
 
+def replaces_persistence(path: str, dirs: tuple[str, ...], globs: re.Pattern, files: frozenset) -> bool:
+    """Whether a rename, link or copy at ``path`` changes what runs at the next start:
+    the path is a persistence path, or a folder holding one (``~/.ipython`` or
+    ``~/.jupyter`` renamed as a whole, or the home folder itself)."""
+    if is_persistence_path(path, dirs, globs, files):
+        return True
+    folder = _resolve(os.path.abspath(path)).rstrip("/") + "/"
+    if any(d.startswith(folder) for d in dirs) or any(f.startswith(folder) for f in files):
+        return True
+    # the IPython folder and its profiles: their start-up files and configs match the globs
+    probes = ("profile_default/startup/x.py", "startup/x.py", "ipython_config.py", "profile_x/ipython_config.py")
+    return any(globs.match(folder + probe) for probe in probes)
+
+
 # -- recording ---------------------------------------------------------------
 
 def _record(action: str, outcome: str, reason: str, technique: str, **fields: Any) -> None:
@@ -287,12 +310,17 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
                           "a pseudo-terminal child (os.forkpty, used by pty/pexpect)")
     elif event == "open":
         _check_open(args, enforce, persist_dirs, persist_globs, persist_files)
-    elif event in ("os.rename", "os.link", "os.symlink", "shutil.copyfile"):
-        target = args[1]
-        if isinstance(target, (str, bytes)) and is_persistence_path(
-                os.fsdecode(target), persist_dirs, persist_globs, persist_files):
-            _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", event,
-                              f"writing {_short(os.fsdecode(target))}", file={"path": os.fsdecode(target)})
+    elif event in _MOVE_EVENTS:
+        # a rename or hard link changes both ends: moving a start-up folder away (to
+        # put a prepared one in its place) is as good as writing into it
+        ends = (args[0], args[1]) if event in ("os.rename", "os.link") else (args[1],)
+        for end in ends:
+            if isinstance(end, (str, bytes)) and replaces_persistence(
+                    os.fsdecode(end), persist_dirs, persist_globs, persist_files):
+                _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", event,
+                                  f"{'moving' if end is args[0] else 'writing'} {_short(os.fsdecode(end))}",
+                                  file={"path": os.fsdecode(end)})
+                break
     elif event in ("os.putenv", "os.unsetenv"):
         name = os.fsdecode(args[0]) if isinstance(args[0], (str, bytes)) else str(args[0])
         if name in protected_env:
@@ -327,7 +355,7 @@ def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, file
     if not isinstance(path, (str, bytes)):
         return  # an fd (os.fdopen): the file was opened, and checked, before
     path = os.fsdecode(path)
-    if path.startswith("/proc/") and path.endswith(_PROC_SECRETS):
+    if path.endswith(_PROC_SECRET_NAMES) and _is_proc_secret(path):
         # another process's environment (the server's API token) or memory
         _refuse_or_record(enforce, CredentialRefused, "credential-denied", "credential-read", "open",
                           f"reading {_short(path)}", file={"path": path})
@@ -381,11 +409,11 @@ def _make_hook(policy: Policy) -> Callable[[str, tuple], None]:
             if event == "open":
                 # The hot case, decided here without a call: reading an ordinary
                 # file (every import reads a .pyc).  The answer _check_open gives
-                # for mode "r" and a str path outside /proc/ ("/proc/" <= p <
-                # "/proc0" is exactly p.startswith("/proc/"), and cheaper).
-                # ``__class__``, not a global ``type``: module globals cannot fake it.
+                # for mode "r" and a str path not named like a process's environ
+                # or mem, however the rest is spelled.  ``__class__``, not a global
+                # ``type``: module globals cannot fake it.
                 path, mode, _flags = args
-                if mode == "r" and path.__class__ is _str and (path < "/proc/" or path >= "/proc0"):
+                if mode == "r" and path.__class__ is _str and not path.endswith(("environ", "mem")):
                     return
             _decide(event, args, _policy)
 

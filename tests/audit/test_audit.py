@@ -320,3 +320,33 @@ def test_low_level_writes_are_checked_like_open(guarded):
     assert not os.path.exists(startup)
     ok = guarded.execute("import os\nfd = os.open('/etc/hostname', os.O_RDONLY)\nprint(len(os.read(fd, 100)) > 0)\nos.close(fd)")
     assert ok.stdout.strip() == "True"
+
+
+def test_proc_secrets_are_judged_as_the_kernel_resolves_the_path(guarded):
+    """Relative paths, extra slashes, ``.`` and links in the folders: every spelling of /proc/<pid>/environ."""
+    pid = os.getpid()  # the test process: another process, as the server would be
+    spellings = [f"//proc/{pid}/environ", f"/proc//{pid}/./environ",
+                 f"os.chdir('/proc'); open('{pid}/environ')",
+                 f"os.symlink('/proc', 'procdir'); open('procdir/{pid}/environ')"]
+    for spelling in spellings:
+        code = "import os\n" + (spelling if spelling.startswith("os.") else f"open({spelling!r})")
+        guarded.mark()
+        result = guarded.execute(code + "\nos.chdir(os.path.expanduser('~'))")
+        guarded.execute("import os\nos.chdir(os.path.expanduser('~'))")
+        assert_short_refusal(result)
+        assert guarded.failures("audit")[0]["event"]["action"] == "credential-denied", spelling
+
+
+def test_moving_a_start_up_folder_as_a_whole_is_refused(guarded):
+    """Renaming ~/.ipython or ~/.jupyter away (to put a prepared one in place), or onto them, is refused."""
+    ipython = os.path.join(guarded.home, ".ipython")
+    jupyter = os.path.join(guarded.home, ".jupyter")
+    for code in (f"import os\nos.rename({ipython!r}, {ipython + '-old'!r})",
+                 f"import os\nos.makedirs('prepared', exist_ok=True)\nos.rename('prepared', {jupyter!r})",
+                 f"import os, shutil\nos.makedirs('prepared2/startup', exist_ok=True)\n"
+                 f"shutil.copytree('prepared2', {os.path.join(ipython, 'profile_evil')!r})"):
+        guarded.mark()
+        assert_short_refusal(guarded.execute(code))
+        assert guarded.failures("audit")[0]["event"]["action"] == "persistence-denied", code
+    assert os.path.isdir(ipython) and not os.path.exists(ipython + "-old")
+    assert not os.path.exists(os.path.join(ipython, "profile_evil"))
