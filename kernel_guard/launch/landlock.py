@@ -82,7 +82,7 @@ class _RulesetAttr(ctypes.Structure):
 
 @dataclass(frozen=True)
 class LandlockResult:
-    """What :func:`restrict_signals` did: ``applied`` and, if not, ``reason``."""
+    """What :func:`restrict` or :func:`restrict_signals` did: ``applied`` and, if not, ``reason``."""
 
     abi: int
     applied: bool
@@ -135,7 +135,8 @@ def _threads() -> int:
 
 
 def restrict_signals() -> LandlockResult:
-    """Put this process (and every later child) in a domain scoped for signals.
+    """Put this process (and every later child) in a domain with the scopes only
+    (signals, abstract unix sockets), for a profile without filesystem rules.
 
     Raises OSError when the kernel offers the scope but refuses to apply it:
     the caller decides whether that is fatal.
