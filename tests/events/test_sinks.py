@@ -237,3 +237,23 @@ def test_network_sink_modules_load_only_when_used(tmp_path):
                          env={**os.environ, "KERNEL_GUARD_SINKS": f"file://{tmp_path}/e.jsonl",
                               "XDG_STATE_HOME": str(tmp_path)})
     assert out.stdout.split() == ["False", "False", "SinkError", "True"], out.stderr
+
+
+def test_file_sink_refuses_a_symlink_and_a_file_of_another_user(tmp_path) -> None:
+    """In a shared folder, a link planted by someone else, or their file, is refused with the reason."""
+    import os
+
+    from kernel_guard.events.sinks.file import FileSink
+    from kernel_guard.exceptions import SinkError
+
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(SinkError, match="symbolic link"):
+        FileSink(str(link))
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text("")
+    os.chown(foreign, 4242, 4242)
+    with pytest.raises(SinkError, match="belongs to uid 4242"):
+        FileSink(str(foreign))

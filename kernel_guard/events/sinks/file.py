@@ -24,12 +24,20 @@ class FileSink(Sink):
         self.url = "file://" + path
         try:
             os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: in a shared folder another user's symlink must not redirect the record
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
+            why = ("it is a symbolic link, which the file sink does not follow" if exc.errno == errno.ELOOP
+                   else exc.strerror)
             raise SinkError(
-                f"cannot write events to {path}: {exc.strerror}. "
+                f"cannot write events to {path}: {why}. "
                 "Choose a writable path in KERNEL_GUARD_SINKS or c.KernelGuard.sinks."
             ) from exc
+        owner = os.fstat(self._fd).st_uid
+        if owner not in (os.geteuid(), 0):
+            os.close(self._fd)
+            raise SinkError(f"cannot write events to {path}: it belongs to uid {owner}, another user, who could "
+                            "read, truncate or delete this kernel's events. Choose a file of your own or root's.")
 
     @classmethod
     def from_url(cls, url: str) -> "FileSink":
@@ -51,10 +59,16 @@ class FileSink(Sink):
             self._write(b"".join(buf))
 
     def _write(self, data: bytes) -> None:
-        """One write(2); a short write only happens on a full disk."""
+        """One write(2); a short write only happens on a full disk.  Then the torn line
+        is ended, so the next event starts a line of its own instead of joining it."""
         written = os.write(self._fd, data)
         if written != len(data):
-            raise SinkError(f"short write to {self.path}: {errno.errorcode.get(errno.ENOSPC)} (disk full?)")
+            try:
+                os.write(self._fd, b"\n")
+            except OSError:
+                pass
+            raise SinkError(f"short write to {self.path}: {errno.errorcode.get(errno.ENOSPC)} (disk full?); "
+                            "the torn line was ended")
 
     def close(self) -> None:
         if self._fd >= 0:
