@@ -139,3 +139,10 @@ def test_image_route_ships_events_through_a_sidecar_reading_the_sink_file() -> N
     assert {m["name"] for m in sidecar["volumeMounts"]} == {mount["name"]}
     assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
     json.dumps(values)  # plain data: nothing YAML-only that Helm would render differently
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_the_server_never_reads_the_user_site(example: Path) -> None:
+    """The single-user server is not isolated like the guarded kernels: both routes set PYTHONNOUSERSITE."""
+    values = load_yaml(example)
+    assert values["singleuser"]["extraEnv"].get("PYTHONNOUSERSITE") == "1"
