@@ -85,24 +85,28 @@ def _supervisor_layer() -> dict[str, Any]:
 
 
 def _landlock_layer() -> dict[str, Any]:
-    """The signal scope, probed: ``kill(parent, 0)`` fails with EPERM inside a scope
-    even where the parent shares our uid (where it does not, the probe cannot tell)."""
-    applied = (runtime_layers().get("landlock") or "off")
-    abi = _launch.get("landlock_abi")  # probed by the launcher: a ctypes syscall() here would be refused
-    ppid = os.getppid()
-    try:
-        same_uid = os.stat(f"/proc/{ppid}").st_uid == os.getuid()
-        os.kill(ppid, 0)
-        scoped: Optional[bool] = False
-    except PermissionError:
-        scoped = True if same_uid else None
-    except OSError:
-        scoped = None
-    rules = {"abi": abi, "writable": _launch.get("landlock_writable", []),
+    """The domain as the launcher applied it, its signal scope probed: ``kill(parent, 0)``
+    fails with EPERM inside a scope even where the parent shares our uid (where it
+    does not, the probe cannot tell)."""
+    from . import runtime
+
+    rt = runtime.current()
+    applied = (rt.layers.get("landlock") if rt is not None else None) or "off"
+    # the ABI as the launcher probed it: a ctypes syscall() here would be refused
+    rules = {"abi": _launch.get("landlock_abi"), "writable": _launch.get("landlock_writable", []),
              "programs": _launch.get("landlock_programs", [])}
     if applied.startswith("off"):
         return _layer("off", False, **rules, reason=applied.partition(": ")[2]
                       or "no Landlock domain (it needs the launcher and a kernel with Landlock)")
+    ppid = os.getppid()
+    try:
+        same_uid = os.stat(f"/proc/{ppid}").st_uid == os.getuid()
+        os.kill(ppid, 0)
+        scoped: bool | None = False
+    except PermissionError:
+        scoped = True if same_uid else None
+    except OSError:
+        scoped = None
     if scoped:
         return _layer(applied, True, probe=f"kill({ppid}, 0): EPERM", **rules)
     if scoped is None:
@@ -110,13 +114,6 @@ def _landlock_layer() -> dict[str, Any]:
                                                      "user: the signal probe cannot tell)")
     return _layer("off", False, **rules, reason=f"recorded as {applied!r}, but kill({ppid}, 0) reached the "
                                                 "parent: no signal scope is in force")
-
-
-def runtime_layers() -> dict[str, str]:
-    from . import runtime
-
-    rt = runtime.current()
-    return dict(rt.layers) if rt is not None else {}
 
 
 def _audit_layer() -> dict[str, Any]:

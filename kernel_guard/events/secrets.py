@@ -52,12 +52,6 @@ class Detector:
         self.replacement = replacement
         self.folded = folded
 
-    def apply(self, text: str, lowered: str) -> str:
-        haystack = lowered if self.folded else text
-        if any(g in haystack for g in self.gate):
-            return self.pattern.sub(self.replacement, text)
-        return text
-
 
 def _aws_secret(match: "re.Match[str]") -> str:
     """A run of base64 characters that is exactly an AWS secret access key's shape."""

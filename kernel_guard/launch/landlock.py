@@ -89,12 +89,11 @@ class LandlockResult:
     scopes: tuple[str, ...] = ()
     reason: str = ""
     writable: tuple[str, ...] = ()
-    executable: tuple[str, ...] = ()
     programs: tuple[str, ...] = ()
 
     @property
     def enforces_exec(self) -> bool:
-        """Whether the kernel itself refuses every program not in ``executable``."""
+        """Whether the kernel itself refuses every program not in ``programs``."""
         return self.applied and bool(self.programs)
 
     def describe(self) -> str:
@@ -145,24 +144,33 @@ def restrict_signals() -> LandlockResult:
     if abi < SIGNAL_SCOPE_ABI:
         why = "Landlock is not available" if abi == 0 else f"Landlock ABI {abi} has no signal scope"
         return LandlockResult(abi, False, reason=f"{why} (needs ABI {SIGNAL_SCOPE_ABI}, Linux 6.12)")
+    _apply(_RulesetAttr(0, 0, _SCOPES), ctypes.sizeof(_RulesetAttr), [])
+    return LandlockResult(abi, True, scopes=_SCOPE_NAMES)
+
+
+def _apply(attr: _RulesetAttr, size: int, rules: list[tuple[str, int]]) -> None:
+    """Create a ruleset, grant each (path, rights), restrict this process to it.
+
+    Before ABI 8 a domain covers the calling thread only: a thread left outside
+    could act on the notebook's behalf, so the process must be single-threaded.
+    """
     threads = _threads()
     if threads != 1:
-        # before ABI 8 a domain covers the calling thread only: a thread left
-        # outside could signal the supervisor on the notebook's behalf
         raise OSError(errno.EBUSY, f"the process has {threads} threads; the domain would cover one")
-    func, (create, _add, restrict) = _syscall()  # type: ignore[misc]
-    attr = _RulesetAttr(0, 0, _SCOPES)
-    fd = func(create, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
-    if fd < 0:
+    func, (create, add, restrict_self) = _syscall()  # type: ignore[misc]
+    ruleset = func(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
     try:
-        if func(restrict, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
+        problems = [p for p in (_add_rule(func, add, ruleset, path, rights) for path, rights in rules) if p]
+        if problems:
+            raise OSError(errno.EINVAL, "; ".join(problems))
+        if func(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
     finally:
-        os.close(fd)
-    return LandlockResult(abi, True, scopes=_SCOPE_NAMES)
+        os.close(ruleset)
 
 
 def write_rights(abi: int) -> int:
@@ -180,14 +188,13 @@ class Domain:
     """What a kernel's Landlock domain grants; everything else it handles is refused.
 
     ``writable``: folders (and device files) beneath which the kernel may change
-    anything.  ``programs``: the only programs it may start; ``executable`` adds the
-    ELF loader each needs (:func:`allowed_programs`), which Landlock must allow too,
-    but which the supervisor must never let be started directly.
+    anything.  ``programs``: the only programs it may start (real paths); the
+    ELF loader each needs is allowed too (:func:`allowed_programs`), but the
+    supervisor must never let it be started directly.
     ``scope_signals``: no signal to a process outside the domain (ABI 6+).
     """
 
     writable: tuple[str, ...] = ()
-    executable: tuple[str, ...] = ()
     programs: tuple[str, ...] = ()
     scope_signals: bool = True
     min_abi: int = 0
@@ -225,12 +232,11 @@ def elf_interpreter(path: str) -> Optional[str]:
 
 def allowed_programs(programs: tuple[str, ...]) -> tuple[str, ...]:
     """Real paths of ``programs`` and of their ELF loaders, as Landlock will see them."""
-    out: list[str] = []
+    out: dict[str, None] = {}
     for program in programs:
         real = os.path.realpath(program)
-        for path in (real, elf_interpreter(real)):
-            if path and os.path.realpath(path) not in out:
-                out.append(os.path.realpath(path))
+        loader = elf_interpreter(real)
+        out.update({path: None for path in (real, loader and os.path.realpath(loader)) if path})
     return tuple(out)
 
 
@@ -258,35 +264,20 @@ def _add_rule(func: Any, add: int, ruleset: int, path: str, rights: int) -> Opti
 def restrict(domain: Domain) -> LandlockResult:
     """Apply ``domain`` to this process and every later child (single-threaded, as
     :func:`restrict_signals`).  Uses what the kernel's ABI offers and says what that
-    is; raises OSError when the kernel refuses, or offers less than ``min_abi``."""
+    is; raises OSError when the kernel refuses, or offers less than ``min_abi``.
+    Without Landlock and no ``min_abi``, nothing is applied and the result says so."""
     abi = abi_version()
+    if abi == 0 and domain.min_abi == 0:
+        return LandlockResult(0, False, reason="Landlock is not available on this kernel: writes are not "
+                                               "confined and every exec is refused")
     if abi < max(1, domain.min_abi):
         raise OSError(errno.EOPNOTSUPP, f"Landlock ABI {abi} is below the {max(1, domain.min_abi)} the profile "
                                         "requires")
-    threads = _threads()
-    if threads != 1:
-        raise OSError(errno.EBUSY, f"the process has {threads} threads; the domain would cover one")
-    func, (create, add, restrict_self) = _syscall()  # type: ignore[misc]
-    handled = write_rights(abi) | ACCESS_FS_EXECUTE
     scoped = _SCOPES if domain.scope_signals and abi >= SIGNAL_SCOPE_ABI else 0
-    attr = _RulesetAttr(handled, 0, scoped)
+    attr = _RulesetAttr(write_rights(abi) | ACCESS_FS_EXECUTE, 0, scoped)
     size = ctypes.sizeof(attr) if abi >= SIGNAL_SCOPE_ABI else 8  # older kernels know the first field only
-    ruleset = func(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if ruleset < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
-    try:
-        problems = [p for p in (
-            *(_add_rule(func, add, ruleset, path, write_rights(abi)) for path in domain.writable),
-            *(_add_rule(func, add, ruleset, path, ACCESS_FS_EXECUTE) for path in domain.executable),
-        ) if p]
-        if problems:
-            raise OSError(errno.EINVAL, "; ".join(problems))
-        if func(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
-    finally:
-        os.close(ruleset)
-    scopes = _SCOPE_NAMES if scoped else ()
-    return LandlockResult(abi, True, scopes=scopes, writable=domain.writable, executable=domain.executable,
+    rules = [(path, write_rights(abi)) for path in domain.writable]
+    rules += [(path, ACCESS_FS_EXECUTE) for path in allowed_programs(domain.programs)]
+    _apply(attr, size, rules)
+    return LandlockResult(abi, True, scopes=_SCOPE_NAMES if scoped else (), writable=domain.writable,
                           programs=domain.programs)

@@ -5,13 +5,13 @@ ipykernel in the same process.  The order is the security argument, so each
 step is a function and :func:`launch` calls them in sequence:
 
 1. ``record``    audit hook in record mode (from the first moment); the
-                 seccomp profile; credential scrubbing; the supervisor's
-                 process spawned; then the Landlock signal ``scope`` (ABI 6+),
-                 while the process is still single-threaded and with the
-                 supervisor outside it; then the guard's runtime and sinks,
-                 whose threads start inside the scope; imports and look-ups
-                 that need exec (libseccomp bindings, ``find_library``,
-                 ``platform``);
+                 seccomp profile; credential scrubbing; the guard's runtime
+                 and sinks, opened but with no thread yet; the supervisor's
+                 process spawned; imports and look-ups that need exec
+                 (libseccomp bindings, ``find_library``, ``platform``); then
+                 the Landlock domain (``scope``), while the process is still
+                 single-threaded and with the supervisor outside it; then the
+                 pipeline's threads, inside it;
 2. ``supervisor`` a separate process (fork + exec while exec still works)
                  with its own sinks, session and process group, connected by a
                  socket pair; its start overlaps the warm-up, and is waited
@@ -116,27 +116,20 @@ def _drop_cwd_from_path() -> Optional[str]:
     return None
 
 
-def _restore_user_paths(dropped: Optional[str]) -> list[str]:
+def _restore_user_paths(dropped: Optional[str]) -> None:
     """Once the guard is up, what a plain kernel has on sys.path: the notebook
     folder first, ``PYTHONPATH``, the user site (``pip install --user``), which
     ``-I`` or the dropped working directory kept out until now.  Code found there
-    runs inside every layer from here on.  Returns the entries added."""
+    runs inside every layer from here on."""
     import site
 
-    added: list[str] = []
     if dropped is not None or sys.flags.safe_path:  # -I implies safe_path
-        folder = dropped if dropped is not None else os.getcwd()
-        sys.path.insert(0, folder)
-        added.append(folder)
+        sys.path.insert(0, dropped if dropped is not None else os.getcwd())
     if sys.flags.isolated:
-        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-        sys.path[1:1] = extra
-        added += extra
+        sys.path[1:1] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
         user_site = site.getusersitepackages()
         if user_site_wanted() and os.path.isdir(user_site) and user_site not in sys.path:
             site.addsitedir(user_site)  # runs its .pth files: inside the guard now
-            added.append(user_site)
-    return added
 
 
 def user_site_wanted() -> bool:
@@ -306,10 +299,6 @@ def _apply_landlock(profile: Any, guard: Any) -> Any:
         seccomp_filter.set_no_new_privs()  # Landlock needs it, as the filter will
         if settings is None:
             return landlock.restrict_signals()
-        abi = landlock.abi_version()
-        if abi == 0 and settings.min_abi == 0:
-            return landlock.LandlockResult(0, False, reason="Landlock is not available on this kernel: writes "
-                                                            "are not confined and every exec is refused")
         writable, programs = settings.expand(os.path.expanduser("~"), os.getcwd(), sys.executable)
         from ..events.spool import default_spool_root
 
@@ -317,8 +306,7 @@ def _apply_landlock(profile: Any, guard: Any) -> Any:
         if spool:  # network sinks keep writing their spool segments there
             writable = (*writable, spool)
         real = tuple(dict.fromkeys(os.path.realpath(p) for p in programs))
-        domain = landlock.Domain(writable, landlock.allowed_programs(programs), real, min_abi=settings.min_abi)
-        return landlock.restrict(domain)
+        return landlock.restrict(landlock.Domain(writable, real, min_abi=settings.min_abi))
     except OSError as exc:
         return exc
 
@@ -334,7 +322,7 @@ def _start_supervisor(pending: Any, timeout: float) -> Any:
 
 # -- step 3: filter ---------------------------------------------------------------
 
-def _load_filter(profile: Any, handle: Any, scope: Any = None) -> Any:
+def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = ()) -> Any:
     from . import seccomp_filter
 
     seccomp_filter.drop_capability(seccomp_filter.CAP_SYS_PTRACE)
@@ -348,7 +336,6 @@ def _load_filter(profile: Any, handle: Any, scope: Any = None) -> Any:
         else:
             # programs the kernel's own domain lets run: the supervisor may let those
             # continue, since Landlock, not its reading of the target, decides
-            allowed = list(scope.programs) if getattr(scope, "enforces_exec", False) else []
             handle.send_listener(loaded.listener_fd, allowed)
     return loaded
 
@@ -507,8 +494,10 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
     rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
-    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, scope)  # steps 2-4
-    allowed = tuple(scope.programs) if getattr(scope, "enforces_exec", False) and loaded is not None else ()
+    allowed = scope.programs if scope.enforces_exec else ()
+    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed)  # steps 2-4
+    if loaded is None:
+        allowed = ()  # no filter: the supervisor answers nothing, the audit hook lets nothing through
     _enforce(rt, handle, allowed)
     if handle is not None:
         _allow_supervisor_to_read(handle.pid)
@@ -569,16 +558,19 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
                                     "credential scrubbing disabled (--unsafe-keep-credentials)"),
                             variables=scrubbed, patterns=patterns))
     if isinstance(scope, OSError):
+        from .landlock import LandlockResult
+
         required = profile.landlock is not None and profile.landlock.min_abi > 0
         _fail("scope", f"the Landlock domain could not be applied: {scope.strerror}", profile.path,
               fatal=profile.fail_closed or required)
+        scope = LandlockResult(0, False, reason=f"could not be applied: {scope.strerror}")
     if warm_up_error is not None:
         _fail("record", f"{type(warm_up_error).__name__}: {warm_up_error}", profile.path, fatal=profile.fail_closed)
     return rt, profile, scrubbed, ld_cache, pending, scope
 
 
 def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
-           scope: Any = None) -> tuple[Any, Any, dict[str, str]]:
+           allowed: tuple[str, ...] = ()) -> tuple[Any, Any, dict[str, str]]:
     """Steps 2-4: supervisor, filter, verification; (handle, loaded filter, /proc status).
 
     Fails closed under a fail_closed profile; otherwise returns (None, None, status)."""
@@ -591,7 +583,7 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
         if profile.uses_notify:
             handle = _start_supervisor(pending, timeout)  # step 2
         step = "filter"
-        loaded = _load_filter(profile, handle, scope)  # step 3
+        loaded = _load_filter(profile, handle, allowed)  # step 3
         step = "verify"
         return handle, loaded, _verify(handle)  # step 4
     except Exception as exc:
@@ -625,13 +617,11 @@ def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: 
     sup_pid = handle.pid if handle is not None else None
     rt.layers["seccomp"] = profile.mode if loaded is not None else "off"
     rt.layers["supervisor"] = "running" if sup_pid else "none"
-    rt.layers["landlock"] = scope.describe() if hasattr(scope, "describe") else "off"
+    rt.layers["landlock"] = scope.describe()
     status.record_launch(profile=summary, seccomp=loaded is not None, supervisor_pid=sup_pid,
                          architectures=list(loaded.architectures) if loaded else [],
-                         scrubbed=scrubbed, debugger=debugger,
-                         landlock_abi=getattr(scope, "abi", None),
-                         landlock_writable=list(getattr(scope, "writable", ())),
-                         landlock_programs=list(getattr(scope, "programs", ())))
+                         scrubbed=scrubbed, debugger=debugger, landlock_abi=scope.abi,
+                         landlock_writable=list(scope.writable), landlock_programs=list(scope.programs))
     cells.started(layer="launcher", profile=summary, layers=dict(rt.layers), supervisor_pid=sup_pid,
                   seccomp=proc_status.get("Seccomp"), no_new_privs=proc_status.get("NoNewPrivs"))
 

@@ -9,12 +9,13 @@ keeps no copy.  For each notification the supervisor:
 2. reads the attempted path and argv from ``/proc/<pid>/mem`` and checks with
    ``SECCOMP_IOCTL_NOTIF_ID_VALID`` that the target is still the same task, so
    what it records is not from a recycled pid;
-3. answers: ``EPERM`` under an enforce profile, *whatever it read* (a path read
-   from the target's memory can change before the kernel would use it, so it
-   is never a reason to allow), or CONTINUE under the ``audit`` profile
-   (record only; not a security boundary);
-4. records an ``exec-denied`` (or ``exec-attempt``) event through its own
-   sinks, so code in the kernel cannot suppress it.
+3. answers: ``EPERM`` under an enforce profile, unless the program is one the
+   kernel's own Landlock domain allows: then CONTINUE, because Landlock, not
+   what was read (a path in the target's memory can change before the kernel
+   uses it), makes the decision; CONTINUE under the ``audit`` profile (record
+   only; not a security boundary);
+4. records an ``exec-denied`` (``exec-allowed``, ``exec-attempt``) event
+   through its own sinks, so code in the kernel cannot suppress it.
 
 It leaves the kernel's session and process group (no group signal or
 terminal of the kernel's reaches it), ignores SIGINT and terminal signals,
@@ -51,7 +52,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["SupervisorHandle", "current", "main", "start"]
 
@@ -268,10 +269,7 @@ def protection_event(notif: Notification, syscall: str, abi: str, kernel_pid: in
     """``signal-denied`` or ``listener-denied`` for a refused non-exec notification."""
     from ..events.schema import make_event
 
-    process: dict[str, Any] = {"pid": notif.pid, "name": _comm(notif.pid)}
-    ppid = _ppid(notif.pid)
-    if ppid:
-        process["parent"] = {"pid": ppid}
+    process = _caller(notif.pid, name=_comm(notif.pid))
     fields: dict[str, Any] = {"technique": syscall, "syscall": syscall, "abi": abi, "mode": mode,
                               "supervisor_pid": os.getpid(), "kernel_pid": kernel_pid}
     if syscall == "seccomp":
@@ -375,11 +373,8 @@ class Supervisor:
 
         exe = info.get("executable") or "<unreadable>"
         args = redact_argv(info.get("args") or [])
-        process: dict[str, Any] = {"pid": notif.pid, "executable": exe, "args": args,
-                                   "name": os.path.basename(exe), "command_line": " ".join(args)}
-        ppid = _ppid(notif.pid)
-        if ppid:
-            process["parent"] = {"pid": ppid}
+        process = _caller(notif.pid, executable=exe, args=args, name=os.path.basename(exe),
+                          command_line=" ".join(args))
         fields: dict[str, Any] = {"technique": info.get("syscall"), "syscall": info.get("syscall"),
                                   "abi": info.get("abi"), "supervisor_pid": os.getpid(),
                                   "kernel_pid": self.kernel_pid, "mode": self.mode}
@@ -450,6 +445,15 @@ class Supervisor:
                     # the kernel closed its end: keep serving the listener, which
                     # still protects it; only the listener's end ends the loop
                     poller.unregister(self.control.fileno())
+
+
+def _caller(pid: int, **fields: Any) -> dict[str, Any]:
+    """ECS ``process`` fields of a notifying task, with its parent where /proc shows it."""
+    process: dict[str, Any] = {"pid": pid, **fields}
+    ppid = _ppid(pid)
+    if ppid:
+        process["parent"] = {"pid": ppid}
+    return process
 
 
 def _ppid(pid: int) -> Optional[int]:
@@ -642,7 +646,7 @@ class SupervisorHandle:
             raise RuntimeError(f"the supervisor (pid {self.pid}) said {text!r}, expected {word.decode()!r}")
         return rest
 
-    def send_listener(self, fd: int, allowed: list[str] = (), timeout: float = 10.0) -> None:  # type: ignore[assignment]
+    def send_listener(self, fd: int, allowed: Sequence[str] = (), timeout: float = 10.0) -> None:
         """Pass the listener over SCM_RIGHTS, with the programs the kernel's Landlock
         domain lets run, then close the kernel's copy."""
         try:
