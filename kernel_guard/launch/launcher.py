@@ -329,6 +329,8 @@ def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = ()) -> An
     seccomp_filter.set_no_new_privs()
     # signals, pidfds and rlimits aimed at the supervisor go to it: refused and recorded
     extra = seccomp_filter.supervisor_rules(handle.pid, handle.tids, handle.witness) if handle is not None else ()
+    if handle is not None and allowed:
+        extra += seccomp_filter.image_gate_rules()  # each new image is checked before it runs
     loaded = seccomp_filter.load(profile, extra)
     if loaded.listener_fd is not None:
         if handle is None:

@@ -40,6 +40,7 @@ __all__ = [
     "bindings",
     "build_filter",
     "export",
+    "image_gate_rules",
     "listener_fds",
     "load",
     "proc_status",
@@ -78,6 +79,10 @@ _SIGNAL_BY_TGID = ("tgkill", "rt_tgsigqueueinfo")
 #: every non-exec call a profile or the launcher may send to the supervisor,
 #: which refuses each one (see supervisor.Supervisor.refuse_other)
 PROTECTED_SYSCALLS = (*_SIGNAL_BY_TID, *_SIGNAL_BY_TGID, "pidfd_send_signal", "fcntl", "seccomp")
+#: the first call of every new program image: the ELF loader asks for the break
+#: (``brk(NULL)``) before it maps anything, whether it was started as a program's
+#: interpreter or as a program itself
+IMAGE_GATE_SYSCALLS = ("brk",)
 F_SETOWN = 8
 #: pid_t is 32 bits: compare the low half only, so high garbage cannot dodge a rule
 _PID_MASK = 0xFFFFFFFF
@@ -145,6 +150,18 @@ def supervisor_rules(pid: int, tids: list[int], witness: int = 0) -> tuple[Rule,
         rules.append(aimed(("fcntl",), target, 2, set_owner))  # SIGIO/F_SETSIG to it
     rules.append(aimed(("kill",), -pid))
     return tuple(rules)
+
+
+def image_gate_rules() -> tuple[Rule, ...]:
+    """``brk(NULL)`` goes to the supervisor, which lets a new image run only when it
+    is an allowed program.  Landlock must let the ELF loader execute (the kernel
+    opens a program's interpreter for exec), so a path changed between the
+    supervisor's reading and the kernel's could start the loader itself with any
+    program as its argument; the loader's first call stops it before it maps that
+    program.  Added only where the supervisor lets allowed programs run."""
+    null = RuleArg(0, 0, 0, "SCMP_CMP_EQ")
+    return (Rule(IMAGE_GATE_SYSCALLS, "SCMP_ACT_NOTIFY", 1, (null,), "a new program image starts",
+                 "launcher (exec allowlist)"),)
 
 
 def default_architectures() -> tuple[str, ...]:

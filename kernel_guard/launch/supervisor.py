@@ -17,6 +17,12 @@ keeps no copy.  For each notification the supervisor:
 4. records an ``exec-denied`` (``exec-allowed``, ``exec-attempt``) event
    through its own sinks, so code in the kernel cannot suppress it.
 
+Where it lets allowed programs run, every new image's first call
+(``brk(NULL)``, made by the ELF loader before it maps anything) comes here too:
+the image runs only when ``/proc/PID/exe`` is an allowed program, so a path
+changed after step 2 cannot start the loader with a program of its choosing
+(:meth:`Supervisor.check_image`).
+
 It leaves the kernel's session and process group (no group signal or
 terminal of the kernel's reaches it), ignores SIGINT and terminal signals,
 exits on SIGTERM, when the kernel dies (``PR_SET_PDEATHSIG``) and when the
@@ -239,14 +245,15 @@ _SIGNAL_ARG = {"kill": 1, "tkill": 1, "tgkill": 2, "rt_sigqueueinfo": 1, "rt_tgs
                "pidfd_send_signal": 1}
 
 
-def other_syscall_table() -> dict[tuple[int, int], tuple[str, str]]:
+def other_syscall_table(names: Optional[tuple[str, ...]] = None) -> dict[tuple[int, int], tuple[str, str]]:
     """(audit arch, nr) -> (syscall, ABI) for the non-exec syscalls the launcher may
-    send here, numbered by libseccomp for every ABI of this machine."""
+    send here (``names``; default: the protected ones), numbered by libseccomp for
+    every ABI of this machine."""
     from .seccomp_filter import PROTECTED_SYSCALLS, default_architectures, syscall_numbers
 
     table: dict[tuple[int, int], tuple[str, str]] = {}
     for arch_name in default_architectures():
-        for name, (audit_arch, nr) in syscall_numbers(arch_name, PROTECTED_SYSCALLS).items():
+        for name, (audit_arch, nr) in syscall_numbers(arch_name, names or PROTECTED_SYSCALLS).items():
             table[(audit_arch, nr)] = (name, arch_name.rsplit("_ARCH_", 1)[-1].lower())
     return table
 
@@ -318,6 +325,9 @@ class Supervisor:
                        "signals_denied": 0, "listeners_denied": 0}
         self.started = time.time()
         self.other_syscalls = other_syscall_table()
+        from .seccomp_filter import IMAGE_GATE_SYSCALLS
+
+        self.image_gate = other_syscall_table(IMAGE_GATE_SYSCALLS) if allowed else {}
 
     def refuse_other(self, notif: Notification, syscall: str, abi: str) -> None:
         """A signal to a protected process, or a new seccomp listener: always EPERM,
@@ -339,6 +349,9 @@ class Supervisor:
         if other is not None:
             self.refuse_other(notif, *other)
             return
+        if (notif.arch, notif.nr) in self.image_gate:
+            self.check_image(notif)
+            return
         # validate before opening /proc/<pid>/mem (the pid may already be recycled)
         # and after reading (the task may have died while we read)
         info: dict[str, Any] = {"syscall": f"syscall {notif.nr}", "readable": False}
@@ -357,6 +370,40 @@ class Supervisor:
         if not info.get("readable"):
             self.counts["unreadable"] += 1
         self.emit(self.event(notif, info, allow))
+
+    def check_image(self, notif: Notification) -> None:
+        """A new program image's first call: let it run when its executable is an
+        allowed program; otherwise (the ELF loader started as a program, after a
+        path changed under our reading) kill it before it maps anything, and record."""
+        try:
+            exe = os.readlink(f"/proc/{notif.pid}/exe")
+        except OSError:
+            exe = None
+        if not id_valid(self.listener, notif.id):
+            return  # gone, or a recycled pid: nothing of it runs any more
+        if exe is not None and os.path.realpath(exe) in self.allowed:
+            respond(self.listener, notif.id, allow=True)
+            return
+        tgid = _tgid(notif.pid)
+        try:
+            os.kill(tgid or notif.pid, signal.SIGKILL)  # outside the kernel's signal scope
+        except OSError:
+            pass
+        respond(self.listener, notif.id, allow=False)
+        self.counts["denied"] += 1
+        self.emit(self.image_event(notif, exe))
+
+    def image_event(self, notif: Notification, exe: Optional[str]) -> dict:
+        """``exec-denied`` for an image the gate killed."""
+        from ..events.schema import make_event
+
+        shown = exe or "<unreadable>"
+        process = _caller(notif.pid, executable=shown, name=os.path.basename(shown))
+        return make_event("exec-denied", outcome="failure", layer="seccomp", process=process,
+                          technique="loader started as a program", syscall="brk", supervisor_pid=os.getpid(),
+                          kernel_pid=self.kernel_pid, mode=self.mode,
+                          reason=f"{shown} started as a program, not one the kernel may run (its exec path "
+                                 "changed after the supervisor read it): killed before it loaded anything")
 
     def in_allowlist(self, info: dict[str, Any]) -> bool:
         """Whether to let an exec continue under an enforce profile: only when the
@@ -454,6 +501,18 @@ def _caller(pid: int, **fields: Any) -> dict[str, Any]:
     if ppid:
         process["parent"] = {"pid": ppid}
     return process
+
+
+def _tgid(pid: int) -> Optional[int]:
+    """The process (thread group) a task id belongs to."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _ppid(pid: int) -> Optional[int]:

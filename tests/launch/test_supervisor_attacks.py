@@ -158,6 +158,35 @@ HIJACK = """
 """
 
 
+# Threads flip the exec path between the interpreter (allowed) and the ELF loader (which
+# Landlock must let execute) so that the supervisor reads one and the kernel runs the other;
+# the loader then runs /bin/sh.  Prints how many children died by SIGKILL and how many tried.
+RACE = """
+    import ctypes, os, sys, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    py = os.path.realpath(sys.executable).encode()
+    ld = os.path.realpath("/lib64/ld-linux-x86-64.so.2").encode()
+    n = max(len(py), len(ld)) + 1
+    flips = [ctypes.create_string_buffer(p.ljust(n, b"\\0"), n) for p in (ld, py)]
+    argv = (ctypes.c_char_p * 5)(b"x", b"/bin/sh", b"-c", b"echo ran > MARKER", None)
+    killed = tried = 0
+    while killed < 3 and tried < 400 and not os.path.exists("MARKER"):
+        tried += 1
+        pid = os.fork()
+        if pid == 0:
+            path = ctypes.create_string_buffer(py.ljust(n, b"\\0"), n)
+            def flip():
+                while True:
+                    for source in flips:
+                        ctypes.memmove(path, source, n)
+            threading.Thread(target=flip, daemon=True).start()
+            libc.execve(path, argv, (ctypes.c_char_p * 1)(None))
+            os._exit(0)
+        killed += os.waitpid(pid, 0)[1] == 9
+    print(killed, tried)
+"""
+
+
 @pytest.fixture(scope="module")
 def root() -> Iterator[str]:
     with unprivileged_root() as folder:
@@ -321,3 +350,23 @@ def test_a_clean_end_leaves_no_loss_record(spec: str, root: str) -> None:
     actions = [e["event"]["action"] for e in kernel.events()[kernel._mark:]]
     assert "supervisor-stopped" in actions and "supervisor-lost" not in actions, actions
     assert not _alive(pids["WITNESS"]) and events
+
+
+def test_a_path_changed_under_the_supervisor_cannot_start_the_loader(kernel: LaunchedKernel) -> None:
+    """The supervisor reads the interpreter and lets the exec continue; the kernel then runs the
+    ELF loader with /bin/sh as its program.  The loader's first call stops it: killed, recorded."""
+    marker = os.path.join(kernel.work, "raced")
+    kernel.mark()
+    result = kernel.execute(_fill(RACE, {}, marker), timeout=240)
+    assert result.status == "ok", result.error_text
+    killed, tried = map(int, result.stdout.split())
+    assert not os.path.exists(marker), f"the loader ran /bin/sh after {tried} tries"
+    assert killed >= 1, f"no race won in {tried} tries: the test proves nothing"
+    gate = [e for e in kernel.new_events(until=lambda evs: sum(_raced(e) for e in evs) >= killed, timeout=15)
+            if _raced(e)]
+    assert len(gate) >= killed
+    assert gate[0]["event"]["outcome"] == "failure" and "ld-linux" in gate[0]["process"]["executable"]
+
+
+def _raced(event: dict) -> bool:
+    return event["event"]["action"] == "exec-denied" and event["kernel_guard"].get("syscall") == "brk"
