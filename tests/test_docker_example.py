@@ -78,8 +78,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
             copied[dest] = copy_into(src, dest, root)
         elif instruction == "RUN":
             command = args
-            for dest, path in copied.items():
-                command = command.replace(dest, str(path))
+            for dest in copied:  # the folders COPY wrote into (/etc/jupyter, ...) live under root
+                top = "/" + "/".join(dest.strip("/").split("/")[:2])
+                command = re.sub(r"(?<![\w./-])" + re.escape(top), lambda _: str(root) + top, command)
             done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], env=env, cwd=root,
                                   capture_output=True, text=True, timeout=240)
             assert done.returncode == 0, f"RUN {args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -125,3 +126,16 @@ def test_image_server_policy_file_is_valid() -> None:
     assert kernels["default_kernel_name"] == "python3" and kernels["cull_idle_timeout"] > 0
     assert "debug_request" not in kernels["allowed_message_types"]
     assert KernelGuardServer(config=Config(policy)).downloads == "record"
+
+
+def test_the_image_points_the_servers_start_folders_outside_the_home() -> None:
+    """The server's config and data folders are root-owned image folders, /etc/jupyter is locked,
+    and no user site runs in the server."""
+    env = dict(item.split("=", 1) for _, args in instructions(DOCKERFILE.read_text()) if _ == "ENV"
+               for item in shlex.split(args))
+    assert env["JUPYTER_CONFIG_DIR"].startswith("/usr/local/") and env["JUPYTER_DATA_DIR"].startswith("/usr/local/")
+    assert all(env[v].startswith("${HOME}/") for v in ("JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR",
+                                                      "JUPYTERLAB_WORKSPACES_DIR"))
+    assert env["PYTHONNOUSERSITE"] == "1"
+    runs = [args for instruction, args in instructions(DOCKERFILE.read_text()) if instruction == "RUN"]
+    assert any("chown -R root:root /etc/jupyter" in r and "go-w /etc/jupyter" in r for r in runs)

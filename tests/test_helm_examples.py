@@ -146,3 +146,16 @@ def test_the_server_never_reads_the_user_site(example: Path) -> None:
     """The single-user server is not isolated like the guarded kernels: both routes set PYTHONNOUSERSITE."""
     values = load_yaml(example)
     assert values["singleuser"]["extraEnv"].get("PYTHONNOUSERSITE") == "1"
+
+
+@pytest.mark.parametrize("example", ["configmap-values.yaml", "image-values.yaml"])
+def test_the_servers_start_folders_are_outside_the_home(example: str) -> None:
+    """Config and data folders the server reads at start are root-owned image folders; only data
+    (runtime files, JupyterLab settings and workspaces) stays in the home, which kernels can write."""
+    env = load_yaml(REPO / "examples" / "helm" / example)["singleuser"]["extraEnv"]
+    home = "/home/jovyan/"
+    for variable in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR"):
+        assert env[variable].startswith(("/usr/local/", "/etc/")), (variable, env.get(variable))
+    for variable in ("JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
+        assert env[variable].startswith(home), (variable, env.get(variable))
+    assert env["PYTHONNOUSERSITE"] == "1"

@@ -158,9 +158,10 @@ def default_persistence(extra: Iterable[str] = ()) -> tuple[tuple[str, ...], tup
         ipdir = get_ipython_dir()
     except Exception:
         ipdir = "~/.ipython"
-    ipdir = _dir(ipdir)
-    globs += [ipdir + "*/startup/*", ipdir + "*_config.py", ipdir + "*_config.json",
-              ipdir + "*/*_config.py", ipdir + "*/*_config.json", ipdir + "extensions/*"]
+    # the launcher gives its kernel a private IPYTHONDIR: the home's stays protected too
+    for ipdir in sorted({_dir(ipdir), _dir("~/.ipython")}):
+        globs += [ipdir + "*/startup/*", ipdir + "*_config.py", ipdir + "*_config.json",
+                  ipdir + "*/*_config.py", ipdir + "*/*_config.json", ipdir + "extensions/*"]
     dirs += _environment_dirs()
     home = os.path.expanduser("~")
     files = frozenset(os.path.realpath(os.path.join(home, f)) for f in _HOME_RC)

@@ -116,20 +116,23 @@ def _drop_cwd_from_path() -> Optional[str]:
     return None
 
 
-def _restore_user_paths(dropped: Optional[str]) -> None:
+def _restore_user_paths(dropped: Optional[str], folders: Any) -> None:
     """Once the guard is up, what a plain kernel has on sys.path: the notebook
     folder first, ``PYTHONPATH``, the user site (``pip install --user``), which
-    ``-I`` or the dropped working directory kept out until now.  Code found there
-    runs inside every layer from here on."""
+    ``-I`` or the dropped working directory kept out until now.  Modules found
+    there run inside every layer when imported; the user site's ``.pth`` code
+    lines, which would run at every start, do not run."""
     import site
+
+    from .start_folders import add_user_site
 
     if dropped is not None or sys.flags.safe_path:  # -I implies safe_path
         sys.path.insert(0, dropped if dropped is not None else os.getcwd())
     if sys.flags.isolated:
         sys.path[1:1] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
         user_site = site.getusersitepackages()
-        if user_site_wanted() and os.path.isdir(user_site) and user_site not in sys.path:
-            site.addsitedir(user_site)  # runs its .pth files: inside the guard now
+        if user_site_wanted() and os.path.isdir(user_site):
+            add_user_site(user_site, folders)
 
 
 def user_site_wanted() -> bool:
@@ -491,7 +494,10 @@ def _fail(step: str, reason: str, profile_path: str, fatal: bool, handle: Any = 
 def launch(argv: Optional[list[str]] = None) -> NoReturn:
     """Run the five steps, then the kernel; never returns."""
     from ..audit import hook as audit
+    from . import start_folders
 
+    folders = start_folders.StartFolders()
+    start_folders.private_ipython_dir(folders)  # ~/.ipython is writable by the kernel
     audit.install("audit")  # step 1 begins: record from the first moment
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
@@ -506,8 +512,9 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
         handle.watch(_on_supervisor_lost)
     _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed, ld_cache,
                   args.unsafe_allow_debugger)
-    _restore_user_paths(dropped_path)
-    _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope)
+    _restore_user_paths(dropped_path, folders)
+    extra = [*extra, *start_folders.keep_history(folders)]
+    _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope, folders)
     _run_kernel(args.connection_file, extra, handle, profile.path)
 
 
@@ -609,7 +616,7 @@ def _adapt_python(enforce_exec: bool, ld_cache: dict[str, str], allow_debugger: 
 
 
 def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: dict[str, str],
-                  scrubbed: list[str], debugger: bool, scope: Any) -> None:
+                  scrubbed: list[str], debugger: bool, scope: Any, folders: Any) -> None:
     """What was set up, for status and for the kernel-started event."""
     from .. import status
     from ..ipython import cells
@@ -625,7 +632,11 @@ def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: 
                          scrubbed=scrubbed, debugger=debugger, landlock_abi=scope.abi,
                          landlock_writable=list(scope.writable), landlock_programs=list(scope.programs))
     cells.started(layer="launcher", profile=summary, layers=dict(rt.layers), supervisor_pid=sup_pid,
-                  seccomp=proc_status.get("Seccomp"), no_new_privs=proc_status.get("NoNewPrivs"))
+                  seccomp=proc_status.get("Seccomp"), no_new_privs=proc_status.get("NoNewPrivs"),
+                  start_folders=folders.as_event_fields())
+    if folders.not_read:
+        print("kernel_guard: this kernel does not run code from folders it can write itself: "
+              + ", ".join(folders.not_read) + " (shared IPython settings go in /etc/ipython)", file=sys.stderr)
 
 
 def _run_kernel(connection_file: str, extra: list[str], handle: Any, profile_path: str) -> NoReturn:

@@ -21,10 +21,12 @@ from .routes import RouteHooks
 __all__ = ["HardeningReport", "writable_start_folders"]
 
 
-def writable_start_folders() -> list[tuple[str, str]]:
+def writable_start_folders(ipython: bool = True) -> list[tuple[str, str]]:
     """(variable, folder) for each folder read at start-up that this process's user
-    could change: the Jupyter config and data folders, the IPython folder, the user
-    site-packages (where this interpreter uses one).  A folder that does not exist yet counts when it could be created."""
+    could change: the Jupyter config and data folders, the IPython folder (when
+    ``ipython``: launcher kernels use a private one), the user site-packages (where
+    this interpreter uses one).  A folder that does not exist yet counts when it
+    could be created."""
     import site
 
     from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir
@@ -35,8 +37,9 @@ def writable_start_folders() -> list[tuple[str, str]]:
         ipython_dir = get_ipython_dir()
     except Exception:
         ipython_dir = os.path.expanduser("~/.ipython")
-    folders = [("JUPYTER_CONFIG_DIR", jupyter_config_dir()), ("JUPYTER_DATA_DIR", jupyter_data_dir()),
-               ("IPYTHONDIR", ipython_dir)]
+    folders = [("JUPYTER_CONFIG_DIR", jupyter_config_dir()), ("JUPYTER_DATA_DIR", jupyter_data_dir())]
+    if ipython:
+        folders.append(("IPYTHONDIR", ipython_dir))
     if site.ENABLE_USER_SITE:  # this interpreter reads it at start (not in a plain venv)
         folders.append(("PYTHONUSERBASE", site.getusersitepackages()))
     return [(name, path) for name, path in folders if _could_change(path)]
@@ -102,10 +105,13 @@ class HardeningReport:
             add("MappingKernelManager.default_kernel_name",
                 f"the default kernel '{default}' is refused, so 'New notebook' fails",
                 "install the guarded kernelspec as python3 or set default_kernel_name")
-        for variable, folder in writable_start_folders():
+        # launcher kernels read a private IPython folder; other kernels read the user's
+        plain_kernels = any(v.allowed and not v.guarded for v in verdicts)
+        for variable, folder in writable_start_folders(ipython=plain_kernels):
             add(f"${variable}", f"{folder} is read at every server or kernel start and the notebook user can "
                 "write it: a cell (home is one of the kernel's writable roots) can plant code there",
-                f"point {variable} at a root-owned folder (singleuser.extraEnv) or mount it read-only")
+                f"point {variable} at a root-owned folder (singleuser.extraEnv, as examples/helm does) "
+                "or mount it read-only")
         user_files = [path for path in getattr(app, "loaded_config_files", []) if not trusted_file(path)]
         if user_files:
             add("config files", "the server loaded config files its user can change, which can disable "

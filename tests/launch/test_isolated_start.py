@@ -63,3 +63,71 @@ def test_nothing_planted_runs_before_the_guard_and_the_path_is_a_plain_kernels(r
             kernel.shutdown()
     ran = [name for name in os.listdir(planted) if name.startswith("ran-")]
     assert ran == [], f"sitecustomize ran at interpreter start: {ran}"
+
+
+# A cell plants code where IPython looks at every start: a start-up script and exec_lines.
+PLANT_IN_PROFILE = """
+import os
+profile = os.path.expanduser("~/.ipython/profile_default")
+os.makedirs(os.path.join(profile, "startup"), exist_ok=True)
+mark = "open(os.path.join(os.path.expanduser('~'), 'ran-{}'), 'w').close()"
+with open(os.path.join(profile, "startup", "00-planted.py"), "w") as fh:
+    fh.write("import os\\n" + mark.format("startup") + "\\n")
+with open(os.path.join(profile, "ipython_kernel_config.py"), "w") as fh:
+    fh.write("c.InteractiveShellApp.exec_lines = [" + repr("import os; " + mark.format("exec_lines")) + "]\\n")
+history_token = 'remembered-across-kernels'
+print(get_ipython().history_manager.hist_file)
+"""
+
+
+def test_code_planted_in_the_ipython_folder_never_runs_at_a_later_start(root: str) -> None:
+    """A start-up script and exec_lines a cell wrote into ~/.ipython do not run in the next kernel,
+    which says so (stderr, kernel-started); the history is kept, and shared config in /etc/ipython
+    is the documented route."""
+    kernel_root = os.path.join(root, "planted")
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+        # the audit hook only records: the in-process persistence check would refuse the plant
+        audit_only = {"KERNEL_GUARD_MODE": "audit"}
+        first = LaunchedKernel(kernel_root, "guarded", env=audit_only, user=NOTEBOOK_USER).start()
+        try:
+            result = first.execute(PLANT_IN_PROFILE)
+            assert result.status == "ok", result.error_text
+            first_history = result.stdout.strip()
+        finally:
+            first.shutdown()
+        second = LaunchedKernel(kernel_root, "guarded", env=audit_only, user=NOTEBOOK_USER)
+        second.mark()
+        second.start()
+        try:
+            assert second.execute("1 + 1").status == "ok"
+            ipython_dir = second.value("__import__('IPython').paths.get_ipython_dir()")
+            history = second.value("get_ipython().history_manager.hist_file")
+            found = second.value("[c for _, _, c in get_ipython().history_manager.search('*remembered-across*')]")
+        finally:
+            second.shutdown()
+        started = [e for e in second.events() if e["event"]["action"] == "kernel-started"][-1]
+    assert sorted(n for n in os.listdir(second.home) if n.startswith("ran-")) == []
+    assert not ipython_dir.startswith(second.home), ipython_dir
+    assert str(history) == os.path.join(second.home, ".ipython", "profile_default", "history.sqlite")
+    assert any("remembered-across-kernels" in cell for cell in found), found
+    not_read = started["kernel_guard"]["start_folders"]["not_read"]
+    assert any(p.endswith("startup/00-planted.py") for p in not_read), not_read
+    assert any(p.endswith("ipython_kernel_config.py") for p in not_read), not_read
+    assert "does not run code from folders it can write" in second.stderr()
+    assert first_history.startswith(os.path.join(second.home, ".ipython")), first_history
+
+
+def test_the_user_site_pth_files_add_folders_but_run_no_code(tmp_path, monkeypatch) -> None:
+    """A .pth line that names a folder is honoured; one that imports (code at every start) is not run."""
+    from kernel_guard.launch.start_folders import StartFolders, add_user_site
+
+    site_dir = tmp_path / "site"
+    (site_dir / "extra").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    (site_dir / "a.pth").write_text(f"extra\nimport os; open({str(ran)!r}, 'w').close()\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folders = StartFolders()
+    add_user_site(str(site_dir), folders)
+    assert str(site_dir) in sys.path and str(site_dir / "extra") in sys.path
+    assert not ran.exists()
+    assert folders.not_read == [str(site_dir / "a.pth")]

@@ -1,0 +1,118 @@
+"""Folders a kernel reads at start that the kernel itself can write.
+
+Landlock rules only grant, so while the home is a writable root, code a cell
+writes into ``~/.ipython`` (start-up files, ``exec_lines`` in a config file) or
+into the user site's ``.pth`` files would run at every later start, with no
+record of what it was.  Under the launcher:
+
+* the kernel gets a private IPython folder, new at each start and removed at
+  exit: the user's profile is not read (shared settings belong in
+  ``/etc/ipython``, which every kernel reads); only its history file is kept,
+  which is data, not code;
+* the user site stays on ``sys.path`` (modules there run only when imported),
+  but lines of its ``.pth`` files that run code are not run.
+
+The single-user server reads other folders (``~/.jupyter``, the Jupyter data
+folder): those are the deployment's to point elsewhere (see the examples);
+the server's start-up report names each one the user can still write.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+__all__ = ["StartFolders", "add_user_site", "keep_history", "private_ipython_dir"]
+
+#: what IPython would read from a profile at start: config files and start-up scripts
+_CONFIG_NAMES = ("ipython_config.py", "ipython_config.json", "ipython_kernel_config.py",
+                 "ipython_kernel_config.json")
+
+
+@dataclass
+class StartFolders:
+    """What the launcher did about the folders read at start."""
+
+    ipython_dir: str = ""
+    user_ipython_dir: str = ""
+    history_file: str = ""
+    #: user files the kernel no longer reads (config, start-up scripts, .pth files with code)
+    not_read: list[str] = field(default_factory=list)
+
+    def as_event_fields(self) -> dict[str, object]:
+        return {"ipython_dir": "private", "user_ipython_dir": self.user_ipython_dir,
+                "history_file": self.history_file or None, "not_read": self.not_read}
+
+
+def _user_ipython_dir() -> str:
+    """The IPython folder a plain kernel would use (``IPYTHONDIR`` or ``~/.ipython``)."""
+    configured = os.environ.get("IPYTHONDIR") or os.environ.get("IPYTHON_DIR")
+    return os.path.abspath(os.path.expanduser(configured or "~/.ipython"))
+
+
+def _profile_code(profile: str) -> list[str]:
+    """Config files and start-up scripts in a user's profile folder."""
+    found = [os.path.join(profile, name) for name in _CONFIG_NAMES if os.path.isfile(os.path.join(profile, name))]
+    startup = os.path.join(profile, "startup")
+    try:
+        found += sorted(os.path.join(startup, name) for name in os.listdir(startup)
+                        if name.endswith((".py", ".ipy")))
+    except OSError:
+        pass
+    return found
+
+
+def private_ipython_dir(folders: StartFolders) -> None:
+    """Point ``IPYTHONDIR`` at a new private folder, removed at exit.  Called before
+    the audit hook exists: the launcher's own change, not one to record."""
+    folders.user_ipython_dir = _user_ipython_dir()
+    folders.ipython_dir = tempfile.mkdtemp(prefix="kernel-guard-ipython-")
+    atexit.register(shutil.rmtree, folders.ipython_dir, ignore_errors=True)
+    os.environ["IPYTHONDIR"] = folders.ipython_dir
+    os.environ.pop("IPYTHON_DIR", None)
+
+
+def keep_history(folders: StartFolders) -> list[str]:
+    """IPKernelApp arguments that keep the user's history file; records the user's
+    profile code that is no longer read."""
+    profile = os.path.join(folders.user_ipython_dir, "profile_default")
+    folders.not_read += _profile_code(profile)
+    try:
+        os.makedirs(profile, exist_ok=True)  # where a plain kernel keeps its history too
+    except OSError:
+        return []
+    folders.history_file = os.path.join(profile, "history.sqlite")
+    return [f"--HistoryManager.hist_file={folders.history_file}"]
+
+
+def add_user_site(user_site: str, folders: StartFolders) -> None:
+    """The user site on ``sys.path`` as :func:`site.addsitedir` would put it, with
+    the folders its ``.pth`` files name, but none of their ``import`` lines run."""
+    if user_site not in sys.path:
+        sys.path.append(user_site)
+    try:
+        names = sorted(n for n in os.listdir(user_site) if n.endswith(".pth"))
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(user_site, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(("import ", "import\t")):
+                if path not in folders.not_read:
+                    folders.not_read.append(path)
+                continue
+            entry = os.path.join(user_site, line)
+            if os.path.isdir(entry) and entry not in sys.path:
+                sys.path.append(entry)
