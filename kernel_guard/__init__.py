@@ -29,6 +29,7 @@ from .exceptions import (
     ProfileError,
     Refused,
     ShellRefused,
+    SignalRefused,
     SinkError,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "ProfileError",
     "Refused",
     "ShellRefused",
+    "SignalRefused",
     "SinkError",
     "__version__",
     "load_ipython_extension",

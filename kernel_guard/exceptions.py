@@ -11,6 +11,7 @@
     ├── PersistenceRefused        a write to a startup/config path (also a PermissionError)
     ├── EnvironmentRefused        a change to a loader or path variable (also a PermissionError)
     ├── CredentialRefused         reading another process's environment or memory (also a PermissionError)
+    ├── SignalRefused             a ctypes route to kill() or pidfds (also a PermissionError)
     └── InterpreterRefused        subinterpreters, foreign audit hooks, forkpty
 
 Refusals carry ``_render_traceback_`` so IPython shows two short lines rather
@@ -37,6 +38,7 @@ __all__ = [
     "ProfileError",
     "Refused",
     "ShellRefused",
+    "SignalRefused",
     "SinkError",
 ]
 
@@ -113,6 +115,12 @@ class CredentialRefused(Refused, PermissionError):
     """Reading ``/proc/*/environ`` or ``/proc/*/mem`` (where server tokens live)."""
 
     hint = "Process environments and memory are not readable from this kernel."
+
+
+class SignalRefused(Refused, PermissionError):
+    """A ctypes look-up of ``kill``, ``pidfd_send_signal`` and kin, which skip the ``os.kill`` event."""
+
+    hint = "Signal processes with os.kill here (it is checked); kill() and pidfd functions through ctypes are not."
 
 
 class InterpreterRefused(Refused):

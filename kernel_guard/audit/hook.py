@@ -47,7 +47,9 @@ from ..exceptions import (
     InterpreterRefused,
     PersistenceRefused,
     Refused,
+    SignalRefused,
 )
+from . import dirfd, libc_symbols
 
 try:
     from . import _filter as _audit_filter
@@ -68,9 +70,10 @@ __all__ = [
 INTERESTING_EVENTS = frozenset({
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.forkpty",
     "pty.spawn", "os.kill", "os.killpg",
-    "ctypes.dlopen", "ctypes.dlsym",
+    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle",
     "os.putenv", "os.unsetenv",
     "open", "os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.copytree",
+    "os.mkdir", "os.remove", "os.rmdir", "os.chmod", "os.chown", "os.utime", "os.truncate",
     "sys.addaudithook", "cpython.PyInterpreterState_New",
     "object.__setattr__", "object.__delattr__",
 })
@@ -78,13 +81,31 @@ INTERESTING_EVENTS = frozenset({
 _SELF_PROTECTION = frozenset({"object.__setattr__", "object.__delattr__"})
 _MOVE_EVENTS = frozenset({"os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.copytree"})
 
+#: events that change one file or folder in place: event -> (index of the path,
+#: index of its dir_fd or None).  Removing, emptying or chmod-ing kernel_guard's
+#: own modules or a start-up file changes the next start as much as writing it.
+_CHANGE_EVENTS = {"os.mkdir": (0, 2), "os.remove": (0, 1), "os.rmdir": (0, 1), "os.chmod": (0, 2),
+                  "os.chown": (0, 3), "os.utime": (0, 3), "os.truncate": (0, None)}
+
+_SYMBOL_EVENTS = frozenset({"ctypes.dlsym", "ctypes.dlsym/handle"})
+
 _EXEC_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "pty.spawn"})
 
-#: libc entry points that start programs or issue raw system calls
+#: libc entry points that start programs or issue raw system calls: the floor of the
+#: set each hook refuses, to which install adds what the loaded libc exports
+#: (:mod:`.libc_symbols`)
 EXEC_SYMBOLS = frozenset({
     "system", "popen", "execve", "execv", "execvp", "execvpe", "execl", "execlp", "execle",
     "fexecve", "execveat", "posix_spawn", "posix_spawnp", "syscall", "vfork", "clone", "clone3",
     "__libc_system", "do_system",
+})
+
+#: libc entry points that signal another process or take its file descriptors:
+#: through ctypes they skip the ``os.kill`` event, and CPython audits neither
+#: ``os.pidfd_open`` nor ``signal.pidfd_send_signal``
+SIGNAL_SYMBOLS = frozenset({
+    "kill", "killpg", "tgkill", "tkill", "sigqueue", "pthread_sigqueue",
+    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
 })
 
 #: variables that change what a program loads or finds (refused in enforce mode)
@@ -106,8 +127,9 @@ _PROC_SECRET_NAMES = ("environ", "mem")
 
 def _is_proc_secret(path: str) -> bool:
     """Whether ``path``, as the kernel resolves it (relative to the working folder,
-    extra slashes, links in its folders), is a process's environ or mem."""
-    real = "/" + os.path.realpath(os.path.abspath(path)).lstrip("/")  # POSIX keeps a leading "//"
+    extra slashes, ``..`` after a link, links in its folders and the link it names),
+    is a process's environ or mem."""
+    real = "/" + os.path.realpath(path).lstrip("/")  # POSIX keeps a leading "//"
     return real.startswith("/proc/") and real.endswith(_PROC_SECRETS)
 
 _HOME_RC = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile",
@@ -115,8 +137,9 @@ _HOME_RC = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".z
 
 # Policy tuple layout (a plain tuple: immutable, no replaceable descriptors).
 # (enforce, persist_dirs, persist_globs, persist_files, protected_env,
-#  protected_pids, protected_ids, allowed_programs)
-Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozenset, frozenset, frozenset]
+#  protected_pids, protected_ids, allowed_programs, exec_symbols, signal_symbols)
+Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozenset, frozenset, frozenset,
+               frozenset, frozenset]
 
 
 class _State:
@@ -204,7 +227,8 @@ def is_persistence_path(path: str, dirs: tuple[str, ...], globs: re.Pattern, fil
     link into a start-up folder must not launder the write.
     """
     absolute = os.path.abspath(path)
-    resolved = _resolve(absolute)
+    # resolved from the path as given: "link/../x" is beside the link's target, not "x"
+    resolved = _resolve(path if path.startswith("/") else os.path.join(os.getcwd(), path))
     for candidate in (absolute,) if resolved == absolute else (absolute, resolved):
         name = candidate[candidate.rfind("/") + 1:]
         if name.endswith(".pth") or name.startswith(("sitecustomize.", "usercustomize.")):
@@ -220,7 +244,7 @@ def replaces_persistence(path: str, dirs: tuple[str, ...], globs: re.Pattern, fi
     ``~/.jupyter`` renamed as a whole, or the home folder itself)."""
     if is_persistence_path(path, dirs, globs, files):
         return True
-    folder = _resolve(os.path.abspath(path)).rstrip("/") + "/"
+    folder = _resolve(path if path.startswith("/") else os.path.join(os.getcwd(), path)).rstrip("/") + "/"
     if any(d.startswith(folder) for d in dirs) or any(f.startswith(folder) for f in files):
         return True
     # the IPython folder and its profiles: their start-up files and configs match the globs
@@ -293,7 +317,7 @@ def _short(text: str, limit: int = 60) -> str:
 def _decide(event: str, args: tuple, policy: Policy) -> None:
     """Record and, when enforcing, refuse one interesting event."""
     (enforce, persist_dirs, persist_globs, persist_files, protected_env, protected_pids, protected_ids,
-     allowed_programs) = policy
+     allowed_programs, exec_symbols, signal_symbols) = policy
     if not enforce and _State.quiet_record_hook and event not in _SELF_PROTECTION:
         # a record-only hook that an enforcing one has taken over from (the
         # launcher's first hook) would record nothing: it checks nothing but
@@ -312,26 +336,24 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
     elif event == "open":
         _check_open(args, enforce, persist_dirs, persist_globs, persist_files)
     elif event in _MOVE_EVENTS:
-        # a rename or hard link changes both ends: moving a start-up folder away (to
-        # put a prepared one in its place) is as good as writing into it
-        ends = (args[0], args[1]) if event in ("os.rename", "os.link") else (args[1],)
-        for end in ends:
-            if isinstance(end, (str, bytes)) and replaces_persistence(
-                    os.fsdecode(end), persist_dirs, persist_globs, persist_files):
-                _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", event,
-                                  f"{'moving' if end is args[0] else 'writing'} {_short(os.fsdecode(end))}",
-                                  file={"path": os.fsdecode(end)})
-                break
+        _check_move(event, args, enforce, persist_dirs, persist_globs, persist_files)
+    elif event in _CHANGE_EVENTS:
+        _check_change(event, args, enforce, persist_dirs, persist_globs, persist_files)
     elif event in ("os.putenv", "os.unsetenv"):
         name = os.fsdecode(args[0]) if isinstance(args[0], (str, bytes)) else str(args[0])
         if name in protected_env:
             _refuse_or_record(enforce, EnvironmentRefused, "env-denied", "env-change", event,
                               f"changing ${name}", target=name)
-    elif event == "ctypes.dlsym":
-        name = args[1]
-        if isinstance(name, str) and name in EXEC_SYMBOLS:
+    elif event in _SYMBOL_EVENTS:
+        # ctypes.dlsym: a CDLL attribute or item; ctypes.dlsym/handle: _ctypes.dlsym(handle, name)
+        name = os.fsdecode(args[1]) if isinstance(args[1], (str, bytes)) else None
+        if name in exec_symbols:
             _refuse_or_record(enforce, ExecRefused, "symbol-denied", "exec-attempt", event,
                               f"looking up {name}() through ctypes", target=name)
+        elif name in signal_symbols:
+            _refuse_or_record(enforce, SignalRefused, "symbol-denied", "signal-attempt", event,
+                              f"looking up {name}() through ctypes (signals skip the os.kill check)",
+                              target=name)
     elif event == "ctypes.dlopen":
         _check_dlopen(args[0])
     elif event == "sys.addaudithook":
@@ -356,18 +378,87 @@ def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, file
     if not isinstance(path, (str, bytes)):
         return  # an fd (os.fdopen): the file was opened, and checked, before
     path = os.fsdecode(path)
-    if path.endswith(_PROC_SECRET_NAMES) and _is_proc_secret(path):
-        # another process's environment (the server's API token) or memory
-        _refuse_or_record(enforce, CredentialRefused, "credential-denied", "credential-read", "open",
-                          f"reading {_short(path)}", file={"path": path})
-        return
+    secret = path.endswith(_PROC_SECRET_NAMES)
     if isinstance(mode, str):
         writing = any(c in mode for c in "wax+")
     else:
         writing = isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
-    if writing and is_persistence_path(path, dirs, globs, files):
-        _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", "open",
-                          f"writing {_short(path)}", file={"path": path})
+    if not (secret or writing):
+        return
+    candidates = [path]
+    if mode is None and not path.startswith("/"):
+        # os.open: its event leaves out dir_fd, so a relative path may be meant
+        # relative to any folder the process holds open
+        candidates = [os.path.join(folder, path) for folder in dirfd.open_folders()] or candidates
+    if secret:
+        found = next((c for c in candidates if _is_proc_secret(c)), None)
+        if found is not None:
+            # another process's environment (the server's API token) or memory
+            _refuse_or_record(enforce, CredentialRefused, "credential-denied", "credential-read", "open",
+                              f"reading {_short(path)}", file={"path": found})
+            return
+    if writing:
+        found = next((c for c in candidates if is_persistence_path(c, dirs, globs, files)), None)
+        if found is not None:
+            _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", "open",
+                              f"writing {_short(path)}", file={"path": found})
+
+
+def _move_ends(event: str, args: tuple) -> list[tuple[Any, Any, str]]:
+    """(path, dir_fd, what happens to it) for each end of a rename, link, symlink or copy."""
+    if event in ("os.rename", "os.link"):  # (src, dst, src_dir_fd, dst_dir_fd)
+        return [(args[0], args[2], "moving"), (args[1], args[3], "writing")]
+    if event == "os.symlink":  # (target, link, dir_fd): the target is text, only the link is made
+        return [(args[1], args[2], "writing")]
+    return [(args[1], None, "writing")]  # shutil.copyfile / copytree (src, dst)
+
+
+def _check_move(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, files: frozenset) -> None:
+    """A rename or hard link changes both ends: moving a start-up folder away (to put a
+    prepared one in its place) is as good as writing into it.  A symlink whose target
+    is a process's environ or mem would hide the name the open check looks for."""
+    for end, dir_fd, what in _move_ends(event, args):
+        if not isinstance(end, (str, bytes)):
+            continue
+        where = dirfd.resolve_at(end, dir_fd)
+        if where is None or replaces_persistence(where, dirs, globs, files):
+            _refuse_path(enforce, event, what, os.fsdecode(end), where, dir_fd)
+            return
+        if event == "os.symlink" and isinstance(args[0], (str, bytes)):
+            target = os.path.join(os.path.dirname(where), os.fsdecode(args[0]))
+            if target.endswith(_PROC_SECRET_NAMES) and _is_proc_secret(target):
+                _refuse_or_record(enforce, CredentialRefused, "credential-denied", "credential-read", event,
+                                  f"a link to {_short(os.fsdecode(args[0]))}", file={"path": where, "target_path": target})
+                return
+
+
+def _check_change(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, files: frozenset) -> None:
+    """mkdir, remove, rmdir, chmod, chown, utime or truncate of a persistence path
+    (an int path is a descriptor: fchmod, futimes, ftruncate)."""
+    path_index, fd_index = _CHANGE_EVENTS[event]
+    path, dir_fd = args[path_index], args[fd_index] if fd_index is not None else None
+    if isinstance(path, int):
+        where = dirfd.fd_path(path)
+        if where is None:
+            return  # a pipe, a socket or a deleted file: nothing that runs at a start
+        path = where
+    elif not isinstance(path, (str, bytes)):
+        return
+    where = dirfd.resolve_at(path, dir_fd)
+    # creating a folder replaces nothing: only inside protected places; the rest
+    # also for a folder that holds one (removing or chmod-ing ~/.ipython)
+    check = is_persistence_path if event == "os.mkdir" else replaces_persistence
+    if where is None or check(where, dirs, globs, files):
+        _refuse_path(enforce, event, event.split(".")[1], os.fsdecode(path), where, dir_fd)
+
+
+def _refuse_path(enforce: bool, event: str, what: str, path: str, where: str | None, dir_fd: Any) -> None:
+    """Refuse a change at ``where`` (``path`` resolved), or at a path relative to a
+    folder descriptor that names no folder (fail closed)."""
+    shown = _short(path if where is None or where == path else f"{path} ({where})")
+    reason = f"{what} {shown}" + (f" relative to descriptor {dir_fd}, which names no folder" if where is None else "")
+    _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", event, reason,
+                      file={"path": where or path})
 
 
 def _check_dlopen(name: Any) -> None:
@@ -398,7 +489,8 @@ def build_policy(enforce: bool, extra_persistence: Iterable[str] = (), extra_env
     given by the launcher only, for the programs its Landlock domain lets run."""
     dirs, globs, files = default_persistence(extra_persistence)
     return (bool(enforce), dirs, glob_pattern(globs), files, PROTECTED_ENV | frozenset(extra_env),
-            frozenset(protected_pids), frozenset(), frozenset(allowed_programs))
+            frozenset(protected_pids), frozenset(), frozenset(allowed_programs),
+            libc_symbols.derive_exec_symbols(EXEC_SYMBOLS), SIGNAL_SYMBOLS)
 
 
 def _make_hook(policy: Policy) -> Callable[[str, tuple], None]:
@@ -433,8 +525,10 @@ def install(mode: str, **policy_options: Any) -> bool:
     policy = build_policy(mode == "enforce", **policy_options)
     hook = _make_hook(policy)
     # protect the hook's own function objects from __code__/__defaults__ swaps
-    protected = frozenset({id(hook), id(_decide), id(_check_open), id(_refuse_or_record),
-                           id(is_persistence_path), id(_resolve), id(_record)})
+    protected = frozenset(id(f) for f in (
+        hook, _decide, _check_open, _check_move, _check_change, _move_ends, _refuse_path, _refuse_or_record,
+        is_persistence_path, replaces_persistence, _is_proc_secret, _resolve, _record,
+        dirfd.resolve_at, dirfd.fd_path, dirfd.open_folders))
     hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,) + policy[7:], _decide, str)
     _State.adding_own_hook = True
     try:

@@ -6,14 +6,19 @@ token in its environment, and a temporary file sink added through
 ``KERNEL_GUARD_EXTRA_SINKS``.  Each technique is judged from outside the
 kernel: did its marker file appear, did the sink receive a failure event.
 
-Exit status: 0 when every technique was stopped and recorded and every
-compatibility check passed; 1 otherwise; 2 when the kernel could not start.
+Before the kernel starts, the kernelspec itself is read (:mod:`.specs`): a
+Python kernel that imports from its working folder fails the check.  A
+compatibility check whose library the kernel does not have is *skipped*, and
+said so: it is neither counted as ok nor as failed.
+
+Exit status: 0 when every technique was stopped and recorded, the kernelspec
+checks and every compatibility check that ran passed; 1 otherwise; 2 when the
+kernel could not start.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import secrets
@@ -26,6 +31,7 @@ from typing import Any, List, Optional, TextIO
 
 from ..events.schema import to_json
 from ..testing import KernelSession, read_events
+from .specs import SpecResult, check_spec
 from .techniques import CATEGORIES, COMPATIBILITY, TECHNIQUES, Check, Technique
 
 __all__ = ["REPORT_SCHEMA", "CheckReport", "add_arguments", "run", "run_check"]
@@ -43,10 +49,16 @@ REPORT_SCHEMA: dict[str, Any] = {
                            "layer": {"type": ["string", "null"]}, "detail": {"type": "string"}}}},
         "compatibility": {"type": "array", "items": {
             "type": "object", "required": ["name", "ok", "detail"],
-            "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}, "detail": {"type": "string"}}}},
+            "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}, "detail": {"type": "string"},
+                           "skipped": {"type": "boolean"}}}},
+        "kernelspec": {"type": "array", "items": {
+            "type": "object", "required": ["name", "ok", "detail", "fix"],
+            "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}, "detail": {"type": "string"},
+                           "fix": {"type": "string"}}}},
         "summary": {"type": "object", "required": ["techniques", "stopped", "recorded", "compatibility_ok"],
                     "properties": {k: {"type": "integer"} for k in
-                                   ("techniques", "stopped", "recorded", "compatibility_ok", "compatibility")}},
+                                   ("techniques", "stopped", "recorded", "compatibility_ok", "compatibility",
+                                    "compatibility_skipped", "kernelspec_ok", "kernelspec")}},
     },
 }
 
@@ -68,6 +80,8 @@ class CompatibilityResult:
     name: str
     ok: bool
     detail: str
+    #: not run (its library is not installed in the kernel): neither ok nor failed
+    skipped: bool = False
 
 
 @dataclass
@@ -75,10 +89,12 @@ class CheckReport:
     kernel: str
     techniques: List[TechniqueResult] = field(default_factory=list)
     compatibility: List[CompatibilityResult] = field(default_factory=list)
+    kernelspec: List[SpecResult] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(t.stopped and t.recorded for t in self.techniques) and all(c.ok for c in self.compatibility)
+        return (all(t.stopped and t.recorded for t in self.techniques)
+                and all(c.ok or c.skipped for c in self.compatibility) and all(k.ok for k in self.kernelspec))
 
     def summary(self) -> dict[str, int]:
         return {
@@ -86,12 +102,16 @@ class CheckReport:
             "stopped": sum(t.stopped for t in self.techniques),
             "recorded": sum(t.recorded for t in self.techniques),
             "compatibility_ok": sum(c.ok for c in self.compatibility),
+            "compatibility_skipped": sum(c.skipped for c in self.compatibility),
             "compatibility": len(self.compatibility),
+            "kernelspec_ok": sum(k.ok for k in self.kernelspec),
+            "kernelspec": len(self.kernelspec),
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "techniques": [asdict(t) for t in self.techniques],
-                "compatibility": [asdict(c) for c in self.compatibility], "summary": self.summary()}
+                "compatibility": [asdict(c) for c in self.compatibility],
+                "kernelspec": [asdict(k) for k in self.kernelspec], "summary": self.summary()}
 
 
 class _Workspace:
@@ -165,10 +185,18 @@ def _run_technique(kernel: KernelSession, ws: _Workspace, index: int, technique:
     return TechniqueResult(technique.name, technique.category, stopped, recorded, layer, detail[:160])
 
 
+def _kernel_has(kernel: KernelSession, module: str) -> bool:
+    """Whether the kernel (not this process: its interpreter may be another) can import ``module``."""
+    result = kernel.execute(f"import importlib.util\nprint(importlib.util.find_spec({module!r}) is not None)",
+                            timeout=60)
+    return result.stdout.strip() == "True"
+
+
 def _run_compat(kernel: KernelSession, check: Check) -> CompatibilityResult:
-    """Run one compatibility check."""
-    if check.requires and importlib.util.find_spec(check.requires) is None:
-        return CompatibilityResult(check.name, True, f"{check.requires} not installed here: not applicable")
+    """Run one compatibility check (skipped when its library is not in the kernel)."""
+    if check.requires and not _kernel_has(kernel, check.requires):
+        return CompatibilityResult(check.name, False, f"{check.requires} is not installed in the kernel: skipped",
+                                   skipped=True)
     try:
         result = kernel.execute(check.code, timeout=60, interrupt_after=check.interrupt_after)
     except TimeoutError as exc:
@@ -191,9 +219,13 @@ def _session(kernel_name: str, ws: _Workspace, startup_timeout: float) -> Kernel
 
 def run_check(kernel_name: str, only: Optional[str] = None, progress: Optional[TextIO] = None,
               startup_timeout: float = 60) -> CheckReport:
-    """Start ``kernel_name``, run the battery, return the report (RuntimeError if it cannot start)."""
+    """Start ``kernel_name``, run the battery, return the report (RuntimeError if it cannot
+    start, jupyter_client's NoSuchKernel if there is no such kernelspec)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(kernel_name)
     ws = _Workspace()
-    report = CheckReport(kernel=kernel_name)
+    report = CheckReport(kernel=kernel_name, kernelspec=check_spec(spec.argv, dict(spec.env or {})))
     techniques = [t for t in TECHNIQUES if only in (None, t.category)]
     checks = COMPATIBILITY if only in (None, "compatibility") else []
     session = _session(kernel_name, ws, startup_timeout)
@@ -223,7 +255,8 @@ def run_check(kernel_name: str, only: Optional[str] = None, progress: Optional[T
         for offset, check in enumerate(checks, len(techniques) + 1):
             compat = _run_compat(session, check)
             report.compatibility.append(compat)
-            _progress(progress, offset, total, f"compatibility: {check.name}", "ok" if compat.ok else "FAILED")
+            _progress(progress, offset, total, f"compatibility: {check.name}",
+                      "skipped" if compat.skipped else "ok" if compat.ok else "FAILED")
     finally:
         session.shutdown()
         ws.cleanup()
@@ -251,18 +284,33 @@ def format_table(report: CheckReport) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if report.kernelspec:
+        lines += ["", "kernelspec"]
+        for k in report.kernelspec:
+            lines.append(f"  {'ok ' if k.ok else 'FAIL'} {k.name}: {k.detail}")
+            if k.fix:
+                lines.append(f"       fix: {k.fix}")
     if report.compatibility:
         lines += ["", "compatibility"]
-        lines += [f"  {'ok ' if c.ok else 'FAIL'} {c.name}: {c.detail}" for c in report.compatibility]
-    s = report.summary()
-    lines += ["", f"{report.kernel}: {s['stopped']}/{s['techniques']} techniques stopped, "
-                  f"{s['recorded']}/{s['techniques']} recorded, "
-                  f"{s['compatibility_ok']}/{s['compatibility']} compatibility checks ok — "
-                  + ("PASS" if report.passed else "FAIL")]
+        lines += [f"  {'skip' if c.skipped else 'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}"
+                  for c in report.compatibility]
+    lines += ["", f"{report.kernel}: {_summary_line(report.summary())} — " + ("PASS" if report.passed else "FAIL")]
     escaped = [t for t in report.techniques if not t.stopped]
     if escaped:
         lines.append("escaped: " + ", ".join(t.name for t in escaped))
     return "\n".join(lines)
+
+
+def _summary_line(s: dict[str, int]) -> str:
+    """Counts as a reader wants them: a skipped check is neither ok nor failed."""
+    spec_failed = s["kernelspec"] - s["kernelspec_ok"]
+    compat_failed = s["compatibility"] - s["compatibility_ok"] - s["compatibility_skipped"]
+    return "; ".join([
+        f"{s['stopped']}/{s['techniques']} techniques stopped, {s['recorded']}/{s['techniques']} recorded",
+        f"kernelspec checks: {s['kernelspec_ok']} ok" + (f", {spec_failed} FAILED" if spec_failed else ""),
+        f"compatibility checks: {s['compatibility_ok']} ok, {s['compatibility_skipped']} skipped"
+        + (f", {compat_failed} FAILED" if compat_failed else ""),
+    ])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

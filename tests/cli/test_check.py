@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import jsonschema
@@ -82,3 +84,56 @@ def test_unknown_kernelspec_exits_2(kernels_dir, capsys):
     """A kernelspec name that does not exist gives exit status 2 naming it."""
     assert cli.main(["check", "--kernel", "no-such-kernel"]) == 2
     assert "no-such-kernel" in capsys.readouterr().err
+
+
+def _kernel_guard(*args: str) -> subprocess.CompletedProcess:
+    """The console script, as a user runs it (JUPYTER_PATH from the fixture)."""
+    script = os.path.join(os.path.dirname(sys.executable), "kernel-guard")
+    return subprocess.run([script, *args], capture_output=True, text=True, timeout=600)
+
+
+def _add_spec(kernels, name: str, argv: list, env: dict | None = None) -> None:
+    (kernels / name).mkdir()
+    body = {"argv": argv, "display_name": name, "language": "python", **({"env": env} if env else {})}
+    (kernels / name / "kernel.json").write_text(json.dumps(body))
+
+
+def test_a_kernelspec_that_imports_from_its_working_folder_fails_with_the_fix(kernels_dir):
+    """`kernel-guard check` on python -m ipykernel_launcher (no -P, -I or PYTHONSAFEPATH) reports the
+    failed kernelspec check and its fix, and exits 1 although every compatibility check passes."""
+    out = _kernel_guard("check", "--kernel", "plain", "--only", "compatibility")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL imports from its working folder" in out.stdout
+    assert 'fix: add "-P"' in out.stdout and "PYTHONSAFEPATH" in out.stdout
+    assert "kernelspec checks: 0 ok, 1 FAILED" in out.stdout and out.stdout.rstrip().endswith("FAIL")
+
+
+@pytest.mark.parametrize("flag_or_env", [["-P"], {"PYTHONSAFEPATH": "1"}])
+def test_a_kernelspec_with_a_safe_path_passes_the_check(kernels_dir, flag_or_env):
+    """-P in argv, or PYTHONSAFEPATH=1 in env: the kernelspec check is ok (JSON report, schema-valid)."""
+    flags = flag_or_env if isinstance(flag_or_env, list) else []
+    env = flag_or_env if isinstance(flag_or_env, dict) else None
+    _add_spec(kernels_dir, "safe", [sys.executable, *flags, "-m", "ipykernel_launcher", "-f", "{connection_file}"], env)
+    out = _kernel_guard("check", "--kernel", "safe", "--only", "compatibility", "--format", "json")
+    report = json.loads(out.stdout)
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert [k["ok"] for k in report["kernelspec"]] == [True]
+    assert out.returncode == 0, report
+
+
+def test_skipped_compatibility_checks_are_counted_as_skipped(kernels_dir):
+    """Checks whose library the kernel lacks are shown as skipped, not ok: '<n> ok, 2 skipped'."""
+    hide = "--IPKernelApp.exec_lines=import sys; sys.modules.update(pandas=None, joblib=None)"
+    _add_spec(kernels_dir, "nolibs", [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", "{connection_file}", hide])
+    out = _kernel_guard("check", "--kernel", "nolibs", "--only", "compatibility")
+    ran = len(COMPATIBILITY) - 2
+    assert f"compatibility checks: {ran} ok, 2 skipped" in out.stdout, out.stdout + out.stderr
+    assert "skip pandas group-by: pandas is not installed in the kernel: skipped" in out.stdout
+    assert "skip joblib.Parallel" in out.stdout and "skipped" in out.stderr  # the progress lines too
+    assert out.returncode == 0
+    report = json.loads(_kernel_guard("check", "--kernel", "nolibs", "--only", "compatibility",
+                                      "--format", "json").stdout)
+    summary = report["summary"]
+    assert (summary["compatibility_ok"], summary["compatibility_skipped"]) == (ran, 2)
+    assert sorted(c["name"] for c in report["compatibility"] if c["skipped"] and not c["ok"]) == [
+        "joblib.Parallel, default backend", "pandas group-by"]
