@@ -162,10 +162,9 @@ class ServerGuard:
                       allowed_kernelspecs=self.allowed_names(), technique="unguarded-kernelspec",
                       target=target)
         if not self.enforcing:
-            self.emit("kernel-unguarded", "unknown", "audit mode: recorded, not refused: " + message,
-                      types=["start", "allowed"], **fields)
+            self.emit("kernel-unguarded", "unknown", "audit mode: recorded, not refused: " + message, **fields)
             return
-        self.emit("kernel-refused", "failure", message, types=["start", "denied"], **fields)
+        self.emit("kernel-refused", "failure", message, **fields)
         self.app.log.warning("%s", message)
         raise KernelRefused(message)
 

@@ -38,8 +38,6 @@ _CULLING: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("kernel
 #: the notebook path of a kernel being started (kernel_actions events carry none)
 _STARTING: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("kernel_guard_starting", default=None)
 
-_ACTION_TYPES = {"start": ["start"], "restart": ["change"], "interrupt": ["change"],
-                 "shutdown": ["end"], "culled": ["end"]}
 
 
 class KernelHooks:
@@ -147,7 +145,7 @@ class KernelHooks:
         notebook = self.guard.notebook_of(kernel_id) or starting.get("notebook")
         ok = data.get("status") == "success"
         self.guard.emit(f"kernel-{action}", "success" if ok else "failure", data.get("msg") or action,
-                        types=_ACTION_TYPES.get(action, ["info"]), kernel_id=kernel_id,
+                        kernel_id=kernel_id,
                         kernel_name=data.get("kernel_name"), notebook=notebook,
                         status_code=data.get("status_code"))
         if action in ("shutdown", "culled") and ok and kernel_id:

@@ -167,7 +167,6 @@ class HardeningReport:
             guard.app.log.info("kernel_guard: server hardening settings are all on")
             event = make_event("server-hardening", outcome="success", layer="server", kind="state",
                                reason="all hardening settings are on", **fields)
-        event["event"]["category"], event["event"]["type"] = ["configuration"], ["info"]
         guard.runtime.emit(event)
         guard.app.log.info("kernel_guard: kernels that may start: %s",
                            ", ".join(fields["allowed_kernelspecs"]) or "none")

@@ -48,18 +48,18 @@ class RouteHooks:
             setattr(manager, method, guarded)
 
     def terminal_attempt(self) -> None:
-        fields = dict(category=["process"], technique="terminal")
+        fields = dict(technique="terminal")
         if self.guard.settings.allow_terminals:
             self.guard.emit("terminal-created", "success", "terminal opened (KernelGuardServer.allow_terminals)",
-                            types=["start", "allowed"], **fields)
+                            **fields)
             return
         message = ("kernel_guard: terminals are disabled on this server. "
                    "Use a notebook instead, or ask your administrator.")
         if not self.guard.enforcing:
             self.guard.emit("terminal-created", "unknown", "audit mode: recorded, not refused: " + message,
-                            types=["start", "allowed"], **fields)
+                            **fields)
             return
-        self.guard.emit("terminal-refused", "failure", message, types=["start", "denied"], **fields)
+        self.guard.emit("terminal-refused", "failure", message, **fields)
         raise web.HTTPError(403, message, reason="Forbidden by kernel_guard")
 
     # downloads ------------------------------------------------------------------------
@@ -68,13 +68,12 @@ class RouteHooks:
         policy = self.guard.settings.downloads
         if policy == "allow":
             return
-        fields = dict(category=["file"], route=route, file_path=path, technique="download")
+        fields = dict(route=route, file_path=path, technique="download")
         if policy == "refuse" and self.guard.enforcing:
             message = f"kernel_guard: downloading files is disabled on this server ({path})."
-            self.guard.emit("file-download-refused", "failure", message, types=["access", "denied"], **fields)
+            self.guard.emit("file-download-refused", "failure", message, **fields)
             raise web.HTTPError(403, message, reason="Forbidden by kernel_guard")
-        self.guard.emit("file-download", "success", f"download of {path} through {route}",
-                        types=["access"], **fields)
+        self.guard.emit("file-download", "success", f"download of {path} through {route}", **fields)
 
     # handlers ------------------------------------------------------------------------
     def guard_routes(self) -> None:
