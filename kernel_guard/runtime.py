@@ -19,6 +19,7 @@ from .events.aggregate import Aggregate
 from .events.pipeline import EventPipeline
 from .events.processors import AddContext, Redact, Sequence, TruncateCode
 from .events.schema import Event, KernelContext, make_event
+from .events.streams import StreamChain
 from .events.sinks import Sink, SinkOptions, describe_url, open_sink
 from .exceptions import SinkError
 
@@ -78,9 +79,12 @@ def _stderr(text: str) -> None:
     _pipeline._stderr_line(text)
 
 
-def start(config: Config | None = None, kernel_id: str | None = None, threads: bool = True) -> Runtime:
+def start(config: Config | None = None, kernel_id: str | None = None, threads: bool = True,
+          sinks: bool = True) -> Runtime:
     """Start the guard's runtime once per process and return it.  ``threads=False``
-    opens sinks and spools but leaves the pipeline's threads to ``pipeline.start()``."""
+    opens sinks and spools but leaves the pipeline's threads to ``pipeline.start()``;
+    ``sinks=False`` opens none either: the caller sets them before the threads start
+    (the launcher hands the kernel's events to its custodian)."""
     global _runtime
     if _runtime is not None:
         if kernel_id and not _runtime.context.kernel_id:
@@ -91,18 +95,18 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     except Exception as exc:  # a configuration that cannot even be read must not leave the kernel unguarded
         guard, ignored = _strict_settings(exc)
     context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
-    sinks, failures = open_sinks(list(guard.sinks), guard.sink_options())
-    if not sinks:
+    opened, failures = open_sinks(list(guard.sinks), guard.sink_options()) if sinks else ([], [])
+    if not opened and sinks:
         # never run without a record: fall back to the server log
         from .events.sinks.stream import StderrSink
 
-        sinks = [StderrSink()]
+        opened = [StderrSink()]
     # aggregate before numbering and redacting: repeats cost no regex work and
     # leave no holes in event.sequence; redaction runs on the writer thread
     # (deferred), not in the cell
     processors = [AddContext(context), Aggregate(guard.aggregate_interval), Sequence(),
-                  Redact(guard.redact_patterns), TruncateCode()]
-    pipe = EventPipeline(sinks, processors, queue_size=guard.queue_size,
+                  Redact(guard.redact_patterns), TruncateCode(), StreamChain()]
+    pipe = EventPipeline(opened, processors, queue_size=guard.queue_size,
                          spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes, start=threads)
     _pipeline.set_pipeline(pipe)
     _runtime = Runtime(guard, context, pipe)

@@ -225,3 +225,12 @@ class LoggedKernel(KernelSession):
         elapsed = time.perf_counter() - started
         assert result.status == "ok", result.error_text
         return elapsed
+
+
+#: the structure of every stream (opened and closed by the pipeline), not what a test emitted
+STREAM_ACTIONS = ("stream-started", "stream-ended")
+
+
+def without_streams(events: List[dict]) -> List[dict]:
+    """The events a test emitted, without its streams' start and end."""
+    return [e for e in events if e["event"]["action"] not in STREAM_ACTIONS]

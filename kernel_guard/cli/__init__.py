@@ -3,7 +3,7 @@
 It reports which layers are active, in this process or, from ``/proc``, in
 a running kernel (:mod:`.status`), runs the escape techniques against a
 kernelspec and reports what was stopped and recorded (:mod:`.check`,
-:mod:`.techniques`), shows a guarded kernel at work (:mod:`.demo`), and
+:mod:`.techniques`), checks that a record of events is whole (:mod:`.verify`), shows a guarded kernel at work (:mod:`.demo`), and
 installs the guarded kernelspec and validates seccomp profiles through the
 launcher's own modules (:mod:`kernel_guard.launch.kernelspec`,
 :mod:`kernel_guard.launch.profiles`).  It guards nothing itself: it
@@ -29,6 +29,7 @@ COMMANDS = {
     "status": ("kernel_guard.cli.status", "which layers are active, read from the system"),
     "check": ("kernel_guard.cli.check", "run escape techniques against a kernelspec and report"),
     "profile": ("kernel_guard.launch.profiles", "validate or export seccomp profiles"),
+    "verify": ("kernel_guard.cli.verify", "check that a record of events is whole: gaps, changes, ends"),
 }
 
 

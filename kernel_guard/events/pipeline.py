@@ -72,6 +72,15 @@ class _FlushMarker:
         self.done = threading.Event()
 
 
+class _Lines:
+    """Serialised events from another process, written as they are."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: List[bytes]) -> None:
+        self.lines = lines
+
+
 class _Deferred:
     """An event to be built on the writer thread (see ``emit_later``)."""
 
@@ -116,27 +125,57 @@ class EventPipeline:
         self._wake = threading.Event()
         self._order = threading.RLock()
         self._closed = False
+        self._ended = False
         self._sync = False
         self._pid = os.getpid()
         self._lost: Dict[str, int] = {}  # sink url -> events it could not keep
         self._lost_reported: Dict[str, Tuple[int, float]] = {}
         self._failing_since: Dict[str, float] = {}
-        root = default_spool_root() if spool_dir is None else spool_dir
+        self._spool_root = default_spool_root() if spool_dir is None else spool_dir
+        self._spool_max_bytes = spool_max_bytes
         self._workers: Dict[str, _SinkWorker] = {}
-        for sink in self.sinks:
-            if getattr(sink, "spooled", False):
-                self._workers[sink.url] = _SinkWorker(self, sink, open_spool(root, sink.url, spool_max_bytes))
-        self._direct = [s for s in self.sinks if s.url not in self._workers]
+        self._direct: List[Sink] = []
         self._thread: Optional[threading.Thread] = None
+        _register_fork_handler(self)
+        self._stream_started()
+        self.set_sinks(self.sinks)
         if start:
             self.start()
-        _register_fork_handler(self)
+
+    def set_sinks(self, sinks: Iterable[Sink]) -> None:
+        """Write to ``sinks`` (each network sink through a spool of its own).  Before
+        :meth:`start` only: the launcher decides late whether the kernel writes its
+        own record or hands it to the custodian."""
+        if self._thread is not None:
+            raise RuntimeError("the pipeline's sinks are set before it starts")
+        self.sinks = list(sinks)
+        root = self._spool_root
+        self._workers = {sink.url: _SinkWorker(self, sink, open_spool(root, sink.url, self._spool_max_bytes))
+                         for sink in self.sinks if getattr(sink, "spooled", False)}
+        self._direct = [s for s in self.sinks if s.url not in self._workers]
         for url, worker in self._workers.items():
             if root and isinstance(worker.spool, MemorySpool):
                 reason = (f"spool directory under {root} is not usable: events for {url} are "
                           "kept in memory only until delivered (lost if the kernel is killed)")
                 _stderr_line(f"kernel_guard: {reason}.")
                 self.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
+
+    # -- streams ---------------------------------------------------------
+    def _stream_started(self) -> None:
+        """Open this process's stream (its first number), naming the parent's in a forked child."""
+        if self._numbering is None:
+            return
+        parent = self._numbering.parent
+        self.emit(make_event("stream-started", outcome="success", layer="pipeline", parent_stream=parent,
+                             reason=f"events of process {os.getpid()} begin"
+                                    + (f" (forked from stream {parent})" if parent else "")))
+
+    def _stream_ended(self, reason: str) -> None:
+        """Close this process's stream: its last event, naming its own number."""
+        if self._numbering is None or self._ended:
+            return
+        self._ended = True
+        self.emit(make_event("stream-ended", outcome="success", layer="pipeline", reason=reason))
 
     # -- emitting ---------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -163,6 +202,19 @@ class EventPipeline:
                 self.dropped += 1
                 return
             self._queue.append(_Deferred(build, sequence))
+
+    def forward(self, lines: List[bytes]) -> bool:
+        """Queue events another process serialised (the custodian's intake): written
+        as they are, in order with this process's own; False when the queue is full
+        (the caller waits: it must not drop what it has taken)."""
+        if self._closed:
+            return False
+        with self._order:
+            if len(self._queue) >= self.queue_size:
+                return False
+            self._queue.append(_Lines(lines))
+        self._wake.set()
+        return True
 
     def _process(self, event: Event, start: int) -> Optional[Event]:
         """Run the caller's processors from index ``start``; None if one swallowed the event."""
@@ -248,6 +300,11 @@ class EventPipeline:
                     self._flush_sinks()
                     item.done.set()
                     continue
+                if isinstance(item, _Lines):
+                    self._write(batch)
+                    batch = []
+                    self._write_lines(item.lines)
+                    continue
                 if isinstance(item, _Deferred):
                     event = _build(item.build)
                     if item.sequence is not None:
@@ -313,6 +370,20 @@ class EventPipeline:
                 worker.accept(lines)
         self.written += len(batch)
 
+    def _write_lines(self, lines: List[bytes]) -> None:
+        """Serialised events to every local sink and every network sink's spool."""
+        for sink in self._direct:
+            try:
+                sink.emit_lines(lines)
+            except Exception as exc:
+                self._lost[sink.url] = self._lost.get(sink.url, 0) + len(lines)
+                self._sink_failed(sink, exc)
+            else:
+                self._sink_ok(sink)
+        for worker in self._workers.values():
+            worker.accept(lines)
+        self.written += len(lines)
+
     def _sink_failed(self, sink: Sink, exc: BaseException) -> None:
         """Tell stderr and the sinks, once per distinct error."""
         message = f"{type(exc).__name__}: {exc}"
@@ -338,7 +409,6 @@ class EventPipeline:
         event = make_event("sink-recovered", outcome="success", layer="pipeline",
                            reason=f"sink {sink.url} works again after {seconds} s",
                            sink=sink.url, down_s=seconds)
-        event["event"]["category"], event["event"]["type"] = ["configuration"], ["change"]
         self.emit(event)
 
     def _flush_sinks(self) -> None:
@@ -382,6 +452,7 @@ class EventPipeline:
         deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._report_losses(force=True)
+        self._stream_ended(f"process {os.getpid()} closed its event stream")
         self.flush(max(0.0, deadline - time.monotonic()))
         self._closed = True
         self._wake.set()
@@ -402,13 +473,17 @@ class EventPipeline:
         self._queue = deque()
         self._wake = threading.Event()
         self._pid = os.getpid()
+        self._ended = False
         for processor in self.processors:
-            if isinstance(processor, Sequence) or hasattr(processor, "expire"):
-                processor.reset()  # type: ignore[attr-defined]
+            reset = getattr(processor, "reset", None)
+            if reset is not None:
+                reset()  # numbering, chain heads, aggregates: the child is a stream of its own
         for sink in self.sinks:
             sink.after_fork()
         for worker in self._workers.values():
             worker.after_fork()
+        self._stream_started()
+        _close_in_forked_child(self)
 
     def stats(self) -> dict:
         """Counts for ``kernel-guard status``."""
@@ -644,6 +719,22 @@ _fork_hook_registered = False
 def _after_fork_in_child() -> None:
     for pipeline in list(_pipelines):
         pipeline._after_fork_in_child()
+
+
+def _close_in_forked_child(pipeline: EventPipeline) -> None:
+    """multiprocessing's children leave by ``os._exit`` after its finalizers, not
+    atexit: flush the child's aggregates and end its stream there too.  Its
+    bootstrap clears the finalizers a fork inherited, then runs its after-fork
+    hooks, which is where ours is registered."""
+    multiprocessing_util = sys.modules.get("multiprocessing.util")
+    if multiprocessing_util is not None:
+        multiprocessing_util.register_after_fork(pipeline, _finalize_at_child_exit)
+
+
+def _finalize_at_child_exit(pipeline: EventPipeline) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(pipeline, pipeline.close, kwargs={"timeout": 1.0}, exitpriority=-100)
 
 
 def _register_fork_handler(pipeline: EventPipeline) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from .schema import Event, KernelContext
 from .secrets import REDACTED, redact_argv, redact_text, secret_env_name
+from .streams import new_stream_id
 
 __all__ = ["AddContext", "Processor", "Redact", "Sequence", "TruncateCode", "redact_argv", "redact_text"]
 
@@ -117,7 +118,8 @@ class TruncateCode:
 
 
 class Sequence:
-    """Number events of this process: ``event.sequence`` 1, 2, 3 ...
+    """Number events of this process's stream: ``event.sequence`` 1, 2, 3 ...,
+    and name the stream (``kernel_guard.stream``, see :mod:`.streams`).
 
     Numbered as they are queued (so an event lost after that leaves a gap);
     an event built later on the writer thread holds a number reserved when
@@ -127,11 +129,14 @@ class Sequence:
     def __init__(self) -> None:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self.stream = new_stream_id()
+        self.parent: str | None = None
 
     def reset(self) -> None:
         """Start again (a forked child is its own stream of events)."""
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self.parent, self.stream = self.stream, new_stream_id()
 
     def reserve(self) -> int:
         """The next number, for an event that will be built later."""
@@ -141,4 +146,5 @@ class Sequence:
     def __call__(self, event: Event) -> Event:
         if "sequence" not in event["event"]:  # a reserved number is kept
             event["event"]["sequence"] = self.reserve()
+        event.setdefault("kernel_guard", {}).setdefault("stream", self.stream)
         return event

@@ -3,7 +3,8 @@
 ``python -m kernel_guard.launch [options] -f {connection_file}`` (the argv
 ``kernel-guard install-kernelspec`` writes, :mod:`.kernelspec`) removes hub
 and server tokens from the environment, starts the exec supervisor in a
-process of its own (:mod:`.supervisor`), loads the seccomp filter libseccomp
+process of its own (:mod:`.supervisor`), which also keeps the kernel's record
+(:mod:`.custodian`: the kernel opens no sink of its own), loads the seccomp filter libseccomp
 builds from a Docker/OCI profile (:mod:`.seccomp_filter`, :mod:`.profiles`),
 which hands every ``execve``/``execveat`` to the supervisor to refuse and
 record, puts the kernel in a Landlock domain (:mod:`.landlock`: writes only

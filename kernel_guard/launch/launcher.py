@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import re
 import sys
@@ -273,7 +274,7 @@ def _create_profile_dir() -> None:
 
 # -- step 2: supervisor ---------------------------------------------------------
 
-def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any) -> Any:
+def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config: Any = None) -> Any:
     """Start the supervisor's process in step 1, once the environment is scrubbed and
     before the signal scope and the guard's threads exist: its interpreter starts
     while the warm-up runs; step 2 waits until it is ready.
@@ -283,13 +284,66 @@ def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any) -> Any
     env = dict(os.environ)
     env["KERNEL_GUARD_SINKS"] = ",".join(guard.sinks)
     env["KERNEL_GUARD_MODE"] = guard.mode
+    if config is not None and "KernelGuard" in config:
+        # the trusted settings (root-owned files, the kernelspec's command line): it
+        # opens the sinks with them; passed in its environment, which only it can read
+        env["KERNEL_GUARD_TRUSTED_CONFIG"] = json.dumps(dict(config.KernelGuard), default=str)
     try:
-        return supervisor.spawn(profile.mode, kernel_id, profile.name, env)
+        return supervisor.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile))
     except Exception as exc:
         return exc
 
 
-def _apply_landlock(profile: Any, guard: Any) -> Any:
+def _hand_record_to_custodian(rt: Any, pending: Any) -> bool:
+    """The kernel's sinks: the custodian (its supervisor) when one was started, else
+    its own, opened now, before the Landlock domain (their files may lie outside it).
+    True when the custodian keeps the record."""
+    from ..runtime import open_sinks
+    from .custodian import CustodianSink
+
+    guard = rt.guard
+
+    def own_sinks() -> list:
+        sinks, failures = open_sinks(list(guard.sinks), guard.sink_options())
+        for url, reason in failures:
+            print(f"kernel_guard: {reason}", file=sys.stderr)
+        return sinks
+
+    events = getattr(pending, "events", None)
+    if events is not None:
+        rt.pipeline.set_sinks([CustodianSink(events, own_sinks)])
+        return True
+    rt.pipeline.set_sinks(own_sinks() or _stderr_sinks())
+    return False
+
+
+def _stderr_sinks() -> list:
+    from ..events.sinks.stream import StderrSink
+
+    return [StderrSink()]
+
+
+def _supervisor_spool(guard: Any, profile: Any) -> Optional[str]:
+    """The spool root the supervisor may use: the configured one when it lies outside
+    the kernel's writable roots, else ``""`` (memory only: a spool the kernel could
+    write, it could empty)."""
+    root = guard.spool_dir
+    networked = any(url.split(":", 1)[0] not in ("file", "stderr", "logging") for url in guard.sinks)
+    if not root or profile.landlock is None or not networked:
+        return root
+    writable, _ = profile.landlock.expand(os.path.expanduser("~"), os.getcwd(), sys.executable)
+    real = os.path.realpath(root)
+    for folder in writable:
+        top = os.path.realpath(folder)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
+            print(f"kernel_guard: the spool folder {root} lies in the kernel's writable roots: the supervisor "
+                  "keeps undelivered events in memory (set KernelGuard.spool_dir to a folder outside them)",
+                  file=sys.stderr)
+            return ""
+    return root
+
+
+def _apply_landlock(profile: Any, guard: Any, own_spools: bool = True) -> Any:
     """The kernel's Landlock domain, for this process and every child: the profile's
     writable roots and allowed programs, and the signal scope (the supervisor, started
     just before, is outside it and out of the notebook's reach).  Applied while
@@ -306,7 +360,7 @@ def _apply_landlock(profile: Any, guard: Any) -> Any:
         from ..events.spool import default_spool_root
 
         spool = default_spool_root() if guard.spool_dir is None else guard.spool_dir
-        if spool:  # network sinks keep writing their spool segments there
+        if spool and own_spools:  # the kernel's own network sinks keep their spools there
             writable = (*writable, spool)
         real = tuple(dict.fromkeys(os.path.realpath(p) for p in programs))
         return landlock.restrict(landlock.Domain(writable, real, min_abi=settings.min_abi))
@@ -542,17 +596,18 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     # order matters: sinks and spools open before the Landlock domain (their files
     # may lie outside its writable roots), their threads start after it (a domain
     # covers only the thread that applies it and threads started later)
-    rt = runtime.start(config, kernel_id=kernel_id, threads=False)
+    rt = runtime.start(config, kernel_id=kernel_id, threads=False, sinks=False)
+    if profile is not None and profile.uses_notify:
+        # the supervisor starts outside the domain, and keeps the record there
+        pending = _spawn_supervisor(rt.guard, kernel_id, profile, config)
+    custodian = _hand_record_to_custodian(rt, pending)
     if profile is not None:
-        # the supervisor starts outside the domain; what needs exec runs before
-        # the domain allows only the interpreter
-        if profile.uses_notify:
-            pending = _spawn_supervisor(rt.guard, kernel_id, profile)
+        # what needs exec runs before the domain allows only the interpreter
         try:
             ld_cache = _warm_up()
         except Exception as exc:
             warm_up_error = exc
-        scope = _apply_landlock(profile, rt.guard)
+        scope = _apply_landlock(profile, rt.guard, own_spools=not custodian)
     rt.pipeline.start()
     if profile is not None:
         # inside the Landlock domain, while the supervisor's interpreter starts (step 2
@@ -598,6 +653,9 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
     except Exception as exc:
         failed_step, reason = (exc.step, exc.reason) if isinstance(exc, LaunchError) else (
             step, f"{type(exc).__name__}: {exc}")
+        if handle is None:  # no custodian: the kernel keeps its own record, starting with this
+            for sink in rt.pipeline.sinks:
+                getattr(sink, "use_own_sinks", lambda: None)()
         # a profile libseccomp rejects is never started with, whatever it says
         _fail(failed_step, reason, profile.path, profile.fail_closed or isinstance(exc, ProfileError), handle)
         # not fatal (audit profile): go on without the seccomp layer, and without

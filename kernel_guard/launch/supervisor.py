@@ -566,6 +566,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         help="enforce: always EPERM; audit: CONTINUE (not a security boundary)")
     parser.add_argument("--kernel-id", default=None)
     parser.add_argument("--profile", default="", help="profile name, for events")
+    parser.add_argument("--events-fd", type=int, default=None,
+                        help="socket on which the kernel hands its events to this custodian (SOCK_SEQPACKET)")
+    parser.add_argument("--spool-dir", default=None,
+                        help="spool root outside the kernel's writable roots ('' keeps spools in memory)")
     return parser.parse_args(argv)
 
 
@@ -595,8 +599,9 @@ def _serve(args: argparse.Namespace, control: socket.socket, witness: int) -> in
     from .. import runtime
     from ..events.schema import make_event
 
-    rt = runtime.start(kernel_id=args.kernel_id)
+    rt = runtime.start(_own_config(args), kernel_id=args.kernel_id)
     rt.layers["supervisor"] = args.mode
+    custodian = _start_custodian(args, rt)
     try:
         _harden_self()
     except Exception as exc:  # tell the launcher why, rather than a traceback
@@ -622,12 +627,44 @@ def _serve(args: argparse.Namespace, control: socket.socket, witness: int) -> in
     signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
     why = sup.run(stop_r)  # an exception here is a loss: the witness records it
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if custodian is not None:
+        custodian.stop()
     rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
-                       reason=f"exec supervisor stopped: {why}", counts=dict(sup.counts),
+                       reason=f"exec supervisor stopped: {why}",
+                       counts={**sup.counts, **(custodian.counts if custodian else {})},
                        supervisor_pid=os.getpid(), kernel_pid=args.kernel_pid,
                        process={"pid": os.getpid()}))
     rt.pipeline.close(timeout=3.0)
     return 0
+
+
+def _own_config(args: argparse.Namespace) -> Any:
+    """The supervisor's settings: the environment's, with a spool the kernel cannot reach."""
+    from traitlets.config import Config
+
+    config = Config()
+    trusted = os.environ.pop("KERNEL_GUARD_TRUSTED_CONFIG", "")
+    if trusted:
+        try:
+            config.KernelGuard = Config(json.loads(trusted))
+        except ValueError:
+            pass  # never from anyone but the launcher; without it, the environment's settings
+    if args.spool_dir is not None:
+        config.KernelGuard.spool_dir = args.spool_dir
+    return config
+
+
+def _start_custodian(args: argparse.Namespace, rt: Any) -> Any:
+    """Take the kernel's events from the socket it writes them to (custodian of the record)."""
+    if args.events_fd is None:
+        return None
+    from .custodian import Custodian
+
+    numbering = rt.pipeline._numbering
+    custodian = Custodian(socket.socket(fileno=args.events_fd), rt.pipeline,
+                          lambda: numbering.stream if numbering else None, rt.emit)
+    custodian.start()
+    return custodian
 
 
 def _start_witness(args: argparse.Namespace) -> tuple[int, int]:
@@ -639,6 +676,8 @@ def _start_witness(args: argparse.Namespace) -> tuple[int, int]:
     if pid == 0:
         os.close(write_end)
         os.close(args.fd)  # the kernel must see the supervisor's end close when it dies
+        if args.events_fd is not None:
+            os.close(args.events_fd)  # and its events socket: then it writes its own record
         try:
             code = _witness(read_end, args)
         except BaseException:
@@ -691,6 +730,8 @@ class SupervisorHandle:
         self.tids: list[int] = [proc.pid]
         #: the witness that records the supervisor's loss (0: none)
         self.witness = 0
+        #: the kernel's end of the socket its events go to the custodian on
+        self.events: Optional[socket.socket] = None
         self._lock = threading.Lock()
 
     def expect(self, word: bytes, timeout: float) -> bytes:
@@ -798,7 +839,8 @@ def supervisor_argv(fd: int, kernel_pid: int, mode: str, kernel_id: Optional[str
     return argv
 
 
-def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str]) -> SupervisorHandle:
+def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str],
+          spool_dir: Optional[str] = None) -> SupervisorHandle:
     """Start the supervisor process (fork + exec, while exec still works); do not wait for it.
 
     ``env`` is the kernel's scrubbed environment plus the sinks
@@ -806,13 +848,22 @@ def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str]
     with a token would be visible to ``ps``.  :func:`wait_ready` completes the start.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    events, events_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = {**env, "PYTHONSAFEPATH": "1"}
+    argv = supervisor_argv(theirs.fileno(), os.getpid(), mode, kernel_id, profile)
+    argv += ["--events-fd", str(events_theirs.fileno())]
+    if spool_dir is not None:
+        argv += ["--spool-dir", spool_dir]
     # cwd "/" and safe path: nothing from the notebook directory is imported
-    proc = subprocess.Popen(supervisor_argv(theirs.fileno(), os.getpid(), mode, kernel_id, profile),
-                            pass_fds=[theirs.fileno()], env=env, cwd="/", stdin=subprocess.DEVNULL,
-                            close_fds=True)
-    theirs.close()
-    return SupervisorHandle(proc, ours, mode)
+    try:
+        proc = subprocess.Popen(argv, pass_fds=[theirs.fileno(), events_theirs.fileno()], env=env, cwd="/",
+                                stdin=subprocess.DEVNULL, close_fds=True)
+    finally:
+        theirs.close()
+        events_theirs.close()
+    handle = SupervisorHandle(proc, ours, mode)
+    handle.events = events
+    return handle
 
 
 def wait_ready(handle: SupervisorHandle, timeout: float = 30.0) -> SupervisorHandle:

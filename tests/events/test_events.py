@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from conftest import assert_schema_valid
+from kernel_guard.cli.verify import verify
 from kernel_guard.events.processors import Redact, redact_argv, redact_text
 from kernel_guard.events.schema import make_event, to_json, validate_event
 
@@ -78,10 +79,12 @@ def test_kernel_lifecycle_events(make_kernel):
     kernel.execute("1")
     kernel.shutdown()
     actions = [e["event"]["action"] for e in kernel.events()]
-    assert actions[0] == "kernel-started"
-    assert actions[-1] == "kernel-stopped"
+    assert actions[:2] == ["stream-started", "kernel-started"]
+    assert actions[-2:] == ["kernel-stopped", "stream-ended"]
     sequences = [e["event"]["sequence"] for e in kernel.events()]
-    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    assert sequences == list(range(1, len(sequences) + 1))
+    reports, duplicates, _ = verify(kernel.events())
+    assert not duplicates and [r.problems() for r in reports.values()] == [[]]
 
 
 def test_every_event_is_schema_valid(guarded):

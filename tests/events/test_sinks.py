@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from sink_helpers import without_streams
 
 from kernel_guard.events.pipeline import EventPipeline
 from kernel_guard.events.schema import make_event
@@ -203,9 +204,10 @@ def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd)
         pipe.emit(_event(i, code=f"token = '{secret}'  # {i}"))
         pipe.emit_later(lambda i=i: _event(i, code=f"secret={secret}"))  # built on the writer thread
     pipe.flush()
-    assert [e["event"]["sequence"] for e in sink.events] == list(range(1, 101))
-    assert all(secret not in json.dumps(e) and "[REDACTED]" in e["kernel_guard"]["code"] for e in sink.events)
-    assert [e["kernel_guard"]["execution_count"] for e in sink.events[:4]] == [0, 0, 1, 1]
+    own = without_streams(sink.events)
+    assert [e["event"]["sequence"] for e in own] == list(range(2, 102))  # 1 opened the stream
+    assert all(secret not in json.dumps(e) and "[REDACTED]" in e["kernel_guard"]["code"] for e in own)
+    assert [e["kernel_guard"]["execution_count"] for e in own[:4]] == [0, 0, 1, 1]
     path = tmp_path / "child.jsonl"
     child = os.fork()
     if child == 0:  # the child writes synchronously, with its own numbering
@@ -217,7 +219,7 @@ def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd)
             os._exit(0)
     os.waitpid(child, 0)
     (line,) = read_events(str(path))
-    assert secret not in json.dumps(line) and line["event"]["sequence"] == 1
+    assert secret not in json.dumps(line) and line["event"]["sequence"] == 2  # after its stream-started
     pipe.close()
     pipe.emit(_event(2, code=f"api_key={secret}"))  # after close: to stderr, still redacted
     err = capfd.readouterr().err

@@ -18,6 +18,8 @@ and ``emit`` may block and raise as the network does; it may also offer
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
@@ -57,6 +59,11 @@ class Sink:
     def emit(self, events: List[Event]) -> None:
         """Write a batch of events, oldest first."""
         raise NotImplementedError
+
+    def emit_lines(self, lines: List[bytes]) -> None:
+        """Write events already serialised as JSON lines (the custodian forwards the
+        kernel's as they came).  Default: parse and :meth:`emit`."""
+        self.emit([json.loads(line) for line in lines])
 
     def flush(self) -> None:
         """Push out anything buffered (default: nothing is)."""

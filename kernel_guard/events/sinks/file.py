@@ -46,10 +46,13 @@ class FileSink(Sink):
 
     def emit(self, events: List[Event]) -> None:
         """Append the batch in as few writes as whole lines allow."""
+        self.emit_lines([to_json_line(event) for event in events])
+
+    def emit_lines(self, lines: List[bytes]) -> None:
+        """Append serialised events in as few writes as whole lines allow."""
         buf: list[bytes] = []
         size = 0
-        for event in events:
-            line = to_json_line(event)
+        for line in lines:
             if size + len(line) > _CHUNK and buf:
                 self._write(b"".join(buf))
                 buf, size = [], 0

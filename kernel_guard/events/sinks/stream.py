@@ -32,7 +32,10 @@ class StderrSink(Sink):
         os.set_inheritable(self._fd, False)
 
     def emit(self, events: List[Event]) -> None:
-        data = b"".join(to_json_line(e) for e in events)
+        self.emit_lines([to_json_line(e) for e in events])
+
+    def emit_lines(self, lines: List[bytes]) -> None:
+        data = b"".join(lines)
         while data:
             data = data[os.write(self._fd, data):]
 

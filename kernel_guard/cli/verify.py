@@ -1,0 +1,198 @@
+"""``kernel-guard verify``: is a record whole?  Streams, gaps, chains, ends.
+
+Reads events as the sinks write them (JSON lines) or as collectors deliver
+them (a syslog or log prefix before the JSON object is skipped), from files or
+stdin, and reports per stream (:mod:`kernel_guard.events.streams`): numbers
+missing, events seen twice (by ``event.id``), events whose hash does not match
+their content (edited), links that do not match the event before (reordered,
+or one removed), a stream that does not open with ``stream-started`` or has
+no ``stream-ended`` after its last event, and streams shorter than a
+custodian's ``chain-checkpoint`` says they were.  Exit status 0 only when the
+record is whole; 1 when something is missing or changed; 2 on bad input.
+
+It proves what the chain proves: that records were not changed after the
+process that wrote them; not that the writer told the truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterable, Iterator, Optional
+
+from ..events.streams import GENESIS, chain_hash
+
+__all__ = ["StreamReport", "add_arguments", "read_events", "run", "verify"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``kernel-guard verify [FILE ...] [--format text|json] [--allow-open]``."""
+    parser.add_argument("files", nargs="*", metavar="FILE",
+                        help="JSON-lines files of events (default, or '-': standard input)")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="report format")
+    parser.add_argument("--allow-open", action="store_true",
+                        help="accept streams without stream-ended (kernels still running)")
+
+
+@dataclass
+class StreamReport:
+    """What one stream's record shows."""
+
+    stream: str
+    pid: Optional[int] = None
+    kernel_id: Optional[str] = None
+    events: int = 0
+    first: int = 0
+    last: int = 0
+    gaps: list[list[int]] = field(default_factory=list)  # [from, to] inclusive
+    altered: list[int] = field(default_factory=list)     # hash does not match content
+    broken_links: list[int] = field(default_factory=list)  # prev does not match the event before
+    out_of_order: list[int] = field(default_factory=list)  # found after a later number
+    started: bool = False
+    ended: bool = False
+    ended_by: Optional[str] = None
+    short_of_checkpoint: Optional[int] = None  # a checkpoint saw this number, the record does not have it
+
+    def problems(self, allow_open: bool = False) -> list[str]:
+        """Each way this stream's record is not whole, in words."""
+        out = [f"events {a}-{b} missing" if a != b else f"event {a} missing" for a, b in self.gaps]
+        out += [f"event {n} changed after it was written" for n in self.altered]
+        out += [f"event {n} does not follow the one before (reordered, or one removed)" for n in self.broken_links]
+        out += [f"event {n} comes after a later one in the record (reordered)" for n in self.out_of_order]
+        if not self.started:
+            out.append("no stream-started: its beginning is missing")
+        if not self.ended and not allow_open:
+            out.append("no stream-ended: cut short, or still running")
+        if self.short_of_checkpoint:
+            out.append(f"a checkpoint saw event {self.short_of_checkpoint}, which the record lacks (truncated)")
+        return out
+
+
+def read_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Events from JSON lines; a prefix before the first ``{`` (syslog, a log shipper) is skipped."""
+    for line in lines:
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            event = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("event"), dict):
+            yield event
+
+
+def verify(events: Iterable[dict[str, Any]]) -> tuple[dict[str, StreamReport], list[str], int]:
+    """(reports by stream, event ids seen more than once, events without a stream)."""
+    by_stream: dict[str, dict[int, dict[str, Any]]] = {}
+    highest: dict[str, int] = {}
+    late: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    unnumbered = 0
+    checkpoints: dict[str, tuple[int, str]] = {}
+    for event in events:
+        guard = event.get("kernel_guard") or {}
+        event_id = event["event"].get("id")
+        if event_id in seen:
+            duplicates.append(event_id)
+            continue
+        seen.add(event_id)
+        stream, number = guard.get("stream"), event["event"].get("sequence")
+        if not isinstance(stream, str) or not isinstance(number, int):
+            unnumbered += 1
+            continue
+        by_stream.setdefault(stream, {})[number] = event
+        if number < highest.get(stream, 0):
+            late.setdefault(stream, []).append(number)
+        highest[stream] = max(number, highest.get(stream, 0))
+        if event["event"].get("action") == "chain-checkpoint":
+            for name, head in (guard.get("heads") or {}).items():
+                if isinstance(head, dict) and isinstance(head.get("sequence"), int):
+                    if head["sequence"] >= checkpoints.get(name, (0, ""))[0]:
+                        checkpoints[name] = (head["sequence"], str(head.get("hash")))
+    reports = {name: _check_stream(name, numbered, checkpoints.get(name)) for name, numbered in by_stream.items()}
+    for name, numbers in late.items():
+        reports[name].out_of_order = numbers
+    for name, (number, _) in checkpoints.items():
+        if name not in reports:  # a whole stream gone
+            reports[name] = StreamReport(name, gaps=[[1, number]], short_of_checkpoint=number)
+    return reports, duplicates, unnumbered
+
+
+def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional[tuple[int, str]]) -> StreamReport:
+    """Gaps, hashes, links, start, end and the checkpoint of one stream."""
+    numbers = sorted(numbered)
+    first_event = numbered[numbers[0]]
+    report = StreamReport(name, pid=(first_event.get("process") or {}).get("pid"),
+                          kernel_id=(first_event.get("kernel_guard") or {}).get("kernel_id"),
+                          events=len(numbers), first=numbers[0], last=numbers[-1])
+    expected, prev_hash = 1, GENESIS
+    for number in numbers:
+        if number > expected:
+            report.gaps.append([expected, number - 1])
+        event = numbered[number]
+        chain = (event.get("kernel_guard") or {}).get("chain") or {}
+        if chain.get("hash") != chain_hash(event):
+            report.altered.append(number)
+        if number == expected and chain.get("prev") != prev_hash:
+            report.broken_links.append(number)
+        expected, prev_hash = number + 1, chain.get("hash")
+    report.started = numbered.get(1, {}).get("event", {}).get("action") == "stream-started"
+    last = numbered[numbers[-1]]
+    report.ended = last["event"].get("action") == "stream-ended"
+    if report.ended:
+        report.ended_by = (last.get("kernel_guard") or {}).get("recorded_by") or "its own process"
+    if head is not None:
+        number, digest = head
+        got = numbered.get(number)
+        if got is None or (got.get("kernel_guard") or {}).get("chain", {}).get("hash") != digest:
+            report.short_of_checkpoint = number
+    return report
+
+
+def _inputs(files: list[str]) -> Iterator[str]:
+    for name in files or ["-"]:
+        if name == "-":
+            yield from sys.stdin
+            continue
+        with open(name, encoding="utf-8", errors="replace") as fh:
+            yield from fh
+
+
+def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    """Print the report; 0 when the record is whole, 1 when not, 2 when a file cannot be read."""
+    try:
+        reports, duplicates, unnumbered = verify(read_events(_inputs(args.files)))
+    except OSError as exc:
+        print(f"kernel-guard verify: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    problems = {name: r.problems(args.allow_open) for name, r in reports.items()}
+    whole = not duplicates and not any(problems.values()) and bool(reports)
+    if args.format == "json":
+        body = {"whole": whole, "duplicates": duplicates, "events_without_stream": unnumbered,
+                "streams": [{**vars(r), "problems": problems[n]} for n, r in sorted(reports.items())]}
+        print(json.dumps(body, indent=2), file=out)
+    else:
+        print(_text(reports, problems, duplicates, unnumbered, whole), file=out)
+    return 0 if whole else 1
+
+
+def _text(reports: dict[str, StreamReport], problems: dict[str, list[str]], duplicates: list[str],
+          unnumbered: int, whole: bool) -> str:
+    lines = []
+    for name, report in sorted(reports.items(), key=lambda kv: (kv[1].kernel_id or "", kv[1].pid or 0)):
+        where = f"pid {report.pid}" + (f", kernel {report.kernel_id}" if report.kernel_id else "")
+        state = "whole" if not problems[name] else "NOT WHOLE"
+        lines.append(f"stream {name} ({where}): events {report.first}-{report.last}, {report.events} present: {state}")
+        lines += [f"  - {p}" for p in problems[name]]
+    if duplicates:
+        lines.append(f"{len(duplicates)} events appear more than once (same event.id)")
+    if unnumbered:
+        lines.append(f"{unnumbered} events carry no stream (written by an older version, or not by kernel_guard)")
+    if not reports:
+        lines.append("no kernel_guard events with a stream found")
+    lines.append(f"{len(reports)} streams: " + ("the record is whole" if whole else "the record is NOT whole"))
+    return "\n".join(lines)

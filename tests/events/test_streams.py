@@ -1,0 +1,148 @@
+"""Streams, their hash chain and `kernel-guard verify`: a record written by the pipeline is whole;
+each way of cutting or changing it afterwards is named, and the exit status says so."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernel_guard.events.aggregate import Aggregate
+from kernel_guard.events.pipeline import EventPipeline
+from kernel_guard.events.processors import Redact, Sequence
+from kernel_guard.events.schema import make_event
+from kernel_guard.events.sinks.file import FileSink
+from kernel_guard.events.streams import StreamChain
+
+
+def _pipeline(path: Path, interval: float = 0) -> EventPipeline:
+    """What the runtime builds, writing to one file."""
+    return EventPipeline([FileSink(str(path))], [Aggregate(interval), Sequence(), Redact(), StreamChain()],
+                         spool_dir="")
+
+
+def _record(path: Path, refusals: int = 5) -> list[str]:
+    pipe = _pipeline(path)
+    for i in range(refusals):
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=f"refused {i}"))
+    pipe.close()
+    return path.read_text().splitlines()
+
+
+def _verify(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    script = os.path.join(os.path.dirname(sys.executable), "kernel-guard")
+    return subprocess.run([script, "verify", *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_a_written_stream_opens_closes_and_verifies_whole(tmp_path: Path) -> None:
+    lines = _record(tmp_path / "e.jsonl")
+    events = [json.loads(line) for line in lines]
+    assert [e["event"]["action"] for e in events] == ["stream-started", *["exec-denied"] * 5, "stream-ended"]
+    assert [e["event"]["sequence"] for e in events] == list(range(1, 8))
+    assert len({e["kernel_guard"]["stream"] for e in events}) == 1
+    out = _verify(str(tmp_path / "e.jsonl"))
+    assert out.returncode == 0 and "the record is whole" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("tamper,expected", [
+    ("edit", "event 3 changed after it was written"),
+    ("delete", "event 3 missing"),
+    ("swap", "comes after a later one"),
+    ("truncate", "no stream-ended"),
+    ("cut the start", "no stream-started"),
+    ("duplicate", "appear more than once"),
+])
+def test_each_change_to_the_record_is_named(tmp_path: Path, tamper: str, expected: str) -> None:
+    """Edited, removed, reordered, cut short or replayed: verify says which and exits 1."""
+    path = tmp_path / "e.jsonl"
+    lines = _record(path)
+    if tamper == "edit":
+        lines[2] = lines[2].replace("refused 1", "nothing to see")
+    elif tamper == "delete":
+        del lines[2]
+    elif tamper == "swap":
+        lines[2], lines[3] = lines[3], lines[2]
+    elif tamper == "truncate":
+        lines = lines[:4]
+    elif tamper == "cut the start":
+        lines = lines[1:]
+    else:
+        lines.insert(4, lines[3])
+    path.write_text("\n".join(lines) + "\n")
+    out = _verify(str(path))
+    assert out.returncode == 1, out.stdout
+    assert expected in out.stdout and "NOT whole" in out.stdout, out.stdout
+
+
+def test_an_edit_that_also_rewrites_the_hash_breaks_the_next_link(tmp_path: Path) -> None:
+    """Recomputing an edited event's own hash is not enough: the next event names the old one."""
+    from kernel_guard.events.streams import chain_hash
+
+    path = tmp_path / "e.jsonl"
+    lines = _record(path)
+    event = json.loads(lines[2])
+    event["event"]["reason"] = "nothing to see"
+    event["kernel_guard"]["chain"]["hash"] = chain_hash(event)
+    lines[2] = json.dumps(event)
+    path.write_text("\n".join(lines) + "\n")
+    out = _verify(str(path), "--format", "json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 1 and not report["whole"]
+    (stream,) = report["streams"]
+    assert stream["broken_links"] == [4] and stream["altered"] == []
+
+
+def test_collector_prefixes_and_standard_input_are_read(tmp_path: Path) -> None:
+    """As rsyslog writes them (a syslog prefix before the JSON) and from stdin."""
+    lines = _record(tmp_path / "e.jsonl")
+    prefixed = "".join(f"Nov 29 10:00:00 host kernel_guard[42]: {line}\n" for line in lines)
+    out = _verify("-", stdin=prefixed)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = _verify("--allow-open", "-", stdin=prefixed.rsplit("\n", 2)[0] + "\n")  # the end cut off
+    assert out.returncode == 0, out.stdout
+
+
+def test_an_unreadable_file_is_named_with_status_2(tmp_path: Path) -> None:
+    out = _verify(str(tmp_path / "missing.jsonl"))
+    assert out.returncode == 2 and "missing.jsonl" in out.stderr
+
+
+def _refuse_many(n: int) -> int:
+    from kernel_guard.events import pipeline
+
+    for _ in range(n):
+        pipeline.emit(make_event("exec-denied", outcome="failure", layer="audit", reason="the same refusal"))
+    return n
+
+
+def test_fork_children_are_streams_of_their_own_and_flush_their_counts(tmp_path: Path) -> None:
+    """Refusals in Pool(2) workers: each worker's stream names its parent's, ends, and counts every repeat."""
+    from kernel_guard.events import pipeline as pipeline_module
+
+    path = tmp_path / "e.jsonl"
+    pipe = _pipeline(path, interval=60)  # repeats are only counted, summaries at exit
+    previous = pipeline_module.get_pipeline()
+    pipeline_module.set_pipeline(pipe)
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            assert sum(pool.map(_refuse_many, [500] * 4)) == 2000
+            pool.close()
+            pool.join()
+    finally:
+        pipe.close()
+        pipeline_module._current = previous
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    (parent,) = [e["kernel_guard"]["stream"] for e in events
+                 if e["event"]["action"] == "stream-started" and not e["kernel_guard"]["parent_stream"]]
+    children = {e["kernel_guard"]["stream"] for e in events if e["kernel_guard"].get("parent_stream") == parent}
+    assert len(children) == 2
+    refusals = sum(1 for e in events if e["event"]["action"] == "exec-denied") + \
+        sum(e["kernel_guard"]["aggregated"]["count"] for e in events if e["event"]["action"] == "events-aggregated")
+    assert refusals == 2000, refusals
+    out = _verify(str(path))
+    assert out.returncode == 0, out.stdout

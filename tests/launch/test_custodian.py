@@ -1,0 +1,144 @@
+"""The supervisor keeps the kernel's record: a cell cannot erase it, a killed kernel's stream
+still ends, and `kernel-guard verify` finds the record whole.  Kernels run as uid 1000, their
+sink in a folder outside the kernel's Landlock writable roots (as a Zero to JupyterHub pod's
+/var/log/kernel_guard would be)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Iterator
+
+import psutil
+import pytest
+from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root
+
+from kernel_guard.cli.verify import verify
+
+ERASE = """
+import os
+path = {sink!r}
+held = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        held.append(os.readlink(f"/proc/self/fd/{{fd}}"))
+    except OSError:
+        pass  # the listing's own fd, closed by now
+print("HELD" if path in held else "NOT-HELD")
+for attempt in (lambda: open(path, "w").close(), lambda: os.truncate(path, 0), lambda: os.unlink(path)):
+    try:
+        attempt()
+        print("ERASED")
+    except PermissionError:
+        print("REFUSED")
+"""
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[str]:
+    with unprivileged_root() as folder:
+        yield folder
+
+
+@pytest.fixture
+def evidence() -> Iterator[str]:
+    """A folder of the notebook user's outside every writable root of its kernel."""
+    folder = tempfile.mkdtemp(prefix="kernel-guard-evidence-", dir="/var/lib")
+    os.chown(folder, *NOTEBOOK_USER)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kernel(root: str, name: str, evidence: str) -> LaunchedKernel:
+    sink = os.path.join(evidence, "events.jsonl")
+    kernel = LaunchedKernel(os.path.join(root, name), "guarded", user=NOTEBOOK_USER,
+                            env={"KERNEL_GUARD_SINKS": f"file://{sink}"})
+    kernel.sink = sink
+    return kernel
+
+
+def _process(pid: int):
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _streams(kernel: LaunchedKernel) -> dict:
+    reports, duplicates, _ = verify(kernel.events())
+    assert not duplicates
+    return reports
+
+
+def test_a_cell_cannot_erase_the_record_the_custodian_keeps(root: str, evidence: str) -> None:
+    """After a refused exec, the cell holds no handle on the sink and cannot open, truncate or delete
+    it; the refusal is there and the record verifies whole after a clean shutdown."""
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+        kernel = _kernel(root, "erase", evidence).start()
+        try:
+            assert kernel.execute("import os\nos.system('id')").status == "error"
+            result = kernel.execute(ERASE.format(sink=kernel.sink))
+            assert result.stdout.split() == ["NOT-HELD", "REFUSED", "REFUSED", "REFUSED"], result.error_text
+        finally:
+            kernel.shutdown()
+    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
+                               timeout=15)
+    assert any(e["event"]["action"] == "exec-denied" and e["kernel_guard"]["layer"] == "audit" for e in events)
+    reports = _streams(kernel)
+    problems = {name: r.problems() for name, r in reports.items()}
+    assert all(p == [] for p in problems.values()), problems
+    assert len(reports) == 2  # the kernel's stream and the supervisor's
+    assert {r.ended_by for r in reports.values()} == {"its own process"}
+
+
+def test_a_killed_kernels_stream_is_ended_by_the_custodian(root: str, evidence: str) -> None:
+    """SIGKILL: the custodian writes the kernel stream's end, chained to the last event it received,
+    and writes the heads as a checkpoint; verify finds every stream whole."""
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+        kernel = _kernel(root, "killed", evidence).start()
+        try:
+            pid = kernel.pid
+            assert kernel.execute("import subprocess\nsubprocess.run(['true'])").status == "error"
+            time.sleep(0.5)  # the refusal reaches the custodian (the writer's tick)
+            os.kill(pid, signal.SIGKILL)
+            psutil.wait_procs([p for p in [_process(pid)] if p], timeout=10)
+            ended = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped"
+                                                            for e in evs), timeout=20)
+        finally:
+            kernel.shutdown()  # the client's side, and the kernel manager's record of a dead kernel
+    ends = [e for e in ended if e["event"]["action"] == "stream-ended"
+            and e["kernel_guard"].get("recorded_by") == "custodian"]
+    assert len(ends) == 1, [e["event"]["action"] for e in ended]
+    end = ends[0]
+    assert end["process"]["pid"] == pid and "ended without closing its stream" in end["event"]["reason"]
+    assert end["kernel_guard"]["last_received"] == end["event"]["sequence"] - 1
+    assert any(e["event"]["action"] == "chain-checkpoint" for e in ended)
+    reports = _streams(kernel)
+    assert all(r.problems() == [] for r in reports.values()), {n: r.problems() for n, r in reports.items()}
+    assert reports[end["kernel_guard"]["stream"]].ended_by == "custodian"
+
+
+def test_without_its_custodian_the_kernel_says_so_and_keeps_recording(root: str, evidence: str) -> None:
+    """The supervisor killed from outside: the kernel says on stderr that it now writes its own
+    record; its later refusals still reach a sink (the server log: the file is outside its domain)."""
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+        kernel = _kernel(root, "orphaned", evidence).start()
+        try:
+            os.kill(kernel.supervisor_pid(), signal.SIGKILL)
+            time.sleep(0.5)
+            assert kernel.execute("import os\nos.system('id')").status == "error"
+            deadline = time.monotonic() + 15
+            while "custodian of the record" not in kernel.stderr() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stderr = kernel.stderr()
+        finally:
+            kernel.shutdown()
+    assert "custodian of the record (the exec supervisor) cannot be reached" in stderr
+    assert '"action":"exec-denied"' in stderr.split("cannot be reached", 1)[1]
+    lost = [e for e in kernel.events() if e["event"]["action"] == "supervisor-lost"]
+    assert [e["kernel_guard"]["recorded_by"] for e in lost] == ["witness"]
