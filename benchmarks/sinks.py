@@ -31,6 +31,7 @@ if __package__:
     from .stats import median, rounded
 
 TARGET_EVENTS_PER_S = 100_000
+TARGET_CUSTODIAN_EVENTS_PER_S = 200_000
 TARGET_FLOOD_MB = 50.0
 
 FLOOD = r'''
@@ -88,9 +89,49 @@ def child(total: int, burst: int) -> Dict[str, Any]:
     stats = pipeline.stats()
     pipeline.close()
     os.unlink(path)
+    sample = [event(i) for i in range(min(total, 20_000))]
     return {"events": total, "written": written, "dropped": stats["dropped"], "seconds": elapsed,
             "emit_us": emit_seconds / total * 1e6, "bytes_per_event": size / max(1, written),
-            "sink_events_per_s": _sink_rate(root, [event(i) for i in range(min(total, 20_000))], rt)}
+            "sink_events_per_s": _sink_rate(root, sample, rt),
+            "custodian_events_per_s": _custodian_rate(root, sample, rt)}
+
+
+def _custodian_rate(root: str, events: List[dict], rt: Any) -> float:
+    """Events per second from the kernel's side of the socket into the custodian's file
+    sink: the kernel's writer sending (CustodianSink), the custodian checking each line,
+    queueing it and writing it (what the supervisor does under the launcher)."""
+    import socket
+
+    from kernel_guard.events.pipeline import EventPipeline
+    from kernel_guard.events.processors import Sequence
+    from kernel_guard.events.schema import to_json_line
+    from kernel_guard.events.sinks.file import FileSink
+    from kernel_guard.launch.custodian import Custodian, CustodianSink
+
+    for processor in rt.pipeline.processors:
+        events = [e for e in map(processor, events) if e is not None]
+    lines = [to_json_line(e) for e in events]
+    path = os.path.join(root, "custodian.jsonl")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pipe = EventPipeline([FileSink(path)], [Sequence()], spool_dir="")
+    custodian = Custodian(theirs, pipe, lambda: None, pipe.emit)
+    custodian.start()
+    sender = CustodianSink(ours, lambda: [])
+    started = time.perf_counter()
+    for i in range(0, len(lines), 1024):  # the kernel writer's batch size
+        sender.emit_lines(lines[i:i + 1024])
+    deadline = time.monotonic() + 60
+    while custodian.counts["received"] < len(lines) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pipe.flush(timeout=60)
+    rate = len(lines) / (time.perf_counter() - started)
+    ours.close()
+    custodian.stop()
+    pipe.close()
+    with open(path, "rb") as fh:
+        written = sum(1 for line in fh if b'"exec-denied"' in line)
+    os.unlink(path)
+    return rate if written == len(lines) else 0.0
 
 
 def _sink_rate(root: str, events: List[dict], rt: Any) -> float:
@@ -165,6 +206,7 @@ def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
     pipeline_rate = median([r["written"] / r["seconds"] for r in runs])
     rate = median([r["sink_events_per_s"] for r in runs])
     emit_us = median([r["emit_us"] for r in runs])
+    custodian_rate = median([r["custodian_events_per_s"] for r in runs])
     complete = all(r["written"] == r["events"] and r["dropped"] == 0 for r in runs)
     flood_result = flood(kernel, 100_000 if quick else 1_000_000)
     flood_ok = flood_result["refused"] == flood_result["events"] and flood_result["growth_mb"] <= TARGET_FLOOD_MB
@@ -172,6 +214,9 @@ def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
         {"metric": "file sink (JSON + write), events/s", "config": "pipeline", "plain": None,
          "guarded": rounded(rate, 0), "ratio": None, "target": f">= {TARGET_EVENTS_PER_S}",
          "met": complete and rate >= TARGET_EVENTS_PER_S},
+        {"metric": "custodian (socket, check, file), events/s", "config": "launcher", "plain": None,
+         "guarded": rounded(custodian_rate, 0), "ratio": None, "target": f">= {TARGET_CUSTODIAN_EVENTS_PER_S}",
+         "met": custodian_rate >= TARGET_CUSTODIAN_EVENTS_PER_S},
         {"metric": "whole pipeline (make_event to file), events/s", "config": "pipeline", "plain": None,
          "guarded": rounded(pipeline_rate, 0), "ratio": None, "target": "info", "met": None},
         {"metric": "emit() on the caller's thread, us/event", "config": "pipeline", "plain": None,
@@ -185,7 +230,7 @@ def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
         "unit": "events/s; MB",
         "repetitions": repetitions,
         "results": {"events_per_s": rounded(rate, 0), "pipeline_events_per_s": rounded(pipeline_rate, 0),
-                    "emit_us": rounded(emit_us, 3),
+                    "emit_us": rounded(emit_us, 3), "custodian_events_per_s": rounded(custodian_rate, 0),
                     "complete": complete, "throughput_runs": runs, "flood": flood_result},
         "ratios": {},
         "target": f">= {TARGET_EVENTS_PER_S} events/s written to the file sink; "

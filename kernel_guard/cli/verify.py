@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Iterator, Optional
 
-from ..events.streams import GENESIS, chain_hash
+from ..events.streams import GENESIS, hash_matches
 
 __all__ = ["StreamReport", "add_arguments", "read_events", "run", "verify"]
 
@@ -135,7 +135,7 @@ def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional
             report.gaps.append([expected, number - 1])
         event = numbered[number]
         chain = (event.get("kernel_guard") or {}).get("chain") or {}
-        if chain.get("hash") != chain_hash(event):
+        if not hash_matches(event):
             report.altered.append(number)
         if number == expected and chain.get("prev") != prev_hash:
             report.broken_links.append(number)

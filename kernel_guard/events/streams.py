@@ -8,7 +8,8 @@ never the pid, which containers reuse), numbered 1, 2, 3 ...
 its own that names its parent's.
 
 The chain: ``kernel_guard.chain.hash`` is the SHA-256 of the event's
-canonical JSON (sorted keys, ASCII, compact) without that field, and the event
+canonical JSON (sorted keys, compact; ASCII as the standard library writes
+it, or UTF-8 as orjson does: a reader accepts either) without that field, and the event
 carries the previous event's hash in ``kernel_guard.chain.prev``.  Editing,
 removing or reordering a written event breaks the chain; the custodian's
 checkpoints (``chain-checkpoint``: each stream's last number and hash) show a
@@ -27,7 +28,12 @@ from typing import Any, Optional
 
 from .schema import Event
 
-__all__ = ["GENESIS", "StreamChain", "canonical", "chain_hash", "new_stream_id"]
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is in the "fast" extra
+    orjson = None  # type: ignore[assignment]
+
+__all__ = ["GENESIS", "StreamChain", "canonical", "chain_hash", "hash_matches", "new_stream_id"]
 
 #: ``chain.prev`` of a stream's first event
 GENESIS = "0" * 64
@@ -39,18 +45,50 @@ def new_stream_id() -> str:
 
 
 def canonical(event: Any) -> bytes:
-    """The bytes the chain hashes: the same for any reader that parses the JSON."""
+    """The bytes the chain hashes, as any reader can rebuild them from the parsed JSON."""
     return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       default=repr).encode("ascii")
 
 
-def chain_hash(event: Event) -> str:
-    """The hash an event's ``kernel_guard.chain.hash`` must hold (computed without it)."""
+def _canonical_fast(event: Any) -> bytes:
+    """The same data through orjson (sorted keys, compact, UTF-8): five times cheaper;
+    a reader accepts either form (:func:`hash_matches`)."""
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=repr)
+
+
+def _digest(event: Any) -> str:
+    if orjson is not None:
+        try:
+            return hashlib.sha256(_canonical_fast(event)).hexdigest()
+        except TypeError:  # what orjson refuses (a lone surrogate, a huge int): the standard form
+            pass
+    return hashlib.sha256(canonical(event)).hexdigest()
+
+
+def _without_hash(event: Event) -> Event:
     guard = event.get("kernel_guard") or {}
     chain = dict(guard.get("chain") or {})
     chain.pop("hash", None)
-    copy = {**event, "kernel_guard": {**guard, "chain": chain}}
-    return hashlib.sha256(canonical(copy)).hexdigest()
+    return {**event, "kernel_guard": {**guard, "chain": chain}}
+
+
+def chain_hash(event: Event) -> str:
+    """The hash a writer gives an event (computed without its ``chain.hash``)."""
+    return _digest(_without_hash(event))
+
+
+def hash_matches(event: Event) -> bool:
+    """Whether an event's ``chain.hash`` matches its content, in either canonical form."""
+    digest = ((event.get("kernel_guard") or {}).get("chain") or {}).get("hash")
+    bare = _without_hash(event)
+    if digest == hashlib.sha256(canonical(bare)).hexdigest():
+        return True
+    if orjson is None:
+        return False
+    try:
+        return digest == hashlib.sha256(_canonical_fast(bare)).hexdigest()
+    except TypeError:
+        return False
 
 
 class StreamChain:
@@ -73,7 +111,7 @@ class StreamChain:
             return event
         _, prev = self.heads.get(stream, (0, GENESIS))
         guard["chain"] = {"prev": prev}
-        digest = chain_hash(event)
+        digest = _digest(event)  # before the hash is in it: no copy on the writer thread
         guard["chain"]["hash"] = digest
         self.heads[stream] = (int(event["event"].get("sequence") or 0), digest)
         return event
