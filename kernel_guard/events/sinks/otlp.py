@@ -105,19 +105,40 @@ def attributes(pairs: Iterable[Tuple[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def _field(event: Event, dotted: str) -> Any:
-    """The value at a dotted path of the event, or None."""
+#: (attribute key, object, field) split once: this runs for every event sent
+_PATHS = tuple((name, *name.split(".", 1)) for name in ATTRIBUTE_FIELDS)
+
+
+def _field(event: Event, path: Tuple[str, ...]) -> Any:
+    """The value at ``path`` (keys of nested objects) in the event, or None."""
     value: Any = event
-    for part in dotted.split("."):
+    for part in path:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
     return value
 
 
+def _key_attributes(event: Event) -> List[Dict[str, Any]]:
+    """The attributes of ATTRIBUTE_FIELDS present in the event (inlined: the sink's hot loop)."""
+    out = []
+    for name, outer, inner in _PATHS:
+        section = event.get(outer)
+        value = section.get(inner) if type(section) is dict else None
+        if type(value) is str:
+            converted: Optional[Dict[str, Any]] = {"stringValue": value}
+        elif type(value) is int:
+            converted = {"intValue": str(value)}
+        else:
+            converted = any_value(value)
+        if converted is not None:
+            out.append({"key": name, "value": converted})
+    return out
+
+
 def log_record(event: Event, line: str, observed: int) -> Dict[str, Any]:
     """The LogRecord for one event; ``line`` is its JSON text, ``observed`` the send time (ns)."""
-    failed = _field(event, "event.outcome") == "failure"
+    failed = _field(event, ("event", "outcome")) == "failure"
     record: Dict[str, Any] = {}
     when = unix_nano(event.get("@timestamp"))
     if when is not None:  # left out (0, "unknown" in OTLP) rather than invented
@@ -127,7 +148,7 @@ def log_record(event: Event, line: str, observed: int) -> Dict[str, Any]:
         "severityNumber": SEVERITY_WARN if failed else SEVERITY_INFO,
         "severityText": "WARN" if failed else "INFO",
         "body": {"stringValue": line},
-        "attributes": attributes((name, _field(event, name)) for name in ATTRIBUTE_FIELDS),
+        "attributes": _key_attributes(event),
     })
     return record
 
@@ -250,8 +271,8 @@ class OtlpSink(HttpSink):
 
 def _about_self(event: Event, url: str) -> bool:
     """Whether ``event`` is the pipeline's report about sink ``url`` itself."""
-    return (_field(event, "event.action") in ("events-dropped", "sink-error", "sink-recovered")
-            and _field(event, "kernel_guard.sink") == url)
+    return (_field(event, ("kernel_guard", "sink")) == url
+            and _field(event, ("event", "action")) in ("events-dropped", "sink-error", "sink-recovered"))
 
 
 def _open(url: str, options: Optional[SinkOptions] = None) -> Sink:
