@@ -23,6 +23,7 @@ from kernel_guard.events.pipeline import EventPipeline
 from kernel_guard.events.processors import Sequence
 from kernel_guard.events.schema import make_event
 from kernel_guard.events.sinks import SinkOptions, open_sink, validate_sink_url
+from kernel_guard.events.sinks.otlp import any_value, unix_nano
 from kernel_guard.exceptions import ConfigError
 from kernel_guard.testing import MemorySink
 from sink_helpers import free_port, wait_until
@@ -361,6 +362,32 @@ def test_https_needs_the_collectors_ca(tmp_path):
         assert receiver.errors == []
     finally:
         receiver.stop()
+
+
+@pytest.mark.parametrize("timestamp,nanos", [
+    ("2026-11-22T05:00:00.123456Z", 1795323600123456000),
+    ("2026-11-22T06:00:00.5+01:00", 1795323600500000000),
+    ("2026-11-22T05:00:00.123456789Z", 1795323600123456789),
+    ("2026-11-22T05:00:00Z", 1795323600000000000),
+    ("1969-12-31T23:59:59Z", None),  # fixed64 cannot say it: left out, not wrapped
+    ("2026-13-01T00:00:00Z", None),
+    ("yesterday", None),
+    (1795323600, None),
+])
+def test_timestamps_become_exact_unix_nanoseconds(timestamp, nanos):
+    """@timestamp converts to nanoseconds without float rounding; what is not RFC 3339 gives None."""
+    assert unix_nano(timestamp) == nanos
+
+
+def test_values_take_otlp_json_forms():
+    """int64 as decimal strings, bigger ints as text, non-finite doubles as strings, nulls keep array places."""
+    assert any_value(True) == {"boolValue": True}
+    assert any_value(-5) == {"intValue": "-5"}
+    assert any_value(1 << 64) == {"stringValue": str(1 << 64)}
+    assert any_value(float("nan")) == {"doubleValue": "NaN"} and any_value(0.5) == {"doubleValue": 0.5}
+    assert any_value(["a", None, {"k": 1}]) == {"arrayValue": {"values": [
+        {"stringValue": "a"}, {}, {"kvlistValue": {"values": [{"key": "k", "value": {"intValue": "1"}}]}}]}}
+    assert any_value(None) is None
 
 
 @pytest.mark.parametrize("url,message", [

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import socket
 import time
@@ -41,7 +42,7 @@ try:
 except ImportError:  # the standard library is the fallback (as in schema.py)
     orjson = None  # type: ignore[assignment]
 
-__all__ = ["OtlpSink", "attributes", "log_record", "unix_nano"]
+__all__ = ["OtlpSink", "any_value", "attributes", "log_record", "unix_nano"]
 
 #: OTLP's default path for logs (used when the URL has none)
 DEFAULT_PATH = "/v1/logs"
@@ -57,6 +58,7 @@ _SPLIT = 413
 _MESSAGE_MAX = 300  # characters of a collector's error message kept in our events
 #: a LogRecord, and whether its event is this sink's own loss report
 _Record = Tuple[Dict[str, Any], bool]
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)\Z")
 
 
@@ -75,7 +77,15 @@ def unix_nano(timestamp: Any) -> Optional[int]:
         when = datetime.datetime.fromisoformat(seconds + ("+00:00" if zone == "Z" else zone))
     except ValueError:
         return None
-    return int(when.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    nanos = int(when.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    return nanos if nanos >= 0 else None  # fixed64: before 1970 is not representable
+
+
+def _int_value(value: int) -> Dict[str, Any]:
+    """intValue (int64, a decimal string in OTLP JSON); a larger integer as its digits in a string."""
+    if -(1 << 63) <= value < (1 << 63):
+        return {"intValue": str(value)}
+    return {"stringValue": str(value)}
 
 
 def any_value(value: Any) -> Optional[Dict[str, Any]]:
@@ -83,13 +93,15 @@ def any_value(value: Any) -> Optional[Dict[str, Any]]:
     if isinstance(value, bool):  # before int: bool is an int in Python
         return {"boolValue": value}
     if isinstance(value, int):
-        return {"intValue": str(value)}  # int64 is a decimal string in OTLP JSON
+        return _int_value(value)
     if isinstance(value, float):
-        return {"doubleValue": value}
+        # proto3 JSON spells the non-finite doubles as strings (plain JSON has no NaN)
+        return {"doubleValue": value if math.isfinite(value) else _NON_FINITE[str(value)]}
     if isinstance(value, str):
         return {"stringValue": value}
     if isinstance(value, list):
-        return {"arrayValue": {"values": [v for v in map(any_value, value) if v is not None]}}
+        # a null keeps its place as an empty AnyValue, so indices still match
+        return {"arrayValue": {"values": [any_value(v) or {} for v in value]}}
     if isinstance(value, dict):
         return {"kvlistValue": {"values": attributes(value.items())}}
     return None
@@ -128,7 +140,7 @@ def _key_attributes(event: Event) -> List[Dict[str, Any]]:
         if type(value) is str:
             converted: Optional[Dict[str, Any]] = {"stringValue": value}
         elif type(value) is int:
-            converted = {"intValue": str(value)}
+            converted = _int_value(value)
         else:
             converted = any_value(value)
         if converted is not None:
@@ -263,10 +275,6 @@ class OtlpSink(HttpSink):
             "scopeLogs": [{"scope": self._scope, "logRecords": records}],
         }]}
         return to_json_line(request)[:-1]
-
-    def emit(self, events: List[Event]) -> None:
-        """Send decoded events (the sender normally uses :meth:`emit_lines`)."""
-        self.emit_lines([to_json_line(e) for e in events])
 
 
 def _about_self(event: Event, url: str) -> bool:
