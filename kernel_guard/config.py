@@ -241,15 +241,15 @@ class KernelGuard(Configurable):
         default_value="ndjson",
         help="""Body of the HTTP sinks' POSTs: ``ndjson`` (one event per line,
         application/x-ndjson) or ``json`` (one array, application/json, for
-        Fluent Bit's http input).""",
+        Fluent Bit's http input). OTLP sinks always send OTLP JSON.""",
     ).tag(config=True)
 
-    http_gzip = Bool(False, help="Compress HTTP sink bodies with gzip (Content-Encoding: gzip).").tag(config=True)
+    http_gzip = Bool(False, help="Compress HTTP and OTLP sink bodies with gzip (Content-Encoding: gzip).").tag(config=True)
 
     http_headers_file = Unicode(
         "",
         help="""Absolute path of a file of 'Name: value' lines sent as headers by
-        the HTTP sinks (e.g. 'Authorization: Bearer ...'); read again on each
+        the HTTP and OTLP sinks (e.g. 'Authorization: Bearer ...'); read again on each
         new connection. Never logged.""",
     ).tag(config=True)
 
@@ -265,7 +265,7 @@ class KernelGuard(Configurable):
     http_headers_env = Unicode(
         "",
         help="""Name of an environment variable holding 'Name: value' header
-        lines (separated by newlines or a literal \\n) for the HTTP sinks.""",
+        lines (separated by newlines or a literal \\n) for the HTTP and OTLP sinks.""",
     ).tag(config=True)
 
     @validate("http_headers_env")
@@ -277,18 +277,18 @@ class KernelGuard(Configurable):
 
     http_ca_bundle = Unicode(
         "",
-        help="PEM file of CA certificates the HTTPS sinks trust (default: the system's).",
+        help="PEM file of CA certificates the HTTPS and OTLP/HTTPS sinks trust (default: the system's).",
     ).tag(config=True)
 
     http_timeout = Float(
         10.0,
-        help="Seconds an HTTP sink waits to connect, send or read an answer before retrying later.",
+        help="Seconds an HTTP or OTLP sink waits to connect, send or read an answer before retrying later.",
     ).tag(config=True)
 
 
     unsafe_http_skip_tls_verify = Bool(
         False,
-        help="""Do not verify HTTPS sinks' certificates: anyone on the path can
+        help="""Do not verify HTTPS and OTLP/HTTPS sinks' certificates: anyone on the path can
         read or drop events. Weakens the guard; honoured only from a trusted source.""",
     ).tag(config=True)
 

@@ -50,7 +50,8 @@ def dedupe(events: List[dict]) -> List[dict]:
 
 
 class HttpCollector:
-    """A local HTTP receiver: ``mode`` is ok, slow, 500 or 429; ``stop()`` takes it down."""
+    """A local HTTP receiver: ``mode`` is ok, slow, 500, 429 or poison (400 for a batch with
+    an event whose reason is "poison"); ``stop()`` takes it down."""
 
     def __init__(self, port: Optional[int] = None) -> None:
         self.port = port or free_port()
@@ -76,15 +77,17 @@ class HttpCollector:
                 else:
                     events = [json.loads(line) for line in body.splitlines() if line.strip()]
                 mode = collector.mode
+                if mode == "poison" and any(e["event"].get("reason") == "poison" for e in events):
+                    mode = "400"  # refuses a batch holding the poison event, takes the rest
                 with collector._lock:
                     collector.requests.append({"headers": dict(self.headers), "count": len(events),
                                                "mode": mode, "path": self.path})
-                    if mode in ("ok", "slow", "500"):
+                    if mode in ("ok", "slow", "500", "poison"):
                         # a 500 after reading: the batch may have been half taken (duplicates follow)
                         collector.events.extend(events)
                 if mode == "slow":
                     time.sleep(collector.slow_seconds)
-                status = {"500": 500, "429": 429}.get(mode, 200)
+                status = {"500": 500, "429": 429, "400": 400}.get(mode, 200)
                 self.send_response(status)
                 if status == 429:
                     self.send_header("Retry-After", "1")

@@ -130,6 +130,7 @@ class EventPipeline:
         self._pid = os.getpid()
         self._lost: Dict[str, int] = {}  # sink url -> events it could not keep
         self._lost_reported: Dict[str, Tuple[int, float]] = {}
+        self._rejected_reported: Dict[str, Tuple[int, float]] = {}
         self._failing_since: Dict[str, float] = {}
         self._spool_root = default_spool_root() if spool_dir is None else spool_dir
         self._spool_max_bytes = spool_max_bytes
@@ -350,6 +351,21 @@ class EventPipeline:
                 reason=f"{total - reported} events not kept for sink {url}: {why}",
                 dropped=total - reported, dropped_total=total,
             ))
+        for worker in self._workers.values():
+            self._report_rejected(worker, now, force)
+
+    def _report_rejected(self, worker: "_SinkWorker", now: float, force: bool) -> None:
+        """Record, at most every few seconds, events a collector refused for good, with its reason."""
+        url, total = worker.sink.url, worker.rejected
+        reported, when = self._rejected_reported.get(url, (0, 0.0))
+        if total <= reported or (not force and now - when < _LOSS_REPORT_EVERY):
+            return
+        self._rejected_reported[url] = (total, now)
+        self.emit(make_event(
+            "events-dropped", outcome="failure", layer="pipeline", sink=url,
+            reason=f"{total - reported} events refused for good by sink {url}: {worker.rejected_reason}",
+            dropped=total - reported, dropped_total=total, rejected=True,
+        ))
 
     def _write(self, batch: List[Event]) -> None:
         """Give a batch to every local sink and every network sink's spool."""
@@ -532,6 +548,8 @@ class _SinkWorker:
         self.sink = sink
         self.spool = spool
         self.lost = 0  # events not kept: spool full, or unreadable lines
+        self.rejected = 0  # events the collector refused for good (reported with its reason)
+        self.rejected_reason = ""
         self.failing = False
         self.batch_bytes = int(getattr(sink, "batch_bytes", 512 * 1024))
         self.confirm_after = float(getattr(sink, "confirm_after", 0.0))
@@ -606,7 +624,9 @@ class _SinkWorker:
         self._succeeded()
         take_rejected = getattr(self.sink, "take_rejected", None)
         if take_rejected is not None:
-            self.lost += take_rejected()
+            count, why = take_rejected()
+            if count:
+                self.rejected, self.rejected_reason = self.rejected + count, why
         if self.confirm_after > 0:
             self._pending.append((time.monotonic(), token))
         else:
@@ -700,6 +720,7 @@ class _SinkWorker:
 
     def stats(self) -> Dict[str, Any]:
         return {"pending_bytes": self.spool.pending_bytes(), "lost": self.lost + self.spool.lost_torn,
+                "rejected": self.rejected,
                 "state": "retrying" if self.failing else "ok", "directory": self.spool.directory}
 
 

@@ -28,9 +28,9 @@ def collector():
     receiver.stop()
 
 
-def _pipeline(url: str, tmp_path, sinks=(), **options) -> EventPipeline:
+def _pipeline(url: str, tmp_path, sinks=(), start: bool = True, **options) -> EventPipeline:
     sink = open_sink(url, SinkOptions(**options))
-    return EventPipeline([*sinks, sink], [Aggregate(0), Sequence()], spool_dir=str(tmp_path / "spool"))
+    return EventPipeline([*sinks, sink], [Aggregate(0), Sequence()], spool_dir=str(tmp_path / "spool"), start=start)
 
 
 def test_batches_carry_headers_from_file_and_env_gzip_and_json_array(collector, tmp_path, monkeypatch):
@@ -122,6 +122,24 @@ def test_skipping_tls_verification_from_a_user_config_file_is_ignored():
     _apply_untrusted(guard, "http_ca_bundle", "/home/alice/ca.pem", ignored, ["/home/alice/.ipython/x.py"])
     assert guard.unsafe_http_skip_tls_verify is False and guard.http_ca_bundle == ""
     assert [i["setting"] for i in ignored] == ["KernelGuard.unsafe_http_skip_tls_verify", "KernelGuard.http_ca_bundle"]
+
+
+def test_an_event_the_collector_refuses_alone_is_reported_with_its_answer(collector, tmp_path):
+    """A 400 is narrowed down to the one event; it is reported as lost with the status, and the rest arrive."""
+    memory = MemorySink()
+    pipe = _pipeline(collector.url, tmp_path, sinks=[memory], start=False)
+    collector.mode = "poison"
+    for reason in ("a", "b", "poison", "c", "d"):
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=reason))
+    pipe.start()
+    [dropped] = wait_until(lambda: [e for e in memory.events if e["event"]["action"] == "events-dropped"], 10,
+                           "the events-dropped report")
+    assert pipe.flush(10)
+    pipe.close()
+    assert dropped["kernel_guard"]["dropped"] == 1 and dropped["kernel_guard"]["rejected"] is True
+    assert "400 Bad Request" in dropped["event"]["reason"]
+    assert [e["event"]["reason"] for e in collector.snapshot() if e["event"]["action"] == "exec-denied"] == [
+        "a", "b", "c", "d"]
 
 
 def test_collector_refusing_with_500_and_429_loses_nothing_and_never_blocks_local_sinks(collector, tmp_path):

@@ -122,7 +122,7 @@ def _network(module: str) -> Callable[..., Sink]:
     return factory
 
 
-#: URL scheme -> factory ``(url, options=None)``.  syslog and http register
+#: URL scheme -> factory ``(url, options=None)``.  syslog, http and otlp register
 #: their own openers here when their modules are imported.
 SCHEMES: Dict[str, Callable[..., Sink]] = {
     "file": _file,
@@ -130,7 +130,12 @@ SCHEMES: Dict[str, Callable[..., Sink]] = {
     "logging": _logging,
     **{scheme: _network("syslog") for scheme in ("syslog+udp", "syslog+tcp", "syslog+unix")},
     **{scheme: _network("http") for scheme in ("http", "https")},
+    **{scheme: _network("otlp") for scheme in ("otlp+http", "otlp+https")},
 }
+
+#: OTLP's other spellings, which kernel_guard does not speak: what to write instead
+_OTLP_HINT = ("write otlp+http://host:4318/v1/logs or otlp+https://host:4318/v1/logs "
+              "(OTLP/HTTP with JSON; gRPC is not supported)")
 
 
 def describe_url(url: str) -> str:
@@ -161,6 +166,8 @@ def validate_sink_url(url: str) -> str:
         raise ConfigError(f"sink {parts.scheme}://{parts.hostname or ''} has an invalid port: "
                           f"write {parts.scheme}://host:port") from None
     scheme = parts.scheme
+    if scheme.startswith("otlp") and scheme not in SCHEMES:
+        raise ConfigError(f"unknown sink scheme {scheme}:// in {describe_url(url)!r}: {_OTLP_HINT}")
     if scheme not in SCHEMES:
         known = ", ".join(sorted(f"{s}://" for s in SCHEMES))
         raise ConfigError(
@@ -172,13 +179,18 @@ def validate_sink_url(url: str) -> str:
             raise ConfigError(
                 f"file sink {url!r} needs an absolute path: write file:///abs/path/events.jsonl"
             )
-    if scheme in ("syslog+udp", "syslog+tcp", "http", "https"):
+    if scheme in ("syslog+udp", "syslog+tcp", "http", "https", "otlp+http", "otlp+https"):
+        example = f"{scheme}://host:4318/v1/logs" if scheme.startswith("otlp") else (
+            f"{scheme}://host:port" + ("/path" if scheme.startswith("http") else ""))
         if parts.port == 0:
             raise ConfigError(f"sink {scheme}://{parts.hostname or ''}:0 has port 0, which no collector "
-                              f"listens on: write {scheme}://host:port")
+                              f"listens on: write {example}")
         if not parts.hostname:
-            raise ConfigError(f"sink {scheme}:// needs a host: write {scheme}://host:port"
-                              + ("/path" if scheme.startswith("http") else ""))
+            raise ConfigError(f"sink {scheme}:// needs a host: write {example}")
+        if scheme.startswith("otlp") and parts.port is None:
+            # no silent default: OTLP/HTTP collectors listen on 4318, a URL's default is 80/443
+            raise ConfigError(f"sink {describe_url(url)} needs a port (an OpenTelemetry Collector "
+                              f"listens on 4318): write {example}")
     if scheme == "syslog+unix" and (not parts.path.startswith("/") or parts.netloc not in ("", "localhost")):
         raise ConfigError("syslog+unix:// needs an absolute socket path: write syslog+unix:///dev/log")
     return url

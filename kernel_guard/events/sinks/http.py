@@ -27,7 +27,7 @@ import http.client
 import os
 import ssl
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from ..._version import __version__
@@ -39,6 +39,8 @@ __all__ = ["HttpSink", "read_headers"]
 
 _SPLIT_STATUSES = frozenset({400, 413, 422})
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+#: the most of a collector's answer kept (for its error message)
+_ANSWER_MAX = 64 * 1024
 
 
 def read_headers(text: str, source: str) -> Dict[str, str]:
@@ -61,6 +63,8 @@ class HttpSink(Sink):
     """POST batches of events to an HTTP(S) collector."""
 
     spooled = True
+    #: answers whose Retry-After header sets the wait before the next attempt
+    retry_after_statuses = _RETRY_AFTER_STATUSES
 
     def __init__(self, url: str, options: Optional[SinkOptions] = None) -> None:
         self.options = options or SinkOptions()
@@ -82,7 +86,8 @@ class HttpSink(Sink):
         # the problem (sink-error) until it is fixed -- a secret mounted late
         # must not cost the kernel's events.
         self.retry_after: Optional[float] = None
-        self.rejected = 0  # events the collector refused one by one (counted as lost)
+        self.rejected = 0  # events the collector will never take (counted as lost)
+        self.rejected_reason = ""
 
     @classmethod
     def from_url(cls, url: str, options: Optional[SinkOptions] = None) -> "HttpSink":
@@ -152,7 +157,7 @@ class HttpSink(Sink):
         if not lines:
             return
         self.retry_after = None
-        status, reason = self._post(lines)
+        status, reason, _ = self.post(self.body(lines))
         if 200 <= status < 300:
             self.retry_after = None
             return
@@ -161,34 +166,42 @@ class HttpSink(Sink):
                 half = len(lines) // 2
                 self.emit_lines(lines[:half])
                 self.emit_lines(lines[half:])
-            else:
-                self.rejected += 1  # one event it will never take: do not block the rest
+            else:  # one event it will never take: do not block the rest
+                self.reject(1, f"the collector answered {status} {reason} to it alone")
             return
         raise SinkError(f"collector {self.url} answered {status} {reason}")
 
-    def _post(self, lines: List[bytes]) -> tuple[int, str]:
-        body = self.body(lines)
+    def post(self, body: bytes) -> Tuple[int, str, bytes]:
+        """POST ``body`` (gzip'd if configured); the answer's status, reason and (start of) body.
+
+        Raises SinkError when no answer came (the connection is dropped then).
+        """
         if self.options.http_gzip:
             body = gzip.compress(body, compresslevel=6)
         conn = self._connection()  # SinkError on a bad headers file or CA bundle
         try:
             conn.request("POST", self._target, body=body, headers=self._headers)
             response = conn.getresponse()
-            response.read()
+            answer = response.read()
         except (OSError, http.client.HTTPException) as exc:
             self._drop()
             what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise SinkError(f"POST to {self.url} failed: {what}") from exc
-        if response.status in _RETRY_AFTER_STATUSES:
+        if response.status in self.retry_after_statuses:
             self.retry_after = _retry_after(response.getheader("Retry-After"))
         if response.will_close:
             self._drop()
-        return response.status, response.reason
+        return response.status, response.reason, answer[:_ANSWER_MAX]
 
-    def take_rejected(self) -> int:
-        """Events refused one by one since the last call (the sender counts them as lost)."""
+    def reject(self, count: int, why: str) -> None:
+        """Count events the collector will never take, and why (the sender reports them as lost)."""
+        self.rejected += count
+        self.rejected_reason = why
+
+    def take_rejected(self) -> Tuple[int, str]:
+        """Events refused for good since the last call, and the latest reason."""
         count, self.rejected = self.rejected, 0
-        return count
+        return count, self.rejected_reason
 
     def _drop(self) -> None:
         if self._conn is not None:
