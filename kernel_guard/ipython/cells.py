@@ -55,6 +55,9 @@ def _cell_event(code: str, *, silent: bool, reply: Any, duration: float, cell_id
         fields["session"] = session
     if user_expressions:
         fields["user_expressions"] = {k: str(v) for k, v in user_expressions.items()}
+        # each cut to code_max_chars like cell code, so each keeps its whole hash too
+        fields["user_expressions_sha256"] = {k: hashlib.sha256(str(v).encode("utf-8", "replace")).hexdigest()
+                                             for k, v in user_expressions.items()}
         fields.setdefault("code_limit", rt.guard.code_max_chars)  # cut after redaction
     if status == "error":
         fields["error_name"] = reply.get("ename")
@@ -172,8 +175,11 @@ def install(ip: Any) -> None:
     """Start recording executions on this shell (once)."""
     kernel = getattr(ip, "kernel", None)
     if kernel is not None:
+        from . import requests
+
         _wrap_do_execute(kernel)
         _wrap_do_shutdown(kernel)
+        requests.install(kernel)  # inspection, completion, comms, input replies
     elif not getattr(ip, "_kernel_guard_cells", False):
         _terminal_events(ip)
         ip._kernel_guard_cells = True
