@@ -96,6 +96,7 @@ _CATEGORY = {
     "terminal-refused": (["process", _ID], ["start", "denied"]),
     "file-download": (["file"], ["access"]),
     "file-download-refused": (["file", _ID], ["access", "denied"]),
+    "server-event-refused": (["web", _ID], ["access", "denied"]),
 }
 
 _JUPYTER_KERNEL_FILE = re.compile(r"kernel-(?P<id>[0-9A-Za-z._-]+)\.json$")

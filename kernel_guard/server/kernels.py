@@ -13,11 +13,13 @@ path into the kernel manager passes:
    (also the automatic restart of a dead kernel) and closes the window between
    the check in 1. and the launch.
 
-It also leaves refused kernelspecs out of ``/api/kernelspecs`` and records,
-from jupyter_server's own event bus, the kernel lifecycle (start, restart,
-interrupt, shutdown, and shutdowns by the idle culler as ``kernel-culled``)
-and, by policy, contents API actions, with the user, the kernel and the
-notebook.
+It also leaves refused kernelspecs out of ``/api/kernelspecs`` and records
+the kernel lifecycle (start, restart, interrupt, shutdown, and shutdowns by
+the idle culler as ``kernel-culled``) from the kernel manager's own calls, with
+the user, the kernel and the notebook.  Not from jupyter_server's event bus:
+any holder of the server's token can ``POST /api/events``, so a record built
+from it could be forged (the routes refuse posts of the server's own schemas,
+:mod:`.routes`).  Contents API actions, by policy, still come from the bus.
 """
 
 from __future__ import annotations
@@ -30,13 +32,10 @@ from .guard import ServerGuard, maybe_await
 
 __all__ = ["KernelHooks"]
 
-KERNEL_ACTIONS_SCHEMA = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CONTENTS_SCHEMA = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 #: set while the idle culler shuts a kernel down, so the shutdown reads as "culled"
 _CULLING: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("kernel_guard_culling", default=None)
-#: the notebook path of a kernel being started (kernel_actions events carry none)
-_STARTING: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("kernel_guard_starting", default=None)
 
 
 
@@ -52,6 +51,7 @@ class KernelHooks:
         guard = self.guard
         km = guard.km
         start, restart, cull = km.start_kernel, km.restart_kernel, km.cull_kernel_if_idle
+        record = self._recorded
 
         async def start_kernel(*args: Any, **kwargs: Any) -> str:
             kernel_id = kwargs.get("kernel_id")
@@ -61,13 +61,14 @@ class KernelHooks:
             env = kwargs.get("env") or {}
             notebook = guard.api_path(env.get("JPY_SESSION_NAME")) if isinstance(env, dict) else None
             guard.check(guard.assess_name(name), "start", notebook)
-            token = _STARTING.set({"notebook": notebook, "kernel_name": name})
             try:
                 new_id = await maybe_await(start(*args, **kwargs))
-            finally:
-                _STARTING.reset(token)
+            except Exception as exc:
+                self._record("start", None, False, f"start of {name} failed: {exc}", name, notebook)
+                raise
             if notebook:
                 guard.notebooks[new_id] = notebook
+            self._record("start", new_id, True, f"kernel {name} started", name, notebook)
             return new_id
 
         async def restart_kernel(kernel_id: str, *args: Any, **kwargs: Any) -> Any:
@@ -78,7 +79,7 @@ class KernelHooks:
             if manager is not None:
                 guard.check(guard.assess(manager.kernel_name, manager.kernel_spec), "restart",
                             guard.notebook_of(kernel_id), kernel_id)
-            return await maybe_await(restart(kernel_id, *args, **kwargs))
+            return await record("restart", kernel_id, lambda: restart(kernel_id, *args, **kwargs))
 
         async def cull_kernel_if_idle(kernel_id: str) -> Any:
             token = _CULLING.set(kernel_id)
@@ -90,7 +91,52 @@ class KernelHooks:
         km.start_kernel = start_kernel
         km.restart_kernel = restart_kernel
         km.cull_kernel_if_idle = cull_kernel_if_idle
+        self._record_stops()
         self._guard_factory()
+
+    def _record_stops(self) -> None:
+        """Interrupts and shutdowns, the public calls and the one ``shutdown_all`` makes."""
+        km = self.guard.km
+        interrupt = km.interrupt_kernel
+        record = self._recorded
+
+        async def interrupt_kernel(kernel_id: str) -> Any:
+            return await record("interrupt", kernel_id, lambda: interrupt(kernel_id))
+
+        def stopping(original: Any) -> Any:
+            async def shutdown_kernel(kernel_id: str, *args: Any, **kwargs: Any) -> Any:
+                action = "culled" if _CULLING.get() == kernel_id else "shutdown"
+                notebook = self.guard.notebook_of(kernel_id)
+                result = await record(action, kernel_id, lambda: original(kernel_id, *args, **kwargs),
+                                      notebook=notebook)
+                self.guard.notebooks.pop(kernel_id, None)
+                return result
+            return shutdown_kernel
+
+        km.interrupt_kernel = interrupt_kernel
+        km.shutdown_kernel = stopping(km.shutdown_kernel)
+        if hasattr(km, "_async_shutdown_kernel"):
+            km._async_shutdown_kernel = stopping(km._async_shutdown_kernel)
+
+    async def _recorded(self, action: str, kernel_id: str, call: Any, notebook: Optional[str] = None) -> Any:
+        """Run one kernel manager call and record its outcome (re-raising its failure)."""
+        try:
+            name = self.guard.km.get_kernel(kernel_id).kernel_name
+        except Exception:
+            name = None
+        try:
+            result = await maybe_await(call())
+        except Exception as exc:
+            self._record(action, kernel_id, False, f"{action} of kernel {kernel_id} failed: {exc}", name, notebook)
+            raise
+        self._record(action, kernel_id, True, f"kernel {kernel_id}: {action}", name, notebook)
+        return result
+
+    def _record(self, action: str, kernel_id: Optional[str], ok: bool, reason: str,
+                kernel_name: Optional[str] = None, notebook: Optional[str] = None) -> None:
+        self.guard.emit(f"kernel-{action}", "success" if ok else "failure", reason, kernel_id=kernel_id,
+                        kernel_name=kernel_name, recorded_from="kernel manager",
+                        notebook=notebook or (self.guard.notebook_of(kernel_id) if kernel_id else None))
 
     def _guard_factory(self) -> None:
         """Every per-kernel manager checks the spec it launches, at every (re)start."""
@@ -135,22 +181,6 @@ class KernelHooks:
         ksm.get_all_specs = get_all_specs
 
     # jupyter_server's events -----------------------------------------------------------
-    async def on_kernel_action(self, logger: Any, schema_id: str, data: dict) -> None:
-        """kernel_actions/v1 -> kernel-start, -restart, -interrupt, -shutdown, -culled."""
-        action = data.get("action", "")
-        kernel_id = data.get("kernel_id")
-        starting = _STARTING.get() or {}
-        if action == "shutdown" and _CULLING.get() == kernel_id:
-            action = "culled"
-        notebook = self.guard.notebook_of(kernel_id) or starting.get("notebook")
-        ok = data.get("status") == "success"
-        self.guard.emit(f"kernel-{action}", "success" if ok else "failure", data.get("msg") or action,
-                        kernel_id=kernel_id,
-                        kernel_name=data.get("kernel_name"), notebook=notebook,
-                        status_code=data.get("status_code"))
-        if action in ("shutdown", "culled") and ok and kernel_id:
-            self.guard.notebooks.pop(kernel_id, None)
-
     async def on_contents_action(self, logger: Any, schema_id: str, data: dict) -> None:
         """contents_service/v1 -> contents-<action> (when record_contents is on)."""
         self.guard.emit(f"contents-{data.get('action')}", "success", f"contents API {data.get('action')}",
@@ -158,10 +188,9 @@ class KernelHooks:
                         source_path=data.get("source_path"))
 
     def listen(self) -> None:
-        """Record the kernel lifecycle (and, by policy, contents actions) from jupyter_server's events."""
+        """By policy, record contents actions from jupyter_server's events."""
         logger = getattr(self.guard.app, "event_logger", None)
         if logger is None:
             return
-        logger.add_listener(schema_id=KERNEL_ACTIONS_SCHEMA, listener=self.on_kernel_action)
         if self.guard.settings.record_contents:
             logger.add_listener(schema_id=CONTENTS_SCHEMA, listener=self.on_contents_action)

@@ -96,6 +96,12 @@ class RouteHooks:
             for cls in files_classes - {None}:
                 replacements[cls] = _download_checked(cls, "files")
             replacements[NbconvertFileHandler] = _download_checked(NbconvertFileHandler, "nbconvert")
+        try:
+            from jupyter_server.services.events.handlers import EventHandler
+
+            replacements[EventHandler] = _server_events_refused(EventHandler)
+        except ImportError:  # a jupyter_server without POST /api/events
+            pass
         web_app = self.guard.app.web_app
         web_app.settings["kernel_guard"] = self
         for router in (web_app.default_router, web_app.wildcard_router):
@@ -175,6 +181,34 @@ def _download_checked(cls: type, route: str) -> type:
         await maybe_await(original_get(self, *args, **kwargs))
 
     return type(cls.__name__, (cls,), {"get": get})
+
+
+#: jupyter_server's own schemas: emitted by the server, never by a client
+SERVER_SCHEMAS = "https://events.jupyter.org/jupyter_server/"
+
+
+def _server_events_refused(cls: type) -> type:
+    """POST /api/events that refuses events claiming jupyter_server's own schemas:
+    any token holder (notebook code too) could otherwise forge kernel or contents
+    actions into every listener of the server's event bus."""
+    original_post = cls.post
+
+    async def post(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            schema_id = str((self.get_json_body() or {}).get("schema_id") or "")
+        except Exception:
+            schema_id = ""
+        hooks: Optional[RouteHooks] = self.settings.get("kernel_guard")
+        if schema_id.startswith(SERVER_SCHEMAS):
+            message = (f"kernel_guard: events of {schema_id} come from the server itself; "
+                       "clients may not post them.")
+            if hooks is not None:
+                hooks.guard.emit("server-event-refused", "failure", message, schema_id=schema_id,
+                                 technique="POST /api/events")
+            raise web.HTTPError(403, message, reason="Forbidden by kernel_guard")
+        await maybe_await(original_post(self, *args, **kwargs))
+
+    return type(cls.__name__, (cls,), {"post": post})
 
 
 def _replace_targets(router: Any, replacements: dict[type, type]) -> None:

@@ -218,6 +218,21 @@ def test_idle_culler_shutdown_is_recorded_as_culled(server: JupyterServer) -> No
     assert not server.events(event__action="kernel-shutdown", kernel_guard__kernel_id=kernel_id)
 
 
+def test_a_client_cannot_forge_the_servers_lifecycle_events(server: JupyterServer, analysis: dict) -> None:
+    """Any token holder can POST /api/events: one claiming jupyter_server's kernel_actions schema is
+    refused (403, recorded), and no kernel-shutdown appears for the kernel it names."""
+    kernel_id = analysis["kernel_id"]
+    forged = {"schema_id": "https://events.jupyter.org/jupyter_server/kernel_actions/v1", "version": "1",
+              "data": {"action": "shutdown", "kernel_id": kernel_id, "status": "success", "msg": "forged"}}
+    response = server.post("/api/events", forged)
+    assert response.status_code == 403 and "come from the server itself" in response.text
+    (refused,) = server.wait_for_events(event__action="server-event-refused")
+    assert refused["event"]["outcome"] == "failure" and refused["user"]["name"] == USER
+    assert not server.events(event__action="kernel-shutdown", kernel_guard__kernel_id=kernel_id)
+    (start,) = server.events(event__action="kernel-start", kernel_guard__kernel_id=kernel_id)
+    assert start["kernel_guard"]["recorded_from"] == "kernel manager"
+
+
 # -- terminals, downloads, contents -----------------------------------------------------
 
 def test_terminal_creation_is_refused_and_recorded(server: JupyterServer) -> None:
