@@ -130,6 +130,7 @@ class EventPipeline:
         self._pid = os.getpid()
         self._lost: Dict[str, int] = {}  # sink url -> events it could not keep
         self._lost_reported: Dict[str, Tuple[int, float]] = {}
+        self._causes_reported: Dict[str, Dict[str, int]] = {}
         self._rejected_reported: Dict[str, Tuple[int, float]] = {}
         self._failing_since: Dict[str, float] = {}
         self._spool_root = default_spool_root() if spool_dir is None else spool_dir
@@ -156,8 +157,9 @@ class EventPipeline:
         self._direct = [s for s in self.sinks if s.url not in self._workers]
         for url, worker in self._workers.items():
             if root and isinstance(worker.spool, MemorySpool):
-                reason = (f"spool directory under {root} is not usable: events for {url} are "
-                          "kept in memory only until delivered (lost if the kernel is killed)")
+                why = worker.spool.refused or f"the spool directory under {root} is not usable"
+                reason = (f"{why}: events for {url} are kept in memory only until delivered "
+                          "(lost if the process is killed)")
                 _stderr_line(f"kernel_guard: {reason}.")
                 self.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
 
@@ -338,13 +340,14 @@ class EventPipeline:
         now = time.monotonic()
         for worker in self._workers.values():
             self._lost[worker.sink.url] = worker.lost + worker.spool.lost_torn
+            self._report_spool_problems(worker)
         for url, total in list(self._lost.items()):
             reported, when = self._lost_reported.get(url, (0, 0.0))
             if total <= reported or (not force and now - when < _LOSS_REPORT_EVERY):
                 continue
             self._lost_reported[url] = (total, now)
             worker = self._workers.get(url)
-            why = (f"its spool is full ({worker.spool.max_bytes} bytes) or unreadable" if worker
+            why = (self._causes_since(worker) if worker
                    else "it could not be written (see the sink-error event)")
             self.emit(make_event(
                 "events-dropped", outcome="failure", layer="pipeline", sink=url,
@@ -353,6 +356,23 @@ class EventPipeline:
             ))
         for worker in self._workers.values():
             self._report_rejected(worker, now, force)
+
+    def _causes_since(self, worker: "_SinkWorker") -> str:
+        """Why a network sink's events were not kept since the last report, by cause."""
+        causes = dict(getattr(worker.spool, "causes", {}))
+        previous = self._causes_reported.setdefault(worker.sink.url, {})
+        new = {cause: n - previous.get(cause, 0) for cause, n in causes.items() if n > previous.get(cause, 0)}
+        previous.update(causes)
+        return "; ".join(f"{n}: {cause}" for cause, n in new.items()) or "its spool could not keep them"
+
+    def _report_spool_problems(self, worker: "_SinkWorker") -> None:
+        """A spool segment found cut, emptied or with a wrong offset: stderr and a sink-error naming it."""
+        problems = getattr(worker.spool, "problems", None)
+        while problems:
+            problem = problems.popleft()
+            _stderr_line(f"kernel_guard: {problem}")
+            self.emit(make_event("sink-error", outcome="failure", layer="pipeline", sink=worker.sink.url,
+                                 reason=problem))
 
     def _report_rejected(self, worker: "_SinkWorker", now: float, force: bool) -> None:
         """Record, at most every few seconds, events a collector refused for good, with its reason."""
@@ -382,8 +402,9 @@ class EventPipeline:
                 self._sink_ok(sink)
         if self._workers:
             lines = [to_json_line(e) for e in batch]
-            for worker in self._workers.values():
-                worker.accept(lines)
+            for reports, run in _runs(batch, lines):
+                for worker in self._workers.values():
+                    worker.accept(run, reports)
         self.written += len(batch)
 
     def _write_lines(self, lines: List[bytes]) -> None:
@@ -514,6 +535,22 @@ class EventPipeline:
         }
 
 
+#: the pipeline's reports of its own losses: a full spool still takes them (a little room is kept)
+_REPORTS = frozenset({"events-dropped", "sink-error", "sink-recovered"})
+
+
+def _runs(batch: List[Event], lines: List[bytes]) -> List[Tuple[bool, List[bytes]]]:
+    """Lines in order, cut into runs of reports and of other events (reports may use the room)."""
+    runs: List[Tuple[bool, List[bytes]]] = []
+    for event, line in zip(batch, lines):
+        report = event["event"].get("action") in _REPORTS and event["kernel_guard"].get("layer") == "pipeline"
+        if runs and runs[-1][0] == report:
+            runs[-1][1].append(line)
+        else:
+            runs.append((report, [line]))
+    return runs
+
+
 def _build(build: Callable[[], Event]) -> Event:
     """The event ``build`` makes; a ``guard-error`` event in its place if it raises."""
     try:
@@ -568,9 +605,9 @@ class _SinkWorker:
             self._thread.start()
 
     # -- writer-thread side -------------------------------------------
-    def accept(self, lines: List[bytes]) -> None:
+    def accept(self, lines: List[bytes], reports: bool = False) -> None:
         """Append to the spool (never blocks on the network) and wake the sender."""
-        self.lost += self.spool.append(lines)
+        self.lost += self.spool.append(lines, reports)
         if not self._wake.is_set():
             self._wake.set()
 

@@ -22,8 +22,11 @@ The spool is size-capped (``max_bytes`` of undelivered data, counted over
 every process sharing the directory, approximately): what does not fit is
 counted by the caller and reported as an ``events-dropped`` event.
 
-The spool lives where the kernel can write, so code in the kernel can delete
-or add to it; the per-kernel ``event.sequence`` shows deletions downstream.
+In the extension-only route the spool lives where the kernel can write, so
+code in the kernel can delete or add to it; the streams' numbers and chain
+show it downstream.  A folder that is a link, another user's, or writable by
+others is refused; a segment found cut short, emptied, or with an offset
+inside a line is reported (``problems``), never passed over in silence.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Deque, Dict, List, Optional, Tuple
 
-__all__ = ["MemorySpool", "Spool", "default_spool_root", "open_spool", "sink_key"]
+__all__ = ["MemorySpool", "Spool", "SpoolRefused", "default_spool_root", "open_spool", "sink_key"]
 
 #: (segment name, start offset, end offset) of one read batch
 Token = Tuple[str, int, int]
@@ -48,6 +52,7 @@ Token = Tuple[str, int, int]
 _SEGMENT = re.compile(r"^\d{20}-\d+-[0-9a-f]+\.jsonl$")
 _SCAN_EVERY = 2.0  # seconds between looks for segments other processes left behind
 _ACK_EVERY = 0.5  # seconds between .ack file updates of one segment (more often is only cost)
+_REPORT_ROOM = 64 * 1024  # bytes beyond max_bytes kept for the pipeline's own loss reports
 
 
 def default_spool_root() -> str:
@@ -85,24 +90,36 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.lost_torn = 0  # partial lines found in segments of killed processes
+        #: events not kept, by cause (cumulative), and problems found, each naming its file
+        self.causes: Dict[str, int] = {}
+        self.problems: Deque[str] = deque(maxlen=100)
         self._lock = threading.Lock()
         self._segments: Dict[str, _Segment] = {}
         self._active: Optional[_Segment] = None
         self._foreign_bytes = 0  # undelivered bytes in segments other live processes hold
         self._scanned = 0.0
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        _check_folder(directory)
         self.scan(force=True)
 
+    def _count(self, cause: str, n: int) -> int:
+        if n:
+            self.causes[cause] = self.causes.get(cause, 0) + n
+        return n
+
     # -- appending (the pipeline's writer thread) -------------------------
-    def append(self, lines: List[bytes]) -> int:
-        """Append whole lines (each ending in a newline); return how many were not kept."""
+    def append(self, lines: List[bytes], reports: bool = False) -> int:
+        """Append whole lines (each ending in a newline); return how many were not kept.
+        ``reports``: the pipeline's own loss reports, which may use a little room beyond
+        ``max_bytes`` (a report that the spool is full must not be lost to it being full)."""
         if not lines:
             return 0
         data = b"".join(lines)
         with self._lock:
-            if self._pending() + len(data) > self.max_bytes:
+            limit = self.max_bytes + (_REPORT_ROOM if reports else 0)
+            if self._pending() + len(data) > limit:
                 self._scan()  # other processes may have delivered meanwhile
-            room = self.max_bytes - self._pending()
+            room = limit - self._pending()
             if len(data) > room:
                 kept = 0
                 size = 0
@@ -111,9 +128,10 @@ class Spool:
                         break
                     size += len(line)
                     kept += 1
+                full = self._count(f"the spool is full ({self.max_bytes} bytes undelivered)", len(lines) - kept)
                 if not kept:
-                    return len(lines)
-                return self._write(b"".join(lines[:kept]), kept) + len(lines) - kept
+                    return full
+                return self._write(b"".join(lines[:kept]), kept) + full
             return self._write(data, len(lines))
 
     def _write(self, data: bytes, count: int) -> int:
@@ -121,15 +139,15 @@ class Spool:
         try:
             segment = self._active_segment()
             written = os.write(segment.fd, data)
-        except OSError:
-            return count
+        except OSError as exc:
+            return self._count(f"the spool could not be written ({exc.strerror})", count)
         if written != len(data):
             # disk full: take the partial line back so no torn record remains
             try:
                 os.ftruncate(segment.fd, segment.size)
             except OSError:
                 pass
-            return count
+            return self._count("the spool's disk is full", count)
         segment.size += written
         return 0
 
@@ -290,9 +308,30 @@ class Spool:
             whole = size - (len(tail) - (tail.rfind(b"\n") + 1))
         if whole < size:
             self.lost_torn += 1  # a line cut short by a crash: cannot be sent
-        acked = min(self._read_ack(name), whole)
+            self._count("a line was cut short by a crash", 1)
+            self._problem(name, f"its last line was cut short ({size - whole} bytes): that event cannot be sent")
+        acked = self._check_ack(name, fd, whole)
         self._segments[name] = _Segment(name, fd, whole, acked, acked, own=False)
         return True
+
+    def _check_ack(self, name: str, fd: int, whole: int) -> int:
+        """The delivered offset of an adopted segment, at a line start.  An offset past
+        the end means the segment was emptied or cut after delivery began; one inside a
+        line, that the offset file was changed: resend from the line's start."""
+        acked = self._read_ack(name)
+        if acked > whole:
+            self._count("a spool segment was shortened or emptied", 1)
+            self._problem(name, f"it is shorter ({whole} bytes) than its delivered offset ({acked}): "
+                                "undelivered events were removed from it")
+            return whole
+        if acked and os.pread(fd, 1, acked - 1) != b"\n":
+            start = os.pread(fd, acked, 0).rfind(b"\n") + 1
+            self._problem(name, f"its delivered offset {acked} lies inside a line: sending again from {start}")
+            return start
+        return acked
+
+    def _problem(self, name: str, what: str) -> None:
+        self.problems.append(f"spool segment {self._path(name)}: {what}")
 
     def _read_ack(self, name: str) -> int:
         try:
@@ -332,23 +371,30 @@ class MemorySpool:
 
     directory = ""
     lost_torn = 0
+    refused = ""
 
     def __init__(self, max_bytes: int = 16 << 20) -> None:
         self.max_bytes = max_bytes
+        self.causes: Dict[str, int] = {}
+        self.problems: Deque[str] = deque()
         self._lines: Deque[bytes] = deque()
         self._bytes = 0
         self._read = 0  # lines handed out but not acked, at the front of the deque
         self._lock = threading.Lock()
 
-    def append(self, lines: List[bytes]) -> int:
+    def append(self, lines: List[bytes], reports: bool = False) -> int:
         with self._lock:
             lost = 0
+            limit = self.max_bytes + (_REPORT_ROOM if reports else 0)
             for line in lines:
-                if self._bytes + len(line) > self.max_bytes:
+                if self._bytes + len(line) > limit:
                     lost += 1
                     continue
                 self._lines.append(line)
                 self._bytes += len(line)
+            if lost:
+                cause = f"the in-memory spool is full ({self.max_bytes} bytes undelivered)"
+                self.causes[cause] = self.causes.get(cause, 0) + lost
             return lost
 
     def read(self, max_bytes: int = 512 * 1024) -> Optional[Tuple[List[bytes], Token]]:
@@ -399,13 +445,43 @@ class MemorySpool:
 
 
 def open_spool(root: str, url: str, max_bytes: int) -> "Spool | MemorySpool":
-    """The spool of one sink under ``root``; in memory if the directory cannot be used."""
+    """The spool of one sink under ``root``; in memory if the directory cannot be used
+    (the memory spool's ``refused`` says why)."""
+    refused = ""
     if root:
         try:
             return Spool(os.path.join(root, sink_key(url)), max_bytes=max_bytes)
-        except OSError:
-            pass
-    return MemorySpool(max_bytes=min(max_bytes, 16 << 20))
+        except OSError as exc:
+            refused = str(exc) if isinstance(exc, SpoolRefused) else f"{exc.strerror or exc}"
+    memory = MemorySpool(max_bytes=min(max_bytes, 16 << 20))
+    memory.refused = refused
+    return memory
+
+
+def _check_folder(directory: str) -> None:
+    """Refuse a spool folder that is a link, belongs to another user, or others may
+    write, or whose parent another user could rename it out of: in a shared folder
+    they could delete or add to this process's events."""
+    st = os.lstat(directory)
+    problem = None
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a folder (a symbolic link?)"
+    elif st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not to this process's user"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = "may be written by other users"
+    else:
+        parent = os.stat(os.path.dirname(os.path.abspath(directory)))
+        shared = parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX
+        if parent.st_uid not in (0, os.geteuid()) or shared:
+            problem = "lies in a folder another user may change (not theirs alone, or writable without the sticky bit)"
+    if problem:
+        raise SpoolRefused(f"the spool folder {directory} {problem}: choose a folder of your own "
+                           "(KernelGuard.spool_dir)")
+
+
+class SpoolRefused(OSError):
+    """A spool folder that is not this user's alone."""
 
 
 def _file_size(fd: int) -> int:

@@ -175,3 +175,94 @@ def test_syslog_http_and_file_sinks_lose_nothing_while_collectors_go_down_and_co
     finally:
         receiver.stop()
         rsyslog.stop()
+
+
+# -- what a spool refuses and what it reports ----------------------------------------------
+
+def _segments(folder) -> list:
+    return sorted(n for n in os.listdir(folder) if n.endswith(".jsonl"))
+
+
+def _left_behind(folder, *texts: str) -> str:
+    """A segment of a process that is gone: written, closed (lock released)."""
+    spool = Spool(str(folder))
+    spool.append(_lines(*texts))
+    spool.close()
+    (name,) = _segments(folder)
+    return name
+
+
+def test_a_spool_folder_of_another_user_or_open_to_others_is_refused(tmp_path):
+    """In a shared folder a second user could delete or add to the events: the pipeline says why
+    and keeps them in memory."""
+    from kernel_guard.events.spool import SpoolRefused, open_spool
+
+    open_to_group = tmp_path / "group"
+    open_to_group.mkdir()
+    os.chmod(open_to_group, 0o770)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 1000, 100)
+    link = tmp_path / "link"
+    link.symlink_to(foreign)
+    for folder, why in ((open_to_group, "may be written by other users"), (foreign, "belongs to uid 1000"),
+                        (link, "is not a folder")):
+        try:
+            Spool(str(folder))
+        except SpoolRefused as exc:
+            assert why in str(exc) and str(folder) in str(exc)
+        else:
+            raise AssertionError(f"{folder} was accepted")
+    own = open_spool(str(tmp_path / "own"), "https://collector.example/x", 1 << 20)
+    assert isinstance(own, Spool)  # a folder of its own is fine: created 0700
+    own.close()
+    # the sinks' folders are made inside the spool root: a root others may write is refused too
+    pipe = EventPipeline([MemorySink()], [Sequence()], spool_dir=str(open_to_group), start=False)
+    pipe.set_sinks([open_sink("http://127.0.0.1:9/x")])
+    errors = [e for e in pipe._queue if isinstance(e, dict) and e["event"]["action"] == "sink-error"]
+    assert errors and "lies in a folder another user may change" in errors[0]["event"]["reason"]
+    assert "kept in memory only" in errors[0]["event"]["reason"]
+    pipe.close(timeout=0.5)
+
+
+def test_an_offset_inside_a_line_is_reported_and_the_line_sent_again(tmp_path):
+    name = _left_behind(tmp_path, "first", "second")
+    (tmp_path / (name[:-6] + ".ack")).write_text("5")  # inside the first line
+    spool = Spool(str(tmp_path))
+    assert _drain(spool) == ["first", "second"]
+    (problem,) = spool.problems
+    assert name in problem and "inside a line" in problem
+    spool.close()
+
+
+def test_an_emptied_segment_is_reported_not_passed_over(tmp_path):
+    name = _left_behind(tmp_path, "first", "second", "third")
+    (tmp_path / (name[:-6] + ".ack")).write_text("18")  # one line delivered
+    os.truncate(tmp_path / name, 0)  # the rest removed by someone
+    spool = Spool(str(tmp_path))
+    assert _drain(spool) == []
+    (problem,) = spool.problems
+    assert name in problem and "undelivered events were removed" in problem
+    assert spool.causes == {"a spool segment was shortened or emptied": 1}
+    spool.close()
+
+
+def test_a_full_spool_still_takes_the_report_that_it_is_full(tmp_path):
+    """The collector is down and the spool is full: the events-dropped report is spooled anyway
+    (in a little room kept for reports), with the true cause, and is delivered later."""
+    pipe = EventPipeline([open_sink("http://127.0.0.1:9/ingest")], [Sequence()], spool_dir=str(tmp_path),
+                         spool_max_bytes=4096)
+    for i in range(100):
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=f"refused {i:03d}"))
+    pipe.flush(timeout=2)
+    pipe._report_losses(force=True)
+    pipe.flush(timeout=2)
+    (worker,) = pipe._workers.values()
+    spooled = []
+    for segment in _segments(worker.spool.directory):
+        with open(os.path.join(worker.spool.directory, segment), "rb") as fh:
+            spooled += [json.loads(line) for line in fh]
+    reports = [e for e in spooled if e["event"]["action"] == "events-dropped"]
+    assert reports, "the report was lost to the full spool"
+    assert "the spool is full (4096 bytes undelivered)" in reports[0]["event"]["reason"]
+    pipe.close(timeout=0.5)
