@@ -379,7 +379,7 @@ def _start_supervisor(pending: Any, timeout: float) -> Any:
 
 # -- step 3: filter ---------------------------------------------------------------
 
-def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = ()) -> Any:
+def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = (), truncation: bool = False) -> Any:
     from . import seccomp_filter
 
     seccomp_filter.drop_capability(seccomp_filter.CAP_SYS_PTRACE)
@@ -388,6 +388,8 @@ def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = ()) -> An
     extra = seccomp_filter.supervisor_rules(handle.pid, handle.tids, handle.witness) if handle is not None else ()
     if handle is not None and allowed:
         extra += seccomp_filter.image_gate_rules()  # each new image is checked before it runs
+    if truncation:
+        extra += seccomp_filter.truncation_rules()  # Landlock confines writes, not truncation by path
     loaded = seccomp_filter.load(profile, extra)
     if loaded.listener_fd is not None:
         if handle is None:
@@ -557,7 +559,8 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     args, extra = build_parser().parse_known_args(argv)
     rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
     allowed = scope.programs if scope.enforces_exec else ()
-    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed)  # steps 2-4
+    handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed,
+                                         truncation=scope.applied and bool(scope.writable))  # steps 2-4
     if loaded is None:
         allowed = ()  # no filter: the supervisor answers nothing, the audit hook lets nothing through
     _enforce(rt, handle, allowed)
@@ -634,7 +637,7 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
 
 
 def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
-           allowed: tuple[str, ...] = ()) -> tuple[Any, Any, dict[str, str]]:
+           allowed: tuple[str, ...] = (), truncation: bool = False) -> tuple[Any, Any, dict[str, str]]:
     """Steps 2-4: supervisor, filter, verification; (handle, loaded filter, /proc status).
 
     Fails closed under a fail_closed profile; otherwise returns (None, None, status)."""
@@ -647,7 +650,7 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
         if profile.uses_notify:
             handle = _start_supervisor(pending, timeout)  # step 2
         step = "filter"
-        loaded = _load_filter(profile, handle, allowed)  # step 3
+        loaded = _load_filter(profile, handle, allowed, truncation)  # step 3
         step = "verify"
         return handle, loaded, _verify(handle)  # step 4
     except Exception as exc:

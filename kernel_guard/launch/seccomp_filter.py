@@ -41,6 +41,7 @@ __all__ = [
     "build_filter",
     "export",
     "image_gate_rules",
+    "truncation_rules",
     "listener_fds",
     "load",
     "proc_status",
@@ -162,6 +163,33 @@ def image_gate_rules() -> tuple[Rule, ...]:
     null = RuleArg(0, 0, 0, "SCMP_CMP_EQ")
     return (Rule(IMAGE_GATE_SYSCALLS, "SCMP_ACT_NOTIFY", 1, (null,), "a new program image starts",
                  "launcher (exec allowlist)"),)
+
+
+#: open flags (<fcntl.h>, the same on every ABI the filter covers)
+O_ACCMODE = 0o3
+O_TRUNC = 0o1000
+
+
+def truncation_rules() -> tuple[Rule, ...]:
+    """Truncation by path, refused (EPERM): ``truncate(2)`` and an open with ``O_TRUNC``
+    but no write access (Linux truncates then).  The Landlock domain confines the
+    files a kernel may open for writing and leaves truncation right alone (it costs
+    every open a path walk), so truncating goes through a file opened for writing.
+    ``openat2`` hides its flags in a struct the filter cannot read: ENOSYS (glibc
+    and Python use ``openat``)."""
+    read_only_trunc = O_ACCMODE | O_TRUNC
+    origin = "launcher (Landlock writes)"
+    rules = [Rule(tuple(n for n in ("truncate", "truncate64") if syscall_known(n)), "SCMP_ACT_ERRNO", errno.EPERM,
+                  (), "truncation by path", origin),
+             Rule(("openat",), "SCMP_ACT_ERRNO", errno.EPERM,
+                  (RuleArg(2, read_only_trunc, O_TRUNC, "SCMP_CMP_MASKED_EQ"),), "O_TRUNC without write access",
+                  origin),
+             Rule(("openat2",), "SCMP_ACT_ERRNO", errno.ENOSYS, (), "flags the filter cannot read", origin)]
+    if syscall_known("open"):
+        rules.append(Rule(("open",), "SCMP_ACT_ERRNO", errno.EPERM,
+                          (RuleArg(1, read_only_trunc, O_TRUNC, "SCMP_CMP_MASKED_EQ"),),
+                          "O_TRUNC without write access", origin))
+    return tuple(r for r in rules if r.names)
 
 
 def default_architectures() -> tuple[str, ...]:

@@ -153,6 +153,48 @@ def test_writes_outside_the_writable_roots_fail_whoever_owns_the_folder(kernel: 
         assert fh.read() == "GOOD = True\n"
 
 
+def test_truncation_outside_the_roots_fails_by_every_route_and_works_inside(kernel: LaunchedKernel,
+                                                                           root: str) -> None:
+    """truncate(2) and O_TRUNC without write access (seccomp), O_TRUNC for writing (Landlock), openat2
+    (ENOSYS): a user-owned file outside the roots keeps its content; a file in home truncates through
+    a handle opened for writing, as programs do."""
+    outside = os.path.join(root, "user-owned-log")
+    os.makedirs(outside)
+    target = os.path.join(outside, "events.jsonl")
+    with open(target, "w") as fh:
+        fh.write("the record\n")
+    for path in (outside, target):
+        os.chown(path, *NOTEBOOK_USER)
+    out = run(kernel, f"""
+        import ctypes, errno, os
+        path = {target!r}
+        libc = ctypes.CDLL(None, use_errno=True)
+        how = (ctypes.c_uint64 * 3)(os.O_RDONLY | os.O_TRUNC, 0, 0)  # struct open_how
+        tries = {{
+            "truncate": lambda: os.truncate(path, 0),
+            "O_RDONLY|O_TRUNC": lambda: os.close(os.open(path, os.O_RDONLY | os.O_TRUNC)),
+            "O_WRONLY|O_TRUNC": lambda: os.close(os.open(path, os.O_WRONLY | os.O_TRUNC)),
+        }}
+        for name, attempt in tries.items():
+            try:
+                attempt()
+                print("CHANGED", name)
+            except PermissionError:
+                print("REFUSED", name)
+        fd = libc.syscall(437, -100, path.encode(), ctypes.byref(how), 24)  # openat2
+        print("openat2", fd, errno.errorcode.get(ctypes.get_errno()))
+        mine = os.path.expanduser("~/scratch.txt")
+        open(mine, "w").write("0123456789")
+        with open(mine, "r+") as fh:
+            fh.truncate(4)
+        print("home", open(mine).read())
+    """)
+    assert "CHANGED" not in out and out.count("REFUSED") == 3, out
+    assert "openat2 -1 ENOSYS" in out and "home 0123" in out, out
+    with open(target) as fh:
+        assert fh.read() == "the record\n"
+
+
 def test_status_shows_the_abi_the_roots_and_the_allowlist(kernel: LaunchedKernel) -> None:
     """%guard_status names the ABI, the writable roots and the allowed programs, as applied."""
     status = kernel.value("__import__('kernel_guard.status').status.collect()['layers']['landlock']")
