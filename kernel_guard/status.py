@@ -20,11 +20,14 @@ IPython layer's magic (:mod:`kernel_guard.ipython.magics`) and the command
 
 from __future__ import annotations
 
+import html
 import os
 import sys
+import textwrap
 from typing import Any
 
-__all__ = ["collect", "collect_pid", "format_report", "note_supervisor_lost", "record_launch"]
+__all__ = ["StatusReport", "collect", "collect_pid", "format_html", "format_report", "note_supervisor_lost",
+           "record_launch", "rows"]
 
 _launch: dict[str, Any] = {}
 
@@ -218,32 +221,116 @@ def collect_pid(pid: int) -> dict[str, Any]:
                "(%guard_status)"}
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """A short table for people."""
-    if "error" in report:
-        return report["error"]
-    lines = [f"kernel_guard status of pid {report['pid']}"
-             + (" (started by kernel_guard.launch)" if report.get("launcher") else "")]
-    for name, layer in report.get("layers", {}).items():
-        mark = "on " if layer.get("active") else "off"
-        detail = {k: v for k, v in layer.items() if k not in ("state", "active") and v not in (None, [], {})}
-        lines.append(f"  [{mark}] {name:<10} {layer['state']}" + (f"  {_short(detail)}" if detail else ""))
+#: the text table's width: the detail column wraps at word boundaries to fit it
+TEXT_WIDTH = 100
+
+
+#: a state longer than this is a description: the state column says on/off, the detail says the rest
+STATE_WIDTH = 20
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(layer, state, detail) for each row of the table, in the order people read them."""
+    out = [_layer_row(name, layer) for name, layer in report.get("layers", {}).items()]
     events = report.get("events")
     if events and not events.get("active"):
-        lines.append("  events     off (no kernel_guard runtime in this process)")
+        out.append(("events", "off", "no kernel_guard runtime in this process"))
     elif events:
-        lines.append(f"  events     {events['state']}: written {events.get('written', 0)}, "
-                     f"dropped {events.get('dropped', 0)}, sinks {events.get('sinks', {})}")
+        out.append(("events", events["state"], f"written {events.get('written', 0)}, dropped "
+                    f"{events.get('dropped', 0)}; sinks: {_words(events.get('sinks') or {})}"))
     for key in ("transport", "debugger"):
         if key in report:
-            lines.append(f"  {key:<10} {report[key]['state']}")
+            # long states carry their explanation in parentheses: that part is detail
+            state, _, why = report[key]["state"].partition(" (")
+            out.append((key, state, why.rstrip(")")))
     if report.get("credentials_scrubbed"):
-        lines.append(f"  scrubbed   {', '.join(report['credentials_scrubbed'])}")
+        out.append(("scrubbed", "yes", ", ".join(report["credentials_scrubbed"])))
+    return out
+
+
+def _layer_row(name: str, layer: dict[str, Any]) -> tuple[str, str, str]:
+    state, detail = _state(layer), _layer_detail(layer)
+    if len(state) > STATE_WIDTH:
+        state, detail = ("on" if layer.get("active") else "off"), "; ".join(filter(None, (state, detail)))
+    return name, state, detail
+
+
+def _state(layer: dict[str, Any]) -> str:
+    """A layer's state; an inactive one says so even when its state has another name (none, lost)."""
+    state = str(layer.get("state", "?"))
+    return state if layer.get("active") or state == "off" else f"{state} (off)"
+
+
+def _layer_detail(layer: dict[str, Any]) -> str:
+    """The evidence for a layer's state as words: the reason first, then each fact."""
+    facts = {k: v for k, v in layer.items() if k not in ("state", "active", "reason")
+             and v not in (None, "", [], {})}
+    parts = [str(layer["reason"])] if layer.get("reason") else []
+    if isinstance(facts.get("profile"), dict):
+        # the profile's Landlock rules are the landlock row's; here its name and what it does
+        p = facts["profile"]
+        facts["profile"] = f"{p.get('name')} (mode {p.get('mode')}, exec {p.get('exec_action')})"
+    parts += [f"{key.replace('_', ' ')}: {_words(value)}" for key, value in facts.items()]
+    return "; ".join(parts)
+
+
+def _words(value: Any) -> str:
+    """A value as words: mappings as ``key value`` pairs, lists comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_words(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_words(v) for v in value) or "none"
+    return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a text table with aligned columns; long details wrap at word boundaries."""
+    if "error" in report:
+        return report["error"]
+    table = [("layer", "state", "detail"), *rows(report)]
+    widths = [max(len(row[i]) for row in table) for i in (0, 1)]
+    indent = widths[0] + widths[1] + 4
+    lines = [_title(report)]
+    for layer, state, detail in table:
+        wrapped = textwrap.wrap(detail, max(30, TEXT_WIDTH - indent - 2), break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        lines.append(f"  {layer:<{widths[0]}}  {state:<{widths[1]}}  {wrapped[0]}".rstrip())
+        lines += [" " * (indent + 2) + more for more in wrapped[1:]]
     if report.get("note"):
-        lines.append(f"  note: {report['note']}")
+        lines += textwrap.wrap(f"note: {report['note']}", TEXT_WIDTH, initial_indent="  ",
+                               subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines)
 
 
-def _short(detail: dict[str, Any]) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in detail.items())
-    return text if len(text) <= 160 else text[:159] + "…"
+def format_html(report: dict[str, Any]) -> str:
+    """The report as a small HTML table (layer, state, detail) for the notebook."""
+    if "error" in report:
+        return f"<p>{html.escape(report['error'])}</p>"
+    body = "".join(
+        f"<tr><td>{html.escape(layer)}</td><td>{html.escape(state)}</td>"
+        f"<td style=\"text-align:left\">{html.escape(detail)}</td></tr>" for layer, state, detail in rows(report))
+    note = f"<p>{html.escape(report['note'])}</p>" if report.get("note") else ""
+    return (f'<table class="kernel-guard-status"><caption>{html.escape(_title(report))}</caption>'
+            "<thead><tr><th>layer</th><th>state</th><th>detail</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>{note}")
+
+
+def _title(report: dict[str, Any]) -> str:
+    return (f"kernel_guard status of pid {report['pid']}"
+            + (" (started by kernel_guard.launch)" if report.get("launcher") else ""))
+
+
+class StatusReport:
+    """A status report as the notebook shows it: an HTML table, or aligned text where HTML is not shown."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+    def __repr__(self) -> str:
+        return format_report(self.report)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(format_report(self.report))
+
+    def _repr_html_(self) -> str:
+        return format_html(self.report)

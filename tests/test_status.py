@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Iterator
@@ -63,11 +64,56 @@ def test_guard_status_in_a_launched_kernel_reports_every_layer(launched: Launche
     assert report["debugger"]["active"] is False
 
 
-def test_guard_status_table_is_readable(launched: LaunchedKernel) -> None:
-    """The magic without --json prints one line per layer with on/off marks."""
-    out = launched.execute("%guard_status").stdout
-    for line in ("[on ] seccomp", "[on ] supervisor", "[on ] audit", "[on ] ipython", "transport"):
-        assert line in out, out
+def _status_bundle(kernel: GuardedKernel, code: str = "%guard_status") -> dict:
+    """The mime bundle the notebook receives for ``code``: one display_data, nothing on stdout."""
+    result = kernel.execute(code)
+    assert result.status == "ok", result.error_text
+    assert result.stdout == "", result.stdout
+    bundles = [out["data"] for out in result.outputs if "text/html" in out.get("data", {})]
+    assert len(bundles) == 1, result.outputs
+    return bundles[0]
+
+
+def test_guard_status_shows_an_html_table_with_layer_state_detail(launched: LaunchedKernel) -> None:
+    """%guard_status displays an HTML table with one row per layer: name, state, and the evidence in words."""
+    page = _status_bundle(launched)["text/html"]
+    assert page.startswith('<table class="kernel-guard-status">') and "<th>layer</th><th>state</th><th>detail</th>" in page
+    cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td[^>]*>([^<]*)</td></tr>", page)
+    by_layer = {layer: (state, detail) for layer, state, detail in cells}
+    assert {"ipython", "audit", "seccomp", "supervisor", "landlock", "events", "transport"} <= set(by_layer)
+    assert by_layer["audit"] == ("enforce", "hook: native")
+    assert by_layer["seccomp"][0] == "enforce" and "profile: default (mode enforce" in by_layer["seccomp"][1]
+    assert by_layer["landlock"][0] == "on" and "Landlock ABI" in by_layer["landlock"][1]
+    assert "{'" not in page and "&#x27;:" not in page and "…" not in page  # words, not Python dicts cut short
+
+
+def test_guard_status_text_has_aligned_columns_and_whole_words(launched: LaunchedKernel) -> None:
+    """Where HTML is not shown, text/plain is the same table: columns aligned, long details wrapped
+    at word boundaries, no Python dicts."""
+    text = _status_bundle(launched)["text/plain"]
+    lines = text.splitlines()
+    assert lines[0].startswith("kernel_guard status of pid ") and "kernel_guard.launch" in lines[0]
+    header = lines[1]
+    detail_column = header.index("detail")
+    assert header.split() == ["layer", "state", "detail"] and header.index("state") > header.index("layer")
+    for line in lines[2:]:
+        assert len(line) <= 100, line
+        if line[2] != " ":  # a row: its detail starts in the detail column
+            assert len(line) <= detail_column or line[detail_column - 2:detail_column] == "  ", line
+        else:  # a wrapped detail: continues in the detail column
+            assert line[:detail_column].strip() == "" and line[detail_column] != " ", line
+    words = set(re.findall(r"[\w./-]+", " ".join(lines[2:])))
+    assert {"enforce", "native", "default"} <= words
+    assert "{'" not in text and "':" not in text and "…" not in text, text
+    for name in ("ipython", "audit", "seccomp", "supervisor", "landlock", "events", "transport", "debugger"):
+        assert re.search(rf"^  {name}\s+\S", text, re.M), (name, text)
+
+
+def test_guard_status_json_still_returns_data(launched: LaunchedKernel) -> None:
+    """`%guard_status --json` returns the report as a dict (no table is displayed)."""
+    result = launched.execute("r = %guard_status --json\nprint(type(r).__name__, sorted(r['layers']))")
+    assert result.status == "ok" and not result.outputs, (result.error_text, result.outputs)
+    assert result.stdout.startswith("dict ['audit', 'ipython', 'landlock', 'seccomp', 'supervisor']"), result.stdout
 
 
 def test_status_pid_reads_a_kernel_from_outside(launched: LaunchedKernel, capsys: pytest.CaptureFixture[str]) -> None:
