@@ -8,9 +8,10 @@ and the dropped-event count from the pipeline, the kernel's transport
 (ipc, tcp with CurveZMQ, plain tcp) from the running IPKernelApp.
 
 In a kernel, ``%guard_status`` reports on that kernel.  From a shell,
-``kernel-guard status`` reports on itself (a plain process: nothing is on)
-or, with ``--pid``, on a running kernel, as far as ``/proc`` shows it from
-outside.
+``kernel-guard status`` finds this user's guarded kernels in ``/proc`` (the
+launcher's, and ipykernels started with ``--ext=kernel_guard``) and reports
+on each, or, with ``--pid``, on one running kernel, as far as ``/proc``
+shows it from outside.
 
 This module sits at the top of the package because three layers share it:
 the launcher records here what it set up (:func:`record_launch`), the
@@ -26,7 +27,8 @@ import sys
 import textwrap
 from typing import Any
 
-__all__ = ["StatusReport", "collect", "collect_pid", "format_html", "format_report", "note_supervisor_lost",
+__all__ = ["StatusReport", "collect", "collect_kernels", "collect_pid", "find_kernels", "format_html",
+           "format_kernels", "format_report", "note_supervisor_lost",
            "record_launch", "rows"]
 
 _launch: dict[str, Any] = {}
@@ -207,6 +209,79 @@ def _supervisors_of(pid: int) -> list[dict[str, Any]]:
     return found
 
 
+def _cmdline(pid: int | str) -> list[str]:
+    """A process's argv from /proc (empty when it is gone or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def kernel_route(argv: list[str]) -> str | None:
+    """How a command line runs a guarded kernel: ``launcher``, ``extension``, or None (not one)."""
+    for i, arg in enumerate(argv):
+        # the launcher itself, not its supervisor (``-m kernel_guard.launch.supervisor``)
+        if arg == "kernel_guard.launch" and i > 0 and argv[i - 1] == "-m":
+            return "launcher"
+    if not any("ipykernel" in arg for arg in argv):
+        return None
+    joined = " ".join(argv)
+    if "--ext=kernel_guard" in argv or "--ext kernel_guard" in joined or (
+            "extensions=" in joined and "kernel_guard" in joined):
+        return "extension"
+    return None
+
+
+def _real_uid(pid: int | str) -> int | None:
+    """The real uid on a process's ``Uid:`` line in /proc (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def find_kernels(uid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, route) of the guarded kernels run by ``uid`` (default: this user), from /proc.
+
+    Only what /proc lets this user read: the command line of each process of
+    that uid. A kernel loaded with ``%load_ext``/``exec_lines`` from a config
+    file does not show on its command line and is not found.
+    """
+    uid = os.getuid() if uid is None else uid
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid() or _real_uid(name) != uid:
+            continue
+        route = kernel_route(_cmdline(name))
+        if route is not None:
+            found.append((int(name), route))
+    return sorted(found)
+
+
+def collect_kernels(uid: int | None = None) -> dict[str, Any]:
+    """The ``--pid`` report of each guarded kernel of ``uid`` (default: this user)."""
+    uid = os.getuid() if uid is None else uid
+    kernels = [{**collect_pid(pid), "route": route} for pid, route in find_kernels(uid)]
+    report: dict[str, Any] = {"uid": uid, "kernels": kernels}
+    if not kernels:
+        report["message"] = (f"No guarded kernels of uid {uid} are running (none runs kernel_guard.launch or "
+                             "ipykernel with --ext=kernel_guard). To check one kernel, give its process id: "
+                             "kernel-guard status --pid PID; in a notebook, run %guard_status.")
+    return report
+
+
+def format_kernels(report: dict[str, Any]) -> str:
+    """Each kernel's table, one after another, or the message saying none was found."""
+    if not report["kernels"]:
+        return report["message"]
+    return "\n\n".join(f"{format_report(k)}" for k in report["kernels"])
+
+
 def collect_pid(pid: int) -> dict[str, Any]:
     """What /proc shows about another process (a running kernel)."""
     from .launch.seccomp_filter import proc_status
@@ -316,8 +391,10 @@ def format_html(report: dict[str, Any]) -> str:
 
 
 def _title(report: dict[str, Any]) -> str:
+    started = report.get("launcher") or report.get("route") == "launcher"
     return (f"kernel_guard status of pid {report['pid']}"
-            + (" (started by kernel_guard.launch)" if report.get("launcher") else ""))
+            + (" (started by kernel_guard.launch)" if started else "")
+            + (" (ipykernel with the extension)" if report.get("route") == "extension" else ""))
 
 
 class StatusReport:

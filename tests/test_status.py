@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from typing import Iterator
 
 import pytest
 from conftest import GuardedKernel
-from launcher_support import LaunchedKernel, specs_on_path
+from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root
 
 from kernel_guard import cli
 
@@ -33,17 +34,69 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedKerne
         kernel.shutdown()
 
 
-def test_status_of_a_plain_process_reports_nothing_active() -> None:
-    """Run from a shell, status says the launcher, seccomp, supervisor and audit hook are off."""
-    proc = subprocess.run([sys.executable, "-m", "kernel_guard.cli", "status", "--json"],
-                          capture_output=True, text=True, timeout=60)
+def _status_as(uid: int, gid: int, *args: str) -> subprocess.CompletedProcess:
+    """`kernel-guard status ARGS` run as that user, from a folder it can read."""
+    return subprocess.run([sys.executable, "-m", "kernel_guard.cli", "status", *args], user=uid, group=gid,
+                          extra_groups=[], cwd="/", capture_output=True, text=True, timeout=60)
+
+
+def test_status_with_no_guarded_kernels_says_so_and_how_to_check_one() -> None:
+    """Run by a user with no guarded kernels, status says none was found and names --pid and %guard_status."""
+    if os.geteuid() != 0:
+        pytest.fail("this test runs the command as another user and must run as root (CI does)")
+    nobody = 65534  # a uid no test runs kernels as
+    proc = _status_as(nobody, nobody, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    layers = report["layers"]
-    assert report["launcher"] is False
-    assert layers["seccomp"]["active"] is False and layers["seccomp"]["seccomp"] == "0"
-    assert layers["supervisor"]["state"] == "none" and layers["audit"]["state"] == "off"
-    assert report["transport"]["state"] == "no kernel"
+    assert report["uid"] == nobody and report["kernels"] == []
+    text = _status_as(nobody, nobody)
+    assert text.stdout.startswith(f"No guarded kernels of uid {nobody} are running"), text.stdout
+    assert "kernel-guard status --pid PID" in text.stdout and "%guard_status" in text.stdout
+
+
+def test_status_finds_this_users_launcher_kernel() -> None:
+    """Without --pid, status run as uid 1000 finds that user's launcher kernel and reports its filter
+    and supervisor, as --pid does."""
+    with unprivileged_root() as root, specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+        kernel = LaunchedKernel(os.path.join(root, "k"), "guarded", user=NOTEBOOK_USER).start()
+        try:
+            pid, supervisor = kernel.pid, kernel.supervisor_pid()
+            proc = _status_as(*NOTEBOOK_USER, "--json")
+            assert proc.returncode == 0, proc.stderr
+            report = json.loads(proc.stdout)
+            assert report["uid"] == NOTEBOOK_USER[0]
+            ours = [k for k in report["kernels"] if k["pid"] == pid]
+            assert len(ours) == 1, report
+            assert ours[0]["route"] == "launcher" and ours[0]["layers"]["seccomp"]["seccomp"] == "2"
+            assert [p["pid"] for p in ours[0]["layers"]["supervisor"]["processes"]] == [supervisor]
+            # the supervisor (`-m kernel_guard.launch.supervisor`) is not a kernel of its own
+            assert supervisor not in [k["pid"] for k in report["kernels"]]
+            text = _status_as(*NOTEBOOK_USER).stdout
+            assert f"kernel_guard status of pid {pid} (started by kernel_guard.launch)" in text, text
+            # root's own guarded kernels are not uid 1000's
+            assert pid not in [k["pid"] for k in json.loads(_status_as(0, 0, "--json").stdout)["kernels"]]
+        finally:
+            kernel.shutdown()
+
+
+def test_status_recognises_guarded_command_lines() -> None:
+    """The launcher and ipykernels with the extension on their command line are guarded kernels;
+    the supervisor and a plain ipykernel are not."""
+    from kernel_guard.status import kernel_route
+
+    assert kernel_route(["python", "-I", "-m", "kernel_guard.launch", "-f", "k.json"]) == "launcher"
+    assert kernel_route(["python", "-m", "ipykernel_launcher", "-f", "k.json", "--ext=kernel_guard"]) == "extension"
+    assert kernel_route(["python", "-m", "ipykernel_launcher", "--ext", "kernel_guard"]) == "extension"
+    assert kernel_route(["python", "-I", "-m", "kernel_guard.launch.supervisor", "enforce"]) is None
+    assert kernel_route(["python", "-m", "ipykernel_launcher", "-f", "k.json"]) is None
+    assert kernel_route(["kernel-guard", "status"]) is None
+
+
+def test_status_pid_must_be_a_process_id(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--pid` refuses what is not a positive number, naming the option."""
+    with pytest.raises(SystemExit):
+        cli.main(["status", "--pid", "-3"])
+    assert "--pid" in capsys.readouterr().err
 
 
 def test_guard_status_in_a_launched_kernel_reports_every_layer(launched: LaunchedKernel) -> None:
