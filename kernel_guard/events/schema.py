@@ -76,6 +76,7 @@ _CATEGORY = {
     "supervisor-lost": (["process"], ["end"]),
     "supervisor-stopped": (["process"], ["end"]),
     "credentials-scrubbed": (["configuration"], ["change"]),
+    "launcher-setup": (["process"], ["start"]),
     "stream-started": (["process"], ["start"]),
     "stream-ended": (["process"], ["end"]),
     "chain-checkpoint": (["process"], ["info"]),
