@@ -17,10 +17,10 @@ difference); the p99 is taken over all cells.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from .kernels import CONFIGS, GUARDED, BenchKernel, Workspace, stop_all
-from .stats import interleaved, median, percentile, rotated, rounded
+from .stats import all_met, interleaved, median, percentile, rotated, rounded
 
 TARGET_MEDIAN_MS = 0.2
 TARGET_P99_MS = 1.0
@@ -58,6 +58,13 @@ def run(workspace: Workspace, cells: int, blocks: int = 1) -> Dict[str, Any]:
     samples: Dict[str, list] = {c: [] for c in names}
     per_block = [_block(workspace, cells // blocks + (1 if block < cells % blocks else 0), samples, block)
                  for block in range(blocks)]
+    return summarise(samples, per_block, cells, blocks)
+
+
+def summarise(samples: Dict[str, list], per_block: List[Dict[str, float]], cells: int,
+              blocks: int) -> Dict[str, Any]:
+    """The scenario's result from its samples (ms per cell) and block medians: rows, ratios, verdict."""
+    names = (*CONFIGS, "control")
     med = {c: median(samples[c]) for c in names}
     p99 = {c: percentile(samples[c], 99) for c in names}
     compared = [c for c in names if c != "plain"]
@@ -88,6 +95,6 @@ def run(workspace: Workspace, cells: int, blocks: int = 1) -> Dict[str, Any]:
         "ratios": {c: rounded(med[c] / med["plain"], 4) for c in GUARDED},
         "added": {c: {k: rounded(v, 4) for k, v in a.items()} for c, a in added.items()},
         "target": f"added median <= {TARGET_MEDIAN_MS} ms, added p99 <= {TARGET_P99_MS} ms",
-        "met": all(r["met"] for r in rows),
+        "met": all_met(rows),
         "rows": rows,
     }

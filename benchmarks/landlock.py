@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 if __package__:
     from .kernels import CONFIGS, GUARDED, BenchKernel
-    from .stats import interleaved, median, ratio, rounded
+    from .stats import all_met, interleaved, median, ratio, rounded
 
 #: the extension alone refuses every exec, loky's and the pool's spawn included
 PARALLEL_CONFIGS = ("plain", "launcher")
@@ -112,6 +112,6 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[
         "results": {c: {k: rounded(v, 3) for k, v in r.items()} for c, r in results.items()},
         "ratios": ratios,
         "target": "file operations <= 1.05x, parallel calls <= 1.2x a plain kernel",
-        "met": all(row["met"] for row in rows),
+        "met": all_met(rows),
         "rows": rows,
     }

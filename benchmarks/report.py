@@ -36,6 +36,8 @@ import platform
 import sys
 from typing import Any, Dict, List, Optional
 
+from .stats import all_met
+
 SCHEMA_VERSION = 1
 SCENARIOS = ("audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock")
 ROW_KEYS = ("metric", "config", "plain", "guarded", "ratio", "target", "met")
@@ -117,9 +119,19 @@ def table(doc: Dict[str, Any], markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+def scenario_met(scenario: Dict[str, Any]) -> bool:
+    """A scenario's verdict, judged from its rows: info-only rows never make it a miss."""
+    if "error" in scenario:
+        return False
+    if scenario.get("rows"):
+        return all_met(scenario["rows"])
+    return bool(scenario.get("met"))
+
+
 def summary_line(doc: Dict[str, Any]) -> str:
-    met = [n for n, s in doc["scenarios"].items() if s.get("met")]
-    missed = [n for n, s in doc["scenarios"].items() if not s.get("met")]
+    """One line: the machine, and which scenarios met their targets and which missed."""
+    met = [n for n, s in doc["scenarios"].items() if scenario_met(s)]
+    missed = [n for n, s in doc["scenarios"].items() if not scenario_met(s)]
     m = doc["machine"]
     return (f"kernel_guard {doc['version']}, {doc['date']}, {m['cpus']} CPUs, Python {m['python']}, "
             f"Linux {m['kernel']}{' (quick)' if doc['quick'] else ''}: "

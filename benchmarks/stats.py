@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["interleaved", "median", "percentile", "ratio", "rounded"]
+__all__ = ["all_met", "interleaved", "judged", "median", "percentile", "ratio", "rounded"]
 
 
 def median(values: Iterable[float]) -> float:
@@ -63,3 +63,13 @@ def rounded(value: Optional[float], digits: int = 4) -> Optional[float]:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return round(value, digits)
+
+
+def judged(row: Mapping[str, Any]) -> bool:
+    """Whether a result row has a target: "info" rows (and rows whose ``met`` is None) are context only."""
+    return row.get("target") != "info" and row.get("met") is not None
+
+
+def all_met(rows: Iterable[Mapping[str, Any]]) -> bool:
+    """A scenario's verdict: every judged row met its target (info rows never count against it)."""
+    return all(row["met"] for row in rows if judged(row))

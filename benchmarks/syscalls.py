@@ -24,7 +24,7 @@ from typing import Any, Dict
 
 if __package__:
     from .kernels import CONFIGS, GUARDED, BenchKernel
-    from .stats import interleaved, median, ratio, rounded
+    from .stats import all_met, interleaved, median, ratio, rounded
 
 FILTERS = ("minimal", "guard")
 
@@ -130,7 +130,7 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[
         "results": {c: {k: rounded(v, 2) for k, v in r.items()} for c, r in results.items()},
         "ratios": ratios,
         "target": f"guarded / plain <= {TARGET} for each call",
-        "met": all(r["met"] for r in rows if r["met"] is not None),
+        "met": all_met(rows),
         "rows": rows,
     }
 

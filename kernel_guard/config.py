@@ -116,6 +116,21 @@ class KernelGuard(Configurable):
         filter. Installing a package runs its code outside any guard; weakens the guard.""",
     ).tag(config=True)
 
+    package_request_hint = Unicode(
+        "ask the people who run this Jupyter service to add it",
+        help="""Where a user asks for a package, shown when %pip, %conda and kin are
+        refused ("Packages come with this kernel's image; to get one, <this>."): one
+        line, at most 200 characters, e.g. "open a ticket at https://help.example.org".""",
+    ).tag(config=True)
+
+    @validate("package_request_hint")
+    def _validate_package_request_hint(self, proposal: Any) -> str:
+        value = proposal["value"].strip().rstrip(".")
+        if not value or len(value) > 200 or any(c in value for c in "\r\n"):
+            raise TraitError("KernelGuard.package_request_hint must be one line of 1-200 characters saying where "
+                             "to ask for a package, e.g. 'open a ticket at https://help.example.org'")
+        return value
+
     code_policy = Enum(
         list(CODE_POLICIES),
         default_value="truncated",

@@ -8,9 +8,10 @@ and the dropped-event count from the pipeline, the kernel's transport
 (ipc, tcp with CurveZMQ, plain tcp) from the running IPKernelApp.
 
 In a kernel, ``%guard_status`` reports on that kernel.  From a shell,
-``kernel-guard status`` reports on itself (a plain process: nothing is on)
-or, with ``--pid``, on a running kernel, as far as ``/proc`` shows it from
-outside.
+``kernel-guard status`` finds this user's guarded kernels in ``/proc`` (the
+launcher's, and ipykernels started with ``--ext=kernel_guard``) and reports
+on each, or, with ``--pid``, on one running kernel, as far as ``/proc``
+shows it from outside.
 
 This module sits at the top of the package because three layers share it:
 the launcher records here what it set up (:func:`record_launch`), the
@@ -20,11 +21,15 @@ IPython layer's magic (:mod:`kernel_guard.ipython.magics`) and the command
 
 from __future__ import annotations
 
+import html
 import os
 import sys
+import textwrap
 from typing import Any
 
-__all__ = ["collect", "collect_pid", "format_report", "note_supervisor_lost", "record_launch"]
+__all__ = ["StatusReport", "collect", "collect_kernels", "collect_pid", "find_kernels", "format_html",
+           "format_kernels", "format_report", "note_supervisor_lost",
+           "record_launch", "rows"]
 
 _launch: dict[str, Any] = {}
 
@@ -204,6 +209,79 @@ def _supervisors_of(pid: int) -> list[dict[str, Any]]:
     return found
 
 
+def _cmdline(pid: int | str) -> list[str]:
+    """A process's argv from /proc (empty when it is gone or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def kernel_route(argv: list[str]) -> str | None:
+    """How a command line runs a guarded kernel: ``launcher``, ``extension``, or None (not one)."""
+    for i, arg in enumerate(argv):
+        # the launcher itself, not its supervisor (``-m kernel_guard.launch.supervisor``)
+        if arg == "kernel_guard.launch" and i > 0 and argv[i - 1] == "-m":
+            return "launcher"
+    if not any("ipykernel" in arg for arg in argv):
+        return None
+    joined = " ".join(argv)
+    if "--ext=kernel_guard" in argv or "--ext kernel_guard" in joined or (
+            "extensions=" in joined and "kernel_guard" in joined):
+        return "extension"
+    return None
+
+
+def _real_uid(pid: int | str) -> int | None:
+    """The real uid on a process's ``Uid:`` line in /proc (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def find_kernels(uid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, route) of the guarded kernels run by ``uid`` (default: this user), from /proc.
+
+    Only what /proc lets this user read: the command line of each process of
+    that uid. A kernel loaded with ``%load_ext``/``exec_lines`` from a config
+    file does not show on its command line and is not found.
+    """
+    uid = os.getuid() if uid is None else uid
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid() or _real_uid(name) != uid:
+            continue
+        route = kernel_route(_cmdline(name))
+        if route is not None:
+            found.append((int(name), route))
+    return sorted(found)
+
+
+def collect_kernels(uid: int | None = None) -> dict[str, Any]:
+    """The ``--pid`` report of each guarded kernel of ``uid`` (default: this user)."""
+    uid = os.getuid() if uid is None else uid
+    kernels = [{**collect_pid(pid), "route": route} for pid, route in find_kernels(uid)]
+    report: dict[str, Any] = {"uid": uid, "kernels": kernels}
+    if not kernels:
+        report["message"] = (f"No guarded kernels of uid {uid} are running (none runs kernel_guard.launch or "
+                             "ipykernel with --ext=kernel_guard). To check one kernel, give its process id: "
+                             "kernel-guard status --pid PID; in a notebook, run %guard_status.")
+    return report
+
+
+def format_kernels(report: dict[str, Any]) -> str:
+    """Each kernel's table, one after another, or the message saying none was found."""
+    if not report["kernels"]:
+        return report["message"]
+    return "\n\n".join(f"{format_report(k)}" for k in report["kernels"])
+
+
 def collect_pid(pid: int) -> dict[str, Any]:
     """What /proc shows about another process (a running kernel)."""
     from .launch.seccomp_filter import proc_status
@@ -218,32 +296,118 @@ def collect_pid(pid: int) -> dict[str, Any]:
                "(%guard_status)"}
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """A short table for people."""
-    if "error" in report:
-        return report["error"]
-    lines = [f"kernel_guard status of pid {report['pid']}"
-             + (" (started by kernel_guard.launch)" if report.get("launcher") else "")]
-    for name, layer in report.get("layers", {}).items():
-        mark = "on " if layer.get("active") else "off"
-        detail = {k: v for k, v in layer.items() if k not in ("state", "active") and v not in (None, [], {})}
-        lines.append(f"  [{mark}] {name:<10} {layer['state']}" + (f"  {_short(detail)}" if detail else ""))
+#: the text table's width: the detail column wraps at word boundaries to fit it
+TEXT_WIDTH = 100
+
+
+#: a state longer than this is a description: the state column says on/off, the detail says the rest
+STATE_WIDTH = 20
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(layer, state, detail) for each row of the table, in the order people read them."""
+    out = [_layer_row(name, layer) for name, layer in report.get("layers", {}).items()]
     events = report.get("events")
     if events and not events.get("active"):
-        lines.append("  events     off (no kernel_guard runtime in this process)")
+        out.append(("events", "off", "no kernel_guard runtime in this process"))
     elif events:
-        lines.append(f"  events     {events['state']}: written {events.get('written', 0)}, "
-                     f"dropped {events.get('dropped', 0)}, sinks {events.get('sinks', {})}")
+        out.append(("events", events["state"], f"written {events.get('written', 0)}, dropped "
+                    f"{events.get('dropped', 0)}; sinks: {_words(events.get('sinks') or {})}"))
     for key in ("transport", "debugger"):
         if key in report:
-            lines.append(f"  {key:<10} {report[key]['state']}")
+            # long states carry their explanation in parentheses: that part is detail
+            state, _, why = report[key]["state"].partition(" (")
+            out.append((key, state, why.rstrip(")")))
     if report.get("credentials_scrubbed"):
-        lines.append(f"  scrubbed   {', '.join(report['credentials_scrubbed'])}")
+        out.append(("scrubbed", "yes", ", ".join(report["credentials_scrubbed"])))
+    return out
+
+
+def _layer_row(name: str, layer: dict[str, Any]) -> tuple[str, str, str]:
+    state, detail = _state(layer), _layer_detail(layer)
+    if len(state) > STATE_WIDTH:
+        state, detail = ("on" if layer.get("active") else "off"), "; ".join(filter(None, (state, detail)))
+    return name, state, detail
+
+
+def _state(layer: dict[str, Any]) -> str:
+    """A layer's state; an inactive one says so even when its state has another name (none, lost)."""
+    state = str(layer.get("state", "?"))
+    return state if layer.get("active") or state == "off" else f"{state} (off)"
+
+
+def _layer_detail(layer: dict[str, Any]) -> str:
+    """The evidence for a layer's state as words: the reason first, then each fact."""
+    facts = {k: v for k, v in layer.items() if k not in ("state", "active", "reason")
+             and v not in (None, "", [], {})}
+    parts = [str(layer["reason"])] if layer.get("reason") else []
+    if isinstance(facts.get("profile"), dict):
+        # the profile's Landlock rules are the landlock row's; here its name and what it does
+        p = facts["profile"]
+        facts["profile"] = f"{p.get('name')} (mode {p.get('mode')}, exec {p.get('exec_action')})"
+    parts += [f"{key.replace('_', ' ')}: {_words(value)}" for key, value in facts.items()]
+    return "; ".join(parts)
+
+
+def _words(value: Any) -> str:
+    """A value as words: mappings as ``key value`` pairs, lists comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_words(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_words(v) for v in value) or "none"
+    return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a text table with aligned columns; long details wrap at word boundaries."""
+    if "error" in report:
+        return report["error"]
+    table = [("layer", "state", "detail"), *rows(report)]
+    widths = [max(len(row[i]) for row in table) for i in (0, 1)]
+    indent = widths[0] + widths[1] + 4
+    lines = [_title(report)]
+    for layer, state, detail in table:
+        wrapped = textwrap.wrap(detail, max(30, TEXT_WIDTH - indent - 2), break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        lines.append(f"  {layer:<{widths[0]}}  {state:<{widths[1]}}  {wrapped[0]}".rstrip())
+        lines += [" " * (indent + 2) + more for more in wrapped[1:]]
     if report.get("note"):
-        lines.append(f"  note: {report['note']}")
+        lines += textwrap.wrap(f"note: {report['note']}", TEXT_WIDTH, initial_indent="  ",
+                               subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines)
 
 
-def _short(detail: dict[str, Any]) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in detail.items())
-    return text if len(text) <= 160 else text[:159] + "…"
+def format_html(report: dict[str, Any]) -> str:
+    """The report as a small HTML table (layer, state, detail) for the notebook."""
+    if "error" in report:
+        return f"<p>{html.escape(report['error'])}</p>"
+    body = "".join(
+        f"<tr><td>{html.escape(layer)}</td><td>{html.escape(state)}</td>"
+        f"<td style=\"text-align:left\">{html.escape(detail)}</td></tr>" for layer, state, detail in rows(report))
+    note = f"<p>{html.escape(report['note'])}</p>" if report.get("note") else ""
+    return (f'<table class="kernel-guard-status"><caption>{html.escape(_title(report))}</caption>'
+            "<thead><tr><th>layer</th><th>state</th><th>detail</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>{note}")
+
+
+def _title(report: dict[str, Any]) -> str:
+    started = report.get("launcher") or report.get("route") == "launcher"
+    return (f"kernel_guard status of pid {report['pid']}"
+            + (" (started by kernel_guard.launch)" if started else "")
+            + (" (ipykernel with the extension)" if report.get("route") == "extension" else ""))
+
+
+class StatusReport:
+    """A status report as the notebook shows it: an HTML table, or aligned text where HTML is not shown."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+    def __repr__(self) -> str:
+        return format_report(self.report)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(format_report(self.report))
+
+    def _repr_html_(self) -> str:
+        return format_html(self.report)

@@ -29,7 +29,7 @@ from kernel_guard.server.settings import KernelGuardServer
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "examples" / "docker" / "Dockerfile"
 #: what `COPY . <dest>` needs of the build context to install the package
-CONTEXT = ("pyproject.toml", "setup.py", "README.md", "kernel_guard", "jupyter-config", "seccomp_profiles", "examples")
+CONTEXT = ("pyproject.toml", "setup.py", "README.md", "kernel_guard", "seccomp_profiles", "examples")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -91,9 +91,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_dockerfile_runs_install_kernelspec_and_extension_steps(image: dict) -> None:
     """The Dockerfile installs the package, the kernelspec and the extension, and locks the environment."""
     steps = " | ".join(image["ran"])
-    for needed in ("pip install", "kernel-guard install-kernelspec", "--name python3",
-                   "server extension enable", "chown -R root:root"):
+    for needed in ("pip install", "kernel-guard install-kernelspec", "--name python3", "chown -R root:root"):
         assert needed in steps
+    assert "/etc/jupyter/jupyter_server_config.d/kernel_guard_server.json" in image["copied"]
 
 
 def test_image_default_python3_is_the_guarded_kernelspec(image: dict) -> None:
@@ -106,16 +106,28 @@ def test_image_default_python3_is_the_guarded_kernelspec(image: dict) -> None:
     assert verdict.allowed and verdict.guarded, verdict.reason
 
 
+#: what a ServerApp reads to decide which extensions to load, and whether kernel_guard.server validates
+SERVER_EXTENSIONS = """
+import json
+from jupyter_core.paths import jupyter_config_path
+from jupyter_server.extension.config import ExtensionConfigManager
+from jupyter_server.extension.manager import ExtensionPackage
+enabled = ExtensionConfigManager(read_config_path=jupyter_config_path()).get_jpserver_extensions()
+print(json.dumps({"enabled": enabled,
+                  "valid": ExtensionPackage(name="kernel_guard.server", enabled=True).validate()}))
+"""
+
+
 def test_image_enables_the_server_extension(image: dict) -> None:
-    """`python -m jupyter_server extension list` in the image's Python shows kernel_guard.server enabled and OK."""
-    listing = subprocess.run([str(image["prefix"] / "bin" / "python"), "-m", "jupyter_server", "extension",
-                              "list"], env=image["env"], capture_output=True, text=True, timeout=120)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
-    assert re.search(r"kernel_guard\.server\s+enabled", text), text
-    assert re.search(r"kernel_guard\.server\s+OK", text), text
-    # the package's own data file, installed by pip, enables it as well
-    data_file = image["prefix"] / "etc" / "jupyter" / "jupyter_server_config.d" / "kernel_guard.json"
-    assert json.loads(data_file.read_text()) == {"ServerApp": {"jpserver_extensions": {"kernel_guard.server": True}}}
+    """The image's server, reading its config path with the image's /etc/jupyter, loads kernel_guard.server
+    (the copied policy enables it) and the extension validates; pip installed no config of its own."""
+    env = {**image["env"], "JUPYTER_CONFIG_PATH": str(image["root"] / "etc" / "jupyter")}
+    done = subprocess.run([str(image["prefix"] / "bin" / "python"), "-c", SERVER_EXTENSIONS], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["enabled"].get("kernel_guard.server") is True and found["valid"], found
+    assert not (image["prefix"] / "etc" / "jupyter").exists()
 
 
 def test_image_server_policy_file_is_valid() -> None:

@@ -30,12 +30,13 @@ cannot be undone from inside.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
 import sys
 import threading
-from typing import Any, Callable, Iterable, Tuple
+from typing import Any, Callable, Iterable, Iterator, Tuple
 
 from ..events import pipeline
 from ..events.schema import make_event
@@ -60,6 +61,7 @@ __all__ = [
     "INTERESTING_EVENTS",
     "build_policy",
     "enforcing",
+    "launcher_setup",
     "filter_kind",
     "install",
     "installed_mode",
@@ -151,6 +153,8 @@ class _State:
     adding_own_hook = False
     seen_libraries: set = set()
     local = threading.local()
+    # the programs the launcher runs to set the kernel up (None outside that stretch)
+    setup_programs: list[dict[str, Any]] | None = None
 
 
 # -- persistence paths -------------------------------------------------------
@@ -476,9 +480,33 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
     if enforce:
         _record(denied, "failure", f"refused {what}", technique, process=process, **fields)
         raise exc(what, layer="audit")
+    if _State.setup_programs is not None and allowed == "exec-attempt":
+        # the launcher's own set-up (ldconfig, uname, its supervisor, libseccomp's
+        # syscall() lookup), before any notebook code: one launcher-setup event
+        # names them, not an exec-attempt each
+        entry = process or {"technique": technique, "what": what}
+        if entry not in _State.setup_programs:
+            _State.setup_programs.append(entry)
+        return
     if not _State.quiet_record_hook:
         _record(allowed, "unknown", f"recorded, not refused (audit mode, or kernel start-up): {what}", technique,
                 process=process, **fields)
+
+
+@contextlib.contextmanager
+def launcher_setup() -> Iterator[list[dict[str, Any]]]:
+    """While the launcher sets a kernel up, collect the programs it starts (and its
+    exec-capable ctypes lookups) instead of recording each as ``exec-attempt``;
+    yields the list (ECS process fields, or technique and what, each once).
+
+    Only the record-only start-up hook collects: an enforcing hook still refuses,
+    so nothing that runs in this stretch is let through that would not be otherwise.
+    """
+    _State.setup_programs = programs = []
+    try:
+        yield programs
+    finally:
+        _State.setup_programs = None
 
 
 # -- installing --------------------------------------------------------------

@@ -80,6 +80,7 @@ _CATEGORY = {
     "code-completed": (["process"], ["info"]),
     "comm-message": (["process"], ["info"]),
     "input-received": (["process"], ["info"]),
+    "launcher-setup": (["process"], ["start"]),
     "stream-started": (["process"], ["start"]),
     "stream-ended": (["process"], ["end"]),
     "chain-checkpoint": (["process"], ["info"]),

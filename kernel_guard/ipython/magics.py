@@ -6,10 +6,9 @@ The refusing magics that replace IPython's shell magics live in
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional
 
-from ..status import collect, format_report
+from ..status import StatusReport, collect
 
 __all__ = ["register"]
 
@@ -18,11 +17,18 @@ def register(ip: Any) -> None:
     """Register ``%guard_status [--json]`` on a shell."""
 
     def guard_status(line: str = "") -> Optional[dict]:
-        """Which kernel_guard layers are active in this kernel, read from the system."""
+        """Which kernel_guard layers are active in this kernel, read from the system.
+
+        Shows a table (HTML in the notebook, aligned text elsewhere); ``--json``
+        returns the report as data instead.
+        """
+        from IPython.display import display
+
         report = collect()
         if "--json" in line.split():
             return report
-        sys.stdout.write(format_report(report) + "\n")
+        # displayed rather than returned: the table shows wherever the magic stands in the cell
+        display(StatusReport(report))
         return None
 
     ip.magics_manager.register_function(guard_status, "line", "guard_status")

@@ -22,6 +22,7 @@ import types
 from typing import Any, Callable
 
 from .. import runtime
+from ..config import KernelGuard
 from ..events.schema import make_event
 from ..exceptions import GuardTampering, ShellRefused
 
@@ -95,17 +96,33 @@ def refuse(route: str, command: str | None = None, *, tampering: bool = False,
         what = f"`{route}` ({short})" if short else f"`{route}`"
     enforce = _enforcing() or tampering
     fields: dict[str, Any] = {"technique": technique or route}
+    package = route.lstrip("%") in PACKAGE_MAGICS
     if tampering:
         action, exc = "guard-tampering", GuardTampering
         fields["target"] = command
     else:
         action, exc = ("shell-refused" if enforce else "shell-command"), ShellRefused
-        fields["process"] = {"command_line": command, "args": ["sh", "-c", command]} if command else None
+        fields["process"] = _process_fields(route, command, package)
     outcome = "failure" if enforce else "unknown"
     reason = f"refused {what}" if enforce else f"audit mode: recorded, not refused: {what}"
     runtime.emit(make_event(action, outcome=outcome, layer="ipython", reason=reason, **fields))
     if enforce:
-        raise exc(what, layer="ipython")
+        raise exc(what, hint=_package_hint() if package else None, layer="ipython")
+
+
+def _process_fields(route: str, command: str, package: bool) -> dict[str, Any] | None:
+    """What the route would have run: a package magic as typed (``%pip install x``:
+    it runs no shell of its own), any other route as the shell command it runs."""
+    if package:
+        return {"command_line": f"{route} {command}".strip(), "args": [route, *command.split()]}
+    return {"command_line": command, "args": ["sh", "-c", command]} if command else None
+
+
+def _package_hint() -> str:
+    """The refusal's second line for %pip and kin: where packages come from and whom to ask."""
+    rt = runtime.current()
+    ask = rt.guard.package_request_hint if rt is not None else KernelGuard.package_request_hint.default_value
+    return f"Packages come with this kernel's image and cannot be installed from a notebook; to get one, {ask}."
 
 
 def _shell_method(name: str) -> Callable[..., Any]:

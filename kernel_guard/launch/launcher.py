@@ -557,7 +557,9 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     audit.install("audit")  # step 1 begins: record from the first moment
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
-    rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
+    with audit.launcher_setup() as programs:
+        rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
+    _record_setup(programs)
     allowed = scope.programs if scope.enforces_exec else ()
     handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed,
                                          truncation=scope.applied and bool(scope.writable))  # steps 2-4
@@ -573,6 +575,21 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     extra = [*extra, *start_folders.keep_history(folders)]
     _record_start(rt, profile, handle, loaded, proc_status, scrubbed, args.unsafe_allow_debugger, scope, folders)
     _run_kernel(args.connection_file, extra, handle, profile.path)
+
+
+def _record_setup(programs: list[dict[str, Any]]) -> None:
+    """One ``launcher-setup`` event naming the programs step 1 ran (ldconfig, uname,
+    the supervisor): the launcher's own work, before any notebook code, is not an
+    ``exec-attempt``."""
+    from .. import runtime
+    from ..events.schema import make_event
+
+    started = [p for p in programs if "executable" in p]
+    names = sorted({os.path.basename(p["executable"] or "?") for p in started})
+    runtime.emit(make_event("launcher-setup", outcome="success", layer="launcher",
+                            reason=f"the launcher ran {len(started)} programs to set the kernel up, before any "
+                                   f"notebook code: {', '.join(names) or 'none'}",
+                            programs=started, lookups=[p for p in programs if "executable" not in p]))
 
 
 def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any, Any]:

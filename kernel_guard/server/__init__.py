@@ -1,7 +1,9 @@
 """The server layer: a jupyter_server extension that starts only guarded kernels.
 
-Loaded as ``kernel_guard.server`` (``jupyter_server_config.d/kernel_guard.json``
-enables it), it decides which kernelspecs may start (:mod:`.policy`: the
+Loaded as ``kernel_guard.server`` where a deployment enables it
+(``ServerApp.jpserver_extensions`` in the server's config, as the image and
+the Helm ConfigMap do; installing the package does not, so a laptop's Jupyter
+keeps its own kernels), it decides which kernelspecs may start (:mod:`.policy`: the
 guarded launcher with a safe path, or ``c.KernelGuardServer.allowed_kernelspecs``,
 from a ``kernel.json`` the server's user cannot change), refuses every other
 start however it is asked for — ``/api/kernels``, sessions, restarts — where

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+from typing import Iterator
 
-from conftest import assert_schema_valid, assert_short_refusal
+import pytest
+from conftest import GuardedKernel, assert_schema_valid, assert_short_refusal
+from launcher_support import NOTEBOOK_USER, unprivileged_root
+
+from kernel_guard.testing import plain_kernel_argv
 
 # (cell, text the refusal names) for every IPython route to a shell
 SYNTAX_ROUTES = [
@@ -201,3 +206,44 @@ def test_audit_mode_records_without_refusing(make_kernel):
     recorded = [e for e in events if e["event"]["action"] == "shell-command"]
     assert recorded and recorded[0]["event"]["outcome"] == "unknown"
     assert recorded[0]["kernel_guard"]["mode"] == "audit"
+
+
+PACKAGE_HELP = "open a ticket at https://help.example.org/jupyter"
+
+
+@pytest.fixture(scope="module")
+def packaged() -> Iterator[GuardedKernel]:
+    """An enforcing kernel as uid 1000 whose deployment says where to ask for packages."""
+    with unprivileged_root() as root:
+        kernel = GuardedKernel(os.path.join(root, "k"), user=NOTEBOOK_USER, argv=plain_kernel_argv(
+            "--ext=kernel_guard", f"--KernelGuard.package_request_hint={PACKAGE_HELP}")).start()
+        yield kernel
+        kernel.shutdown()
+
+
+@pytest.mark.parametrize("code", ["%pip install x", "%conda install x"])
+def test_package_magics_say_packages_come_with_the_image_and_where_to_ask(packaged, code):
+    """%pip and %conda are refused with a message saying packages come with the image and naming the
+    configured contact; the record shows the magic and its arguments, not a shell command."""
+    packaged.mark()
+    result = packaged.execute(code)
+    assert_short_refusal(result, code.split()[0])
+    assert "Packages come with this kernel's image" in result.error_text, result.error_text
+    assert f"to get one, {PACKAGE_HELP}." in result.error_text, result.error_text
+    assert "Use Python" not in result.error_text
+    event = packaged.failures("ipython")[0]
+    assert event["event"]["action"] == "shell-refused"
+    assert event["process"]["command_line"] == code
+    assert event["process"]["args"] == code.split()
+
+
+def test_package_request_hint_is_validated_where_it_enters():
+    """A multi-line or empty package_request_hint is refused, naming the setting and an example."""
+    from traitlets import TraitError
+
+    from kernel_guard.config import KernelGuard
+
+    assert KernelGuard(package_request_hint="  ask in #help.  ").package_request_hint == "ask in #help"
+    for bad in ("", "line one\nline two", "x" * 201):
+        with pytest.raises(TraitError, match="KernelGuard.package_request_hint .*e.g."):
+            KernelGuard(package_request_hint=bad)
