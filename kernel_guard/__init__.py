@@ -58,7 +58,7 @@ __all__ = [
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    """``jupyter server extension enable kernel_guard`` enables the server layer."""
+    """The server layer, for a deployment's ``jpserver_extensions`` (``{"kernel_guard.server": true}``)."""
     return [{"module": "kernel_guard.server"}]
 
 
