@@ -247,3 +247,36 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: floa
             return value
         time.sleep(interval)
     return predicate()
+
+
+#: started by :func:`effective_server_policy`: what an initialised ServerApp really holds
+_POLICY_PROBE = """
+import json
+from jupyter_server.serverapp import ServerApp
+from kernel_guard.server.settings import KernelGuardServer
+app = ServerApp.instance()
+app.initialize(argv=["--allow-root", "--ServerApp.port=0"], new_httpserver=False)
+km = app.kernel_manager
+print("POLICY " + json.dumps({
+    "config_files": app.loaded_config_files,
+    "kernel_guard.server": bool(app.jpserver_extensions.get("kernel_guard.server")),
+    "terminals_enabled": app.terminals_enabled,
+    "cull_idle_timeout": km.cull_idle_timeout, "cull_interval": km.cull_interval,
+    "cull_connected": km.cull_connected, "allowed_message_types": km.allowed_message_types,
+    "default_kernel_name": km.default_kernel_name,
+    "downloads": KernelGuardServer(parent=app).downloads,
+}))
+"""
+
+
+def effective_server_policy(python: str, env: dict, cwd: str) -> dict:
+    """The settings a Jupyter server started by ``python`` with ``env`` applies.
+
+    Read from an initialised ServerApp, not from the files: jupyter_server reads
+    some folders (``jupyter_server_config.d``) for extension enablement only.
+    """
+    done = subprocess.run([python, "-c", _POLICY_PROBE], env={**env, "KERNEL_GUARD_SINKS": "stderr://"},
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("POLICY ")]
+    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(lines[-1][len("POLICY "):])

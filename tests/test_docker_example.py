@@ -21,15 +21,20 @@ import venv
 from pathlib import Path
 
 import pytest
-from traitlets.config import Config
 
+from jupyter_harness import effective_server_policy
 from kernel_guard.server.policy import assess_kernelspec
-from kernel_guard.server.settings import KernelGuardServer
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "examples" / "docker" / "Dockerfile"
 #: what `COPY . <dest>` needs of the build context to install the package
 CONTEXT = ("pyproject.toml", "setup.py", "README.md", "kernel_guard", "seccomp_profiles", "examples")
+#: what the docker-stacks base image ships in /etc/jupyter (its own server config)
+BASE_SERVER_CONFIG = """c = get_config()  # noqa: F821
+c.ServerApp.ip = "0.0.0.0"
+c.ServerApp.open_browser = False
+c.FileContentsManager.delete_to_trash = False
+"""
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -70,7 +75,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {"PATH": f"{prefix / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "JUPYTER_PLATFORM_DIRS": "1",
            "PYTHONWARNINGS": "ignore"}
-    copied: dict[str, Path] = {}
+    base = root / "etc" / "jupyter"
+    base.mkdir(parents=True)
+    (base / "jupyter_server_config.py").write_text(BASE_SERVER_CONFIG)
+    copied: dict[str, Path] = {"/etc/jupyter": base}
     ran: list[str] = []
     for instruction, args in instructions(DOCKERFILE.read_text()):
         if instruction == "COPY":
@@ -93,7 +101,7 @@ def test_dockerfile_runs_install_kernelspec_and_extension_steps(image: dict) -> 
     steps = " | ".join(image["ran"])
     for needed in ("pip install", "kernel-guard install-kernelspec", "--name python3", "chown -R root:root"):
         assert needed in steps
-    assert "/etc/jupyter/jupyter_server_config.d/kernel_guard_server.json" in image["copied"]
+    assert "/usr/local/etc/jupyter/jupyter_server_config.json" in image["copied"]
 
 
 def test_image_default_python3_is_the_guarded_kernelspec(image: dict) -> None:
@@ -121,7 +129,7 @@ print(json.dumps({"enabled": enabled,
 def test_image_enables_the_server_extension(image: dict) -> None:
     """The image's server, reading its config path with the image's /etc/jupyter, loads kernel_guard.server
     (the copied policy enables it) and the extension validates; pip installed no config of its own."""
-    env = {**image["env"], "JUPYTER_CONFIG_PATH": str(image["root"] / "etc" / "jupyter")}
+    env = image_env(image)
     done = subprocess.run([str(image["prefix"] / "bin" / "python"), "-c", SERVER_EXTENSIONS], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -130,14 +138,31 @@ def test_image_enables_the_server_extension(image: dict) -> None:
     assert not (image["prefix"] / "etc" / "jupyter").exists()
 
 
-def test_image_server_policy_file_is_valid() -> None:
-    """The copied server policy enables the extension, turns terminals off, culls, and leaves out debug_request."""
-    policy = json.loads((REPO / "examples" / "docker" / "kernel_guard_server.json").read_text())
-    assert policy["ServerApp"] == {"jpserver_extensions": {"kernel_guard.server": True}, "terminals_enabled": False}
-    kernels = policy["MappingKernelManager"]
-    assert kernels["default_kernel_name"] == "python3" and kernels["cull_idle_timeout"] > 0
-    assert "debug_request" not in kernels["allowed_message_types"]
-    assert KernelGuardServer(config=Config(policy)).downloads == "record"
+def image_env(image: dict) -> dict:
+    """The Dockerfile's ENV for a server in the stand-in image: folders COPY wrote into live under its root."""
+    env = dict(image["env"])
+    for instruction, args in instructions(DOCKERFILE.read_text()):
+        if instruction == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    env["JUPYTER_CONFIG_DIR"] = str(image["root"]) + env["JUPYTER_CONFIG_DIR"]
+    env["JUPYTER_CONFIG_PATH"] = str(image["copied"]["/etc/jupyter"])  # the base image's, read first
+    env["HOME"] = env["JUPYTER_DATA_DIR"] = str(image["root"] / "home")
+    return {name: value for name, value in env.items() if "${" not in value}  # folders in the home
+
+
+def test_the_image_server_applies_the_policy(image: dict) -> None:
+    """A server started in the image with its ENV really applies the copied policy: terminals off,
+    culling on, no debug_request, downloads recorded (a file the server reads for extension
+    enablement only would leave all of these at their defaults)."""
+    policy = effective_server_policy(str(image["prefix"] / "bin" / "python"), image_env(image), str(image["root"]))
+    assert sorted(policy["config_files"]) == sorted([
+        str(image["copied"]["/etc/jupyter"] / "jupyter_server_config.py"),
+        image_env(image)["JUPYTER_CONFIG_DIR"] + "/jupyter_server_config.json"])
+    assert policy["kernel_guard.server"] and policy["terminals_enabled"] is False
+    assert policy["cull_idle_timeout"] == 3600 and policy["cull_connected"] is False
+    assert policy["allowed_message_types"] and "debug_request" not in policy["allowed_message_types"]
+    assert "execute_request" in policy["allowed_message_types"]
+    assert policy["downloads"] == "record" and policy["default_kernel_name"] == "python3"
 
 
 def test_the_image_points_the_servers_start_folders_outside_the_home() -> None:

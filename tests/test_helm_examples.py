@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import pytest
 import yaml
 from traitlets.config import Config
 
+from jupyter_harness import effective_server_policy
 from kernel_guard.config import KernelGuard
 from kernel_guard.server.policy import assess_kernelspec
 from kernel_guard.server.settings import KernelGuardServer
@@ -159,3 +163,38 @@ def test_the_servers_start_folders_are_outside_the_home(example: str) -> None:
     for variable in ("JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
         assert env[variable].startswith(home), (variable, env.get(variable))
     assert env["PYTHONNOUSERSITE"] == "1"
+
+
+def mount_extra_files(values: dict, root: Path) -> None:
+    """Write each singleuser.extraFiles entry where the chart mounts it, under ``root``."""
+    for entry in values["singleuser"]["extraFiles"].values():
+        target = root / entry["mountPath"].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(entry["stringData"] if "stringData" in entry else json.dumps(entry["data"]))
+
+
+def test_configmap_route_server_applies_the_mounted_policy(tmp_path: Path) -> None:
+    """A server with the pod's environment and the mounted files really applies the policy: terminals
+    off, culling on, no debug_request, downloads recorded, the guarded kernelspec by default."""
+    values = load_yaml(REPO / "examples" / "helm" / "configmap-values.yaml")
+    mount_extra_files(values, tmp_path)
+    env = {name: str(value) for name, value in values["singleuser"]["extraEnv"].items()}
+    env.update(PATH=os.environ["PATH"], HOME=str(tmp_path / "home"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
+               JUPYTER_CONFIG_DIR=str(tmp_path) + env["JUPYTER_CONFIG_DIR"])
+    for name in ("JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
+        env.pop(name)
+    policy = effective_server_policy(sys.executable, env, str(tmp_path))
+    assert env["JUPYTER_CONFIG_DIR"] + "/jupyter_server_config.json" in policy["config_files"]
+    assert policy["kernel_guard.server"] and policy["terminals_enabled"] is False
+    assert policy["cull_idle_timeout"] == 3600 and policy["cull_connected"] is False
+    assert policy["allowed_message_types"] and "debug_request" not in policy["allowed_message_types"]
+    assert policy["downloads"] == "record" and policy["default_kernel_name"] == "python3-guarded"
+
+
+def test_image_route_reads_config_where_the_image_put_its_policy() -> None:
+    """The pod's JUPYTER_CONFIG_DIR is the folder the Dockerfile copies the server policy into, as the
+    jupyter_server_config.json the server reads (tests/test_docker_example.py runs that server)."""
+    env = load_yaml(REPO / "examples" / "helm" / "image-values.yaml")["singleuser"]["extraEnv"]
+    dockerfile = (REPO / "examples" / "docker" / "Dockerfile").read_text()
+    (dest,) = re.findall(r"^COPY examples/docker/kernel_guard_server.json (\S+)$", dockerfile, re.M)
+    assert dest == env["JUPYTER_CONFIG_DIR"] + "/jupyter_server_config.json"

@@ -45,6 +45,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> ServerGuard:
     IOLoop runs, when every other extension (terminals) has loaded.
     """
     protected = protect_server_process()
+    stop_cleanly_on_sigint(serverapp)
     settings = KernelGuardServer(parent=serverapp)
     rt = runtime.start(serverapp.config)
     guard = ServerGuard(serverapp, settings, rt)
@@ -74,3 +75,24 @@ def protect_server_process() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def stop_cleanly_on_sigint(serverapp: Any) -> bool:
+    """Let SIGINT stop the server as SIGTERM does: kernels shut down, and recorded.
+
+    JupyterHub's spawners stop a single-user server with SIGINT.  Without a
+    terminal, jupyter_server leaves SIGINT to Python's KeyboardInterrupt, which
+    ends the IOLoop without shutting kernels down: they die by their parent
+    poller, so no kernel-shutdown or kernel-stopped is ever recorded.  Only a
+    SIGINT still at Python's default is taken (on a terminal the server asks to
+    confirm).  Returns whether it was taken.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False
+    signal.signal(signal.SIGINT, serverapp._signal_stop)
+    return True
