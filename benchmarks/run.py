@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     _guarded(results, "landlock", lambda: landlock.run(running, reps, quick))
                 if "sinks" in wanted:  # last: the flood leaves its mark on the kernel
                     sink_runs = 1 if quick else min(reps, 3)
-                    _guarded(results, "sinks", lambda: sinks.run(sink_runs, quick, running["extension"]))
+                    _guarded(results, "sinks", lambda: sinks.run(sink_runs, quick, running["extension"],
+                                                                     running.get("launcher")))
             finally:
                 kernels.stop_all(running)
         if "kernel_start" in wanted:

@@ -9,10 +9,15 @@ the cost per ``emit`` on the emitting thread (what a cell pays).  The judged
 figure is the file sink's own rate: processed events through
 ``FileSink.emit`` in the writer's batches (serialising and ``write(2)``).
 
-Flood: a cell in the extension-only kernel makes one million refused
-``os.system`` calls, each an ``exec-denied`` event; the kernel's resident
-memory is sampled throughout.  Identical events are aggregated, and the
-queue is bounded, so memory must stay flat.
+Flood: a cell in the extension-only kernel, and one in the launcher kernel,
+makes one million refused ``os.system`` calls, each an ``exec-denied`` event;
+the kernel's resident memory (and, under the launcher, the supervisor's, the
+custodian of its record) is sampled throughout.  Identical events are
+aggregated, and the queues are bounded, so memory must stay flat.
+
+Custodian: the kernel's side of the socket sending serialised events to a
+custodian that checks each line and writes it to a file sink, in one process
+(threads), the judged rate of the supervisor under the launcher.
 """
 
 from __future__ import annotations
@@ -164,19 +169,35 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _supervisor_of(pid: int) -> int:
+    """The launcher kernel's supervisor (its child running kernel_guard.launch.supervisor), or 0."""
+    import psutil
+
+    for child in psutil.Process(pid).children():
+        if "kernel_guard.launch.supervisor" in " ".join(child.cmdline()):
+            return child.pid
+    return 0
+
+
 def flood(kernel: BenchKernel, events: int) -> Dict[str, Any]:
-    """Run the flood cell while sampling the kernel's RSS."""
+    """Run the flood cell while sampling the kernel's RSS (and, under the launcher, the
+    supervisor's: the custodian takes every event the kernel writes)."""
     kernel.execute(FLOOD)
     kernel.value("", "_bench_flood(1000)")  # warm-up
     pid = kernel.pid
+    supervisor = _supervisor_of(pid)
     before = _rss_mb(pid)
+    sup_before = _rss_mb(supervisor) if supervisor else 0.0
     samples: List[float] = []
+    sup_samples: List[float] = []
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             try:
                 samples.append(_rss_mb(pid))
+                if supervisor:
+                    sup_samples.append(_rss_mb(supervisor))
             except OSError:
                 return
             done.wait(0.05)
@@ -190,13 +211,16 @@ def flood(kernel: BenchKernel, events: int) -> Dict[str, Any]:
         sampler.join()
     after = _rss_mb(pid)
     peak = max(samples + [after])
-    return {"events": events, "refused": refused, "seconds": rounded(seconds, 3),
-            "events_per_s": rounded(events / seconds, 0), "rss_before_mb": rounded(before, 1),
-            "rss_peak_mb": rounded(peak, 1), "rss_after_mb": rounded(after, 1),
-            "growth_mb": rounded(peak - before, 1)}
+    out = {"events": events, "refused": refused, "seconds": rounded(seconds, 3),
+           "events_per_s": rounded(events / seconds, 0), "rss_before_mb": rounded(before, 1),
+           "rss_peak_mb": rounded(peak, 1), "rss_after_mb": rounded(after, 1),
+           "growth_mb": rounded(peak - before, 1)}
+    if supervisor:
+        out["supervisor_growth_mb"] = rounded(max(sup_samples + [sup_before]) - sup_before, 1)
+    return out
 
 
-def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
+def run(repetitions: int, quick: bool, kernel: BenchKernel, launcher: "BenchKernel | None" = None) -> Dict[str, Any]:
     total, burst = (20_000, 5_000) if quick else (100_000, 5_000)
     runs = []
     for _ in range(repetitions):
@@ -210,6 +234,7 @@ def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
     complete = all(r["written"] == r["events"] and r["dropped"] == 0 for r in runs)
     flood_result = flood(kernel, 100_000 if quick else 1_000_000)
     flood_ok = flood_result["refused"] == flood_result["events"] and flood_result["growth_mb"] <= TARGET_FLOOD_MB
+    launcher_flood = flood(launcher, 100_000 if quick else 1_000_000) if launcher is not None else None
     rows = [
         {"metric": "file sink (JSON + write), events/s", "config": "pipeline", "plain": None,
          "guarded": rounded(rate, 0), "ratio": None, "target": f">= {TARGET_EVENTS_PER_S}",
@@ -225,13 +250,21 @@ def run(repetitions: int, quick: bool, kernel: BenchKernel) -> Dict[str, Any]:
          "plain": None, "guarded": flood_result["growth_mb"], "ratio": None,
          "target": f"<= {TARGET_FLOOD_MB:g} MB", "met": flood_ok},
     ]
+    if launcher_flood is not None:
+        for who, growth in (("kernel", launcher_flood["growth_mb"]),
+                            ("supervisor", launcher_flood.get("supervisor_growth_mb", 0.0))):
+            rows.append({"metric": f"RSS growth of the {who}, {launcher_flood['events']:,} refused calls, MB",
+                         "config": "launcher", "plain": None, "guarded": growth, "ratio": None,
+                         "target": f"<= {TARGET_FLOOD_MB:g} MB",
+                         "met": launcher_flood["refused"] == launcher_flood["events"] and growth <= TARGET_FLOOD_MB})
     return {
         "title": "sinks",
         "unit": "events/s; MB",
         "repetitions": repetitions,
         "results": {"events_per_s": rounded(rate, 0), "pipeline_events_per_s": rounded(pipeline_rate, 0),
                     "emit_us": rounded(emit_us, 3), "custodian_events_per_s": rounded(custodian_rate, 0),
-                    "complete": complete, "throughput_runs": runs, "flood": flood_result},
+                    "complete": complete, "throughput_runs": runs, "flood": flood_result,
+                    "launcher_flood": launcher_flood},
         "ratios": {},
         "target": f">= {TARGET_EVENTS_PER_S} events/s written to the file sink; "
                   f"RSS growth <= {TARGET_FLOOD_MB:g} MB under the flood",
