@@ -75,6 +75,8 @@ _CATEGORY = {
     "listener-denied": (["process", _ID], ["change", "denied"]),
     "supervisor-lost": (["process"], ["end"]),
     "supervisor-stopped": (["process"], ["end"]),
+    "supervisor-stalled": (["process"], ["change"]),
+    "supervisor-resumed": (["process"], ["change"]),
     "credentials-scrubbed": (["configuration"], ["change"]),
     "code-inspected": (["process"], ["info"]),
     "code-completed": (["process"], ["info"]),

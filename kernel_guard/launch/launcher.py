@@ -460,6 +460,29 @@ def _on_supervisor_lost(handle: Any) -> None:
                             supervisor_pid=handle.pid, exit_status=handle.exit_status))
 
 
+def _on_supervisor_stalled(handle: Any, seconds: float) -> None:
+    from .. import runtime
+    from ..events import pipeline
+    from ..events.schema import make_event
+
+    reason = (f"the exec supervisor (pid {handle.pid}) has been stopped for {seconds:.0f} s: every exec waits "
+              "until it resumes (none is let through), and this kernel's events queue behind it")
+    pipeline._stderr_line(f"kernel_guard: {reason}")
+    runtime.emit(make_event("supervisor-stalled", outcome="failure", layer="supervisor", reason=reason,
+                            supervisor_pid=handle.pid, stopped_s=round(seconds, 1)))
+
+
+def _on_supervisor_resumed(handle: Any, seconds: float) -> None:
+    from .. import runtime
+    from ..events import pipeline
+    from ..events.schema import make_event
+
+    reason = f"the exec supervisor (pid {handle.pid}) runs again after {seconds:.1f} s stopped"
+    pipeline._stderr_line(f"kernel_guard: {reason}")
+    runtime.emit(make_event("supervisor-resumed", outcome="success", layer="supervisor", reason=reason,
+                            supervisor_pid=handle.pid, stopped_s=round(seconds, 1)))
+
+
 def _guard_multiprocessing(enforce_exec: bool) -> None:
     """Fork is the start method that works without exec; spawn/forkserver get a clear error."""
     import multiprocessing
@@ -569,6 +592,7 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     if handle is not None:
         _allow_supervisor_to_read(handle.pid)
         handle.watch(_on_supervisor_lost)
+        handle.watch_stalls(_on_supervisor_stalled, _on_supervisor_resumed)
     _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed, ld_cache,
                   args.unsafe_allow_debugger)
     _restore_user_paths(dropped_path, folders)

@@ -809,6 +809,47 @@ class SupervisorHandle:
         thread.start()
         return thread
 
+    def watch_stalls(self, on_stall: Callable[["SupervisorHandle", float], None],
+                     on_resume: Callable[["SupervisorHandle", float], None], after: float = 2.0) -> threading.Thread:
+        """A daemon thread that reports a supervisor stopped (SIGSTOP, a debugger) for
+        ``after`` seconds, and its resumption: while it is stopped every exec waits and
+        the kernel's record queues behind it, with nothing else to show for it."""
+
+        def look() -> None:
+            since: Optional[float] = None
+            reported = False
+            while self.exit_status is None:
+                stopped = _stopped(self.pid)
+                if stopped is None:
+                    return  # gone: the watch thread reports that
+                now = time.monotonic()
+                if stopped and since is None:
+                    since = now
+                elif stopped and not reported and now - since >= after:
+                    reported = True
+                    on_stall(self, now - since)
+                elif not stopped and since is not None:
+                    if reported:
+                        on_resume(self, now - since)
+                    since, reported = None, False
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=look, name="kernel-guard-supervisor-stalls", daemon=True)
+        thread.start()
+        return thread
+
+
+def _stopped(pid: int) -> Optional[bool]:
+    """Whether a process is stopped (job control or tracing); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    if state in (b"Z", b"X"):
+        return None
+    return state in (b"T", b"t")
+
 
 def _stop_process(proc: subprocess.Popen, control: socket.socket, timeout: float) -> None:
     control.close()

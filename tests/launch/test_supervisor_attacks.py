@@ -370,3 +370,29 @@ def test_a_path_changed_under_the_supervisor_cannot_start_the_loader(kernel: Lau
 
 def _raced(event: dict) -> bool:
     return event["event"]["action"] == "exec-denied" and event["kernel_guard"].get("syscall") == "brk"
+
+
+def test_a_stopped_supervisor_is_reported_and_its_resumption_too(spec: str, root: str) -> None:
+    """SIGSTOP from outside (an operator, a debugger): the kernel says on stderr that every exec waits;
+    once it runs again, both records reach the sink through it."""
+    kernel = LaunchedKernel(os.path.join(root, "stalled"), "guarded", env={"KERNEL_GUARD_MODE": "audit"},
+                            user=NOTEBOOK_USER).start()
+    try:
+        sup = kernel.supervisor_pid()
+        kernel.mark()
+        os.kill(sup, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 15
+            while "has been stopped" not in kernel.stderr() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            os.kill(sup, signal.SIGCONT)
+        assert "every exec waits until it resumes" in kernel.stderr()
+        events = kernel.new_events(until=lambda evs: {"supervisor-stalled", "supervisor-resumed"}
+                                   <= {e["event"]["action"] for e in evs}, timeout=15)
+        (stalled,) = [e for e in events if e["event"]["action"] == "supervisor-stalled"]
+        assert stalled["event"]["outcome"] == "failure" and stalled["kernel_guard"]["supervisor_pid"] == sup
+        assert any(e["event"]["action"] == "supervisor-resumed" for e in events)
+        assert kernel.execute("1 + 1").status == "ok"
+    finally:
+        kernel.shutdown()
