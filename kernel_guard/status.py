@@ -235,14 +235,10 @@ def kernel_route(argv: list[str]) -> str | None:
 
 def _real_uid(pid: int | str) -> int | None:
     """The real uid on a process's ``Uid:`` line in /proc (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from .launch.seccomp_filter import proc_status
+
+    uids = proc_status(pid).get("Uid", "").split()
+    return int(uids[0]) if uids and uids[0].isdigit() else None
 
 
 def find_kernels(uid: int | None = None) -> list[tuple[int, str]]:

@@ -367,8 +367,9 @@ def load(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> LoadedFilter:
 
 
 def proc_status(pid: int | str = "self") -> dict[str, str]:
-    """Seccomp-related lines of /proc/PID/status (``Seccomp``, ``NoNewPrivs``, ...)."""
-    wanted = ("Seccomp", "Seccomp_filters", "NoNewPrivs", "PPid", "State", "Name")
+    """Seccomp-related and identity lines of /proc/PID/status (``Seccomp``, ``NoNewPrivs``,
+    ``Tgid``, ``Uid`` ...); empty once the process is gone."""
+    wanted = ("Seccomp", "Seccomp_filters", "NoNewPrivs", "PPid", "State", "Name", "Tgid", "Uid")
     out: dict[str, str] = {}
     try:
         with open(f"/proc/{pid}/status") as fh:

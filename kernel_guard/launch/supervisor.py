@@ -505,14 +505,10 @@ def _caller(pid: int, **fields: Any) -> dict[str, Any]:
 
 def _tgid(pid: int) -> Optional[int]:
     """The process (thread group) a task id belongs to."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from .seccomp_filter import proc_status
+
+    tgid = proc_status(pid).get("Tgid", "")
+    return int(tgid) if tgid.isdigit() else None
 
 
 def _ppid(pid: int) -> Optional[int]:
