@@ -47,6 +47,12 @@ __all__ = ["Custodian", "CustodianSink"]
 _HEADER = struct.Struct("!cI")
 #: payload bytes per message (a SOCK_SEQPACKET message must fit the socket buffer)
 _MAX_PAYLOAD = 60 * 1024
+#: SCM_CREDENTIALS: pid, uid, gid of the sending process, as the kernel saw it
+_CREDENTIALS = struct.Struct("iII")
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_CREDENTIALS.size)
+#: bounds on what a kernel can make the custodian hold: one line, and the streams it tracks
+_MAX_LINE = 16 << 20
+_MAX_STREAMS = 10_000
 #: seconds between checkpoints, and between looks for ended processes
 CHECKPOINT_EVERY = 5.0
 _LIVENESS_EVERY = 1.0
@@ -179,6 +185,8 @@ class Custodian:
         self.counts = {"received": 0, "rejected": 0, "ended_for": 0}
         self._partial: dict[int, bytes] = {}
         self._lock = threading.Lock()
+        # the kernel's side cannot be trusted to say who sent a message: Linux can
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kernel-guard-custodian", daemon=True)
         self._last_checkpoint = self._last_look = time.monotonic()
@@ -190,7 +198,7 @@ class Custodian:
         self.sock.settimeout(_LIVENESS_EVERY)
         while not self._stop.is_set():
             try:
-                message = self.sock.recv(_HEADER.size + _MAX_PAYLOAD)
+                message, sender = self._receive()
             except socket.timeout:
                 self._tick()
                 continue
@@ -198,26 +206,39 @@ class Custodian:
                 break
             if not message:
                 break  # every kernel process closed its end
-            self._take(message)
+            self._take(message, sender)
             self._tick()
 
-    def _take(self, message: bytes) -> None:
+    def _receive(self) -> tuple[bytes, int]:
+        """One message and the pid of the process that sent it (from the kernel, not the message)."""
+        message, ancillary, _flags, _addr = self.sock.recvmsg(_HEADER.size + _MAX_PAYLOAD, _CREDENTIALS_SPACE)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _CREDENTIALS.size:
+                return message, _CREDENTIALS.unpack_from(data)[0]
+        return message, 0
+
+    def _take(self, message: bytes, sender: int = 0) -> None:
         """One message: whole lines (or a chunk of one), checked and queued."""
         if len(message) < _HEADER.size:
             return
-        kind, pid = _HEADER.unpack_from(message)
+        kind, claimed = _HEADER.unpack_from(message)
+        pid = sender or claimed
         payload = self._partial.pop(pid, b"") + message[_HEADER.size:]
         if kind == b"C":
-            self._partial[pid] = payload
+            if len(payload) <= _MAX_LINE:
+                self._partial[pid] = payload
+            else:  # a line no event needs: dropped, counted, and its chunks after it too
+                self.counts["rejected"] += 1
             return
         lines = [line + b"\n" for line in payload.split(b"\n") if line.strip()]
-        kept = [line for line in lines if self._accept(line)]
+        kept = [line for line in lines if self._accept(line, pid)]
         self.counts["received"] += len(kept)
         while kept and not self.pipeline.forward(kept):
             time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
 
-    def _accept(self, line: bytes) -> bool:
-        """A JSON event that does not claim the supervisor's stream nor a stream ended."""
+    def _accept(self, line: bytes, sender: int = 0) -> bool:
+        """A JSON event that does not claim the supervisor's stream nor a stream ended;
+        a new stream is another process's only while there is room to keep it."""
         try:
             event = _loads(line)
             guard = event["kernel_guard"]
@@ -230,8 +251,11 @@ class Custodian:
             return False
         with self._lock:
             state = self.streams.get(stream)
+            if state is None and len(self.streams) >= _MAX_STREAMS:
+                self.counts["rejected"] += 1
+                return False
             if state is None:
-                pid = int((event.get("process") or {}).get("pid") or 0)
+                pid = sender or int((event.get("process") or {}).get("pid") or 0)
                 template = {k: event[k] for k in ("user", "host") if k in event}
                 template["kernel_guard"] = {k: guard[k] for k in ("kernel_id", "notebook", "mode") if k in guard}
                 state = self.streams[stream] = _Stream(pid, _start_time(pid) if pid else None, template)
@@ -296,16 +320,17 @@ class Custodian:
     def stop(self, timeout: float = 5.0) -> None:
         """Take what is still in the socket, end open streams, write a last checkpoint."""
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
         self.sock.setblocking(False)
         while True:
             try:
-                message = self.sock.recv(_HEADER.size + _MAX_PAYLOAD)
+                message, sender = self._receive()
             except OSError:
                 break
             if not message:
                 break
-            self._take(message)
+            self._take(message, sender)
         self.end_dead_streams(all_open=True)
         self.checkpoint()
 

@@ -142,3 +142,49 @@ def test_without_its_custodian_the_kernel_says_so_and_keeps_recording(root: str,
     assert '"action":"exec-denied"' in stderr.split("cannot be reached", 1)[1]
     lost = [e for e in kernel.events() if e["event"]["action"] == "supervisor-lost"]
     assert [e["kernel_guard"]["recorded_by"] for e in lost] == ["witness"]
+
+
+def _custodian_pair(monkeypatch, **bounds):
+    """A custodian reading one end of a socket pair into a memory sink (what the supervisor runs)."""
+    import socket as socket_module
+
+    from kernel_guard.events.pipeline import EventPipeline
+    from kernel_guard.events.processors import Sequence
+    from kernel_guard.launch import custodian as custodian_module
+    from kernel_guard.testing import MemorySink
+
+    for name, value in bounds.items():
+        monkeypatch.setattr(custodian_module, name, value)
+    ours, theirs = socket_module.socketpair(socket_module.AF_UNIX, socket_module.SOCK_SEQPACKET)
+    sink = MemorySink()
+    pipe = EventPipeline([sink], [Sequence()], spool_dir="")
+    keeper = custodian_module.Custodian(theirs, pipe, lambda: "custodians-own", pipe.emit)
+    return custodian_module, ours, keeper, pipe, sink
+
+
+def _line(stream: str, number: int, pid: int = 424242, **guard) -> bytes:
+    import json
+
+    return (json.dumps({"event": {"action": "cell-executed", "sequence": number, "id": f"{stream}-{number}"},
+                        "kernel_guard": {"stream": stream, **guard}, "process": {"pid": pid}}) + "\n").encode()
+
+
+def test_the_custodian_takes_the_sender_from_the_kernel_and_bounds_what_it_holds(monkeypatch) -> None:
+    """The pid of a stream is the sending process's as Linux reports it, not the one a line claims;
+    lines claiming the custodian's own stream, or written as by the custodian, are refused; streams
+    and a line cut in chunks cannot grow without bound."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MAX_STREAMS=3, _MAX_LINE=1000)
+    sender = module.CustodianSink(ours, lambda: [])
+    sender.emit_lines([_line("a", 1), _line("custodians-own", 1), _line("b", 1, recorded_by="custodian"),
+                       _line("c", 1), _line("d", 1), _line("e", 1)])
+    ours.sendall(module._HEADER.pack(b"C", 1) + b"x" * 900)
+    ours.sendall(module._HEADER.pack(b"C", 1) + b"x" * 900)  # past the bound: dropped
+    keeper.stop()
+    pipe.flush()
+    streams = [e["kernel_guard"]["stream"] for e in sink.events if e["event"]["action"] == "cell-executed"]
+    assert streams == ["a", "c", "d"]  # three streams at most; e had no room
+    assert keeper.streams["a"].pid == os.getpid()  # not the 424242 the line claims
+    assert keeper.counts["rejected"] == 4 and keeper._partial == {}
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
