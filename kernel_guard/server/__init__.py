@@ -20,7 +20,8 @@ configured without it (the report names such files).
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Optional
 
 from .. import runtime
 from .guard import ServerGuard
@@ -46,6 +47,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> ServerGuard:
     """
     protected = protect_server_process()
     stop_cleanly_on_sigint(serverapp)
+    notary = keep_notebook_trust_writable(serverapp)
+    if notary:
+        serverapp.log.info("kernel_guard: the Jupyter data folder is read-only here; notebook trust "
+                           "signatures are kept in %s", notary)
     settings = KernelGuardServer(parent=serverapp)
     rt = runtime.start(serverapp.config)
     guard = ServerGuard(serverapp, settings, rt)
@@ -61,6 +66,30 @@ def _load_jupyter_server_extension(serverapp: Any) -> ServerGuard:
     serverapp.log.info("kernel_guard: server extension loaded (mode %s)%s", rt.mode,
                        "" if protected else "; the server process could not be made non-dumpable")
     return guard
+
+
+def keep_notebook_trust_writable(serverapp: Any) -> Optional[str]:
+    """Where a deployment points ``JUPYTER_DATA_DIR`` at a read-only folder (so a cell
+    cannot plant kernelspecs or nbconvert templates that the server reads), nbformat's
+    notary could not write its secret there and every notebook would fail to open:
+    keep its secret and signatures in the runtime folder instead.  Returns that
+    folder, or None when nothing had to change."""
+    from jupyter_core.paths import jupyter_runtime_dir
+    from nbformat.sign import NotebookNotary
+
+    from .report import _could_change
+
+    contents = getattr(serverapp, "contents_manager", None)
+    notary = getattr(contents, "notary", None)
+    if notary is None or _could_change(notary.data_dir):
+        return None
+    folder = jupyter_runtime_dir()
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    contents.notary = NotebookNotary(parent=contents, data_dir=folder)
+    return folder
 
 
 def protect_server_process() -> bool:
