@@ -124,7 +124,14 @@ class KernelSession:
         from jupyter_core.paths import jupyter_runtime_dir
 
         runtime_dir = jupyter_runtime_dir() if user is None else (cwd or tempfile.gettempdir())
-        os.makedirs(runtime_dir, exist_ok=True)
+        try:
+            os.makedirs(runtime_dir, exist_ok=True)
+            usable = os.access(runtime_dir, os.W_OK)
+        except OSError:
+            usable = False
+        if not usable:  # a read-only Jupyter data folder (as the image sets it) holds no runtime folder
+            self._runtime = tempfile.TemporaryDirectory(prefix="kernel-guard-runtime-")
+            runtime_dir = self._runtime.name
         self.manager.connection_file = os.path.join(runtime_dir, f"kernel-{uuid.uuid4()}.json")
         self.user = user
         self.env = {**os.environ, **(env or {})}

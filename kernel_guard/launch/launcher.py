@@ -216,8 +216,10 @@ def _ldconfig_cache() -> dict[str, str]:
     import subprocess
 
     tag = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), "")
+    # a user's PATH often lacks the sbin folders (Debian's does): look where ctypes does
+    ldconfig = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), "ldconfig")
     try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10,
+        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10,
                              env={**os.environ, "LC_ALL": "C", "LANG": "C"}).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
