@@ -56,6 +56,7 @@ _CATEGORY = {
     "library-loaded": (["library"], ["start"]),
     "symbol-denied": (["library", _ID], ["start", "denied"]),
     "persistence-denied": (["file", _ID], ["creation", "denied"]),
+    "truncate-denied": (["file", _ID], ["change", "denied"]),
     "persistence-write": (["file", _ID], ["creation", "allowed"]),
     "env-denied": (["configuration", _ID], ["change", "denied"]),
     "credential-denied": (["file", _ID], ["access", "denied"]),

@@ -391,7 +391,8 @@ def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = (), trunc
     if handle is not None and allowed:
         extra += seccomp_filter.image_gate_rules()  # each new image is checked before it runs
     if truncation:
-        extra += seccomp_filter.truncation_rules()  # Landlock confines writes, not truncation by path
+        # Landlock confines writes, not truncation by path: the supervisor refuses and records it
+        extra += seccomp_filter.truncation_rules(notify=handle is not None)
     loaded = seccomp_filter.load(profile, extra)
     if loaded.listener_fd is not None:
         if handle is None:

@@ -170,23 +170,29 @@ O_ACCMODE = 0o3
 O_TRUNC = 0o1000
 
 
-def truncation_rules() -> tuple[Rule, ...]:
-    """Truncation by path, refused (EPERM): ``truncate(2)`` and an open with ``O_TRUNC``
-    but no write access (Linux truncates then).  The Landlock domain confines the
-    files a kernel may open for writing and leaves truncation right alone (it costs
-    every open a path walk), so truncating goes through a file opened for writing.
-    ``openat2`` hides its flags in a struct the filter cannot read: ENOSYS (glibc
-    and Python use ``openat``)."""
+#: truncation by path: the syscalls the launcher's rules send to the supervisor
+TRUNCATION_SYSCALLS = ("truncate", "truncate64", "openat", "open")
+
+
+def truncation_rules(notify: bool = True) -> tuple[Rule, ...]:
+    """Truncation by path, refused: ``truncate(2)`` and an open with ``O_TRUNC`` but no
+    write access (Linux truncates then) go to the supervisor, which refuses (EPERM) and
+    records them (``notify``; else EPERM at once).  The Landlock domain confines the
+    files a kernel may open for writing and leaves truncation alone (it costs every
+    open a path walk), so truncating goes through a file opened for writing.
+    ``openat2`` hides its flags in a struct the filter cannot read: ENOSYS (glibc and
+    Python use ``openat``)."""
     read_only_trunc = O_ACCMODE | O_TRUNC
     origin = "launcher (Landlock writes)"
-    rules = [Rule(tuple(n for n in ("truncate", "truncate64") if syscall_known(n)), "SCMP_ACT_ERRNO", errno.EPERM,
+    action = "SCMP_ACT_NOTIFY" if notify else "SCMP_ACT_ERRNO"
+    rules = [Rule(tuple(n for n in ("truncate", "truncate64") if syscall_known(n)), action, errno.EPERM,
                   (), "truncation by path", origin),
-             Rule(("openat",), "SCMP_ACT_ERRNO", errno.EPERM,
+             Rule(("openat",), action, errno.EPERM,
                   (RuleArg(2, read_only_trunc, O_TRUNC, "SCMP_CMP_MASKED_EQ"),), "O_TRUNC without write access",
                   origin),
              Rule(("openat2",), "SCMP_ACT_ERRNO", errno.ENOSYS, (), "flags the filter cannot read", origin)]
     if syscall_known("open"):
-        rules.append(Rule(("open",), "SCMP_ACT_ERRNO", errno.EPERM,
+        rules.append(Rule(("open",), action, errno.EPERM,
                           (RuleArg(1, read_only_trunc, O_TRUNC, "SCMP_CMP_MASKED_EQ"),),
                           "O_TRUNC without write access", origin))
     return tuple(r for r in rules if r.names)

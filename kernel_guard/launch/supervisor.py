@@ -301,6 +301,36 @@ def protection_event(notif: Notification, syscall: str, abi: str, kernel_pid: in
                              "outside the kernel are out of the notebook's reach")
 
 
+#: where each truncating call names its path (and folder fd, or None)
+_TRUNCATE_PATH = {"truncate": (0, None), "truncate64": (0, None), "open": (0, None), "openat": (1, 0)}
+
+
+def truncation_event(notif: Notification, syscall: str, abi: str, kernel_pid: int, mode: str) -> dict:
+    """``truncate-denied`` for a file truncated by its path (the path as read, best effort)."""
+    from ..events.schema import make_event
+
+    path_arg, dir_arg = _TRUNCATE_PATH.get(syscall, (0, None))
+    path = None
+    try:
+        mem = TargetMemory(notif.pid, 4 if abi in ("x86", "x32", "arm") else 8)
+        try:
+            raw = mem.string(notif.args[path_arg], _MAX_PATH)
+        finally:
+            mem.close()
+        path = os.fsdecode(raw) if raw else None
+        if path and not path.startswith("/"):
+            base = _fd_path(notif.pid, _signed(notif.args[dir_arg], 4) if dir_arg is not None else AT_FDCWD)
+            path = os.path.join(base, path) if base else path
+    except OSError:
+        pass
+    how = "truncate(2)" if syscall.startswith("truncate") else f"{syscall} with O_TRUNC and no write access"
+    return make_event("truncate-denied", outcome="failure", layer="seccomp", process=_caller(notif.pid),
+                      file={"path": path or "<unreadable>"}, technique=how, syscall=syscall, abi=abi, mode=mode,
+                      supervisor_pid=os.getpid(), kernel_pid=kernel_pid,
+                      reason=f"truncating {path or 'a file'} by its path ({how}) refused: open the file for "
+                             "writing and truncate that (Landlock confines it to the writable roots)")
+
+
 def _comm(pid: int) -> Optional[str]:
     try:
         with open(f"/proc/{pid}/comm") as fh:
@@ -325,9 +355,11 @@ class Supervisor:
                        "signals_denied": 0, "listeners_denied": 0}
         self.started = time.time()
         self.other_syscalls = other_syscall_table()
-        from .seccomp_filter import IMAGE_GATE_SYSCALLS
+        from .seccomp_filter import IMAGE_GATE_SYSCALLS, TRUNCATION_SYSCALLS
 
         self.image_gate = other_syscall_table(IMAGE_GATE_SYSCALLS) if allowed else {}
+        # only the calls the launcher's rules send here (O_TRUNC without write access for the opens)
+        self.truncations = other_syscall_table(TRUNCATION_SYSCALLS)
 
     def refuse_other(self, notif: Notification, syscall: str, abi: str) -> None:
         """A signal to a protected process, or a new seccomp listener: always EPERM,
@@ -351,6 +383,12 @@ class Supervisor:
             return
         if (notif.arch, notif.nr) in self.image_gate:
             self.check_image(notif)
+            return
+        truncation = self.truncations.get((notif.arch, notif.nr))
+        if truncation is not None:
+            respond(self.listener, notif.id, allow=False)
+            self.counts["truncations_denied"] = self.counts.get("truncations_denied", 0) + 1
+            self.emit(truncation_event(notif, *truncation, self.kernel_pid, self.mode))
             return
         # validate before opening /proc/<pid>/mem (the pid may already be recycled)
         # and after reading (the task may have died while we read)

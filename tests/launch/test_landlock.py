@@ -165,6 +165,7 @@ def test_truncation_outside_the_roots_fails_by_every_route_and_works_inside(kern
         fh.write("the record\n")
     for path in (outside, target):
         os.chown(path, *NOTEBOOK_USER)
+    kernel.mark()
     out = run(kernel, f"""
         import ctypes, errno, os
         path = {target!r}
@@ -193,6 +194,11 @@ def test_truncation_outside_the_roots_fails_by_every_route_and_works_inside(kern
     assert "openat2 -1 ENOSYS" in out and "home 0123" in out, out
     with open(target) as fh:
         assert fh.read() == "the record\n"
+    denied = [e for e in kernel.new_events(until=lambda evs: sum(e["event"]["action"] == "truncate-denied"
+                                                                 for e in evs) >= 2, timeout=10)
+              if e["event"]["action"] == "truncate-denied"]
+    assert sorted(e["kernel_guard"]["syscall"] for e in denied) == ["openat", "truncate"]
+    assert all(e["file"]["path"] == target and e["event"]["outcome"] == "failure" for e in denied)
 
 
 def test_status_shows_the_abi_the_roots_and_the_allowlist(kernel: LaunchedKernel) -> None:
