@@ -38,6 +38,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, Tuple
 
+from .. import notice
 from ..events import pipeline
 from ..events.schema import make_event
 from ..exceptions import (
@@ -491,6 +492,7 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
     if not _State.quiet_record_hook:
         _record(allowed, "unknown", f"recorded, not refused (audit mode, or kernel start-up): {what}", technique,
                 process=process, **fields)
+        notice.would_refuse(what)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import threading
 import types
 from typing import Any, Callable
 
-from .. import runtime
+from .. import notice, runtime
 from ..config import KernelGuard
 from ..events.schema import make_event
 from ..exceptions import GuardTampering, ShellRefused
@@ -108,6 +108,7 @@ def refuse(route: str, command: str | None = None, *, tampering: bool = False,
     runtime.emit(make_event(action, outcome=outcome, layer="ipython", reason=reason, **fields))
     if enforce:
         raise exc(what, hint=_package_hint() if package else None, layer="ipython")
+    notice.would_refuse(what)
 
 
 def _process_fields(route: str, command: str, package: bool) -> dict[str, Any] | None:
