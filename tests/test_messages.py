@@ -121,11 +121,11 @@ def decide() -> Iterator:
     yield run
 
 
-def audit_cases(tmp: str) -> list[tuple[str, tuple, str]]:
-    """(event, args, what the message names) for every kind of audit-layer refusal."""
+def audit_cases(tmp: str, pipe: int) -> list[tuple[str, tuple, str]]:
+    """(event, args, what the message names) for every kind of audit-layer refusal;
+    ``pipe`` is a descriptor that names no folder."""
     startup = os.path.expanduser("~/.ipython/profile_default/startup/00-x.py")
     pth = os.path.join(sys.prefix, "lib", "planted.pth")
-    read_end, _ = os.pipe()
     return [
         ("os.system", (b"id",), "os.system: id"),
         ("subprocess.Popen", ("/bin/ls", ["ls", "-l"], None, None), "ls -l"),
@@ -135,7 +135,7 @@ def audit_cases(tmp: str) -> list[tuple[str, tuple, str]]:
         ("open", ("/proc/1/environ", "r", os.O_RDONLY), "/proc/1/environ"),
         ("os.rename", (os.path.join(tmp, "x.py"), startup, None, None), "00-x.py"),
         ("os.symlink", ("/proc/1/environ", os.path.join(tmp, "link"), None), "/proc/1/environ"),
-        ("os.mkdir", ("sub", 0o777, read_end), "creating sub"),
+        ("os.mkdir", ("sub", 0o777, pipe), "creating sub"),
         ("os.remove", (pth, None), "removing " + pth),
         ("os.chmod", (pth, 0o777, None), "changing the permissions of " + pth),
         ("os.putenv", ("PATH", "/x"), "$PATH"),
@@ -149,9 +149,13 @@ def audit_cases(tmp: str) -> list[tuple[str, tuple, str]]:
 
 def test_audit_refusals_read_well(decide, tmp_path) -> None:
     """Each audit-layer refusal names the call and the thing it touched, and says what to do instead."""
-    cases = audit_cases(str(tmp_path))
-    for event, args, names in cases:
-        assert_reads_well(shown(decide(event, args)), names)
+    read_end, write_end = os.pipe()
+    try:
+        for event, args, names in audit_cases(str(tmp_path), read_end):
+            assert_reads_well(shown(decide(event, args)), names)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     protected = types.SimpleNamespace()
     assert_reads_well(shown(decide("object.__setattr__", (protected, "__code__", None), protected)), "__code__")
 
