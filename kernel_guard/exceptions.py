@@ -90,7 +90,7 @@ class ShellRefused(Refused, PermissionError):
 class GuardTampering(Refused):
     """An attempt to unload, reconfigure or patch the guard."""
 
-    hint = "kernel_guard cannot be unloaded or weakened from inside the kernel."
+    hint = "kernel_guard cannot be unloaded or weakened from inside the kernel; ask your administrator to change its settings."
 
 
 class ExecRefused(Refused, PermissionError):
@@ -102,28 +102,30 @@ class ExecRefused(Refused, PermissionError):
 class PersistenceRefused(Refused, PermissionError):
     """A write to a path that runs code at the next start."""
 
-    hint = "Startup files, Jupyter/IPython config and .pth files are read-only here."
+    hint = ("Start-up files, Jupyter/IPython config, .pth files and the Python environment are read-only here; "
+            "save your files in the notebook folder instead.")
 
 
 class EnvironmentRefused(Refused, PermissionError):
     """A change to a loader or search-path environment variable."""
 
-    hint = "Loader and search-path variables (LD_*, PATH, PYTHON*) are fixed in this kernel."
+    hint = ("Loader and search-path variables (LD_*, PATH, PYTHON*) are fixed in this kernel; "
+            "to import from a folder, append it to sys.path instead.")
 
 
 class CredentialRefused(Refused, PermissionError):
     """Reading ``/proc/*/environ`` or ``/proc/*/mem`` (where server tokens live)."""
 
-    hint = "Process environments and memory are not readable from this kernel."
+    hint = "Process environments and memory are not readable from this kernel; use os.environ for this kernel's own variables."
 
 
 class SignalRefused(Refused, PermissionError):
     """A ctypes look-up of ``kill``, ``pidfd_send_signal`` and kin, which skip the ``os.kill`` event."""
 
-    hint = "Signal processes with os.kill here (it is checked); kill() and pidfd functions through ctypes are not."
+    hint = "Use os.kill to signal a process (it is checked); kill() and pidfd functions through ctypes are refused."
 
 
 class InterpreterRefused(Refused):
     """Subinterpreters, foreign audit hooks and pseudo-terminal forks."""
 
-    hint = "This interpreter feature is disabled in this kernel."
+    hint = "This interpreter feature is disabled in this kernel; run your code in the kernel itself, or ask your administrator."

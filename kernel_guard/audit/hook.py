@@ -38,6 +38,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, Tuple
 
+from .. import notice
 from ..events import pipeline
 from ..events.schema import make_event
 from ..exceptions import (
@@ -84,10 +85,13 @@ _SELF_PROTECTION = frozenset({"object.__setattr__", "object.__delattr__"})
 _MOVE_EVENTS = frozenset({"os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.copytree"})
 
 #: events that change one file or folder in place: event -> (index of the path,
-#: index of its dir_fd or None).  Removing, emptying or chmod-ing kernel_guard's
-#: own modules or a start-up file changes the next start as much as writing it.
-_CHANGE_EVENTS = {"os.mkdir": (0, 2), "os.remove": (0, 1), "os.rmdir": (0, 1), "os.chmod": (0, 2),
-                  "os.chown": (0, 3), "os.utime": (0, 3), "os.truncate": (0, None)}
+#: index of its dir_fd or None, what the refusal calls it).  Removing, emptying or
+#: chmod-ing kernel_guard's own modules or a start-up file changes the next start
+#: as much as writing it.
+_CHANGE_EVENTS = {"os.mkdir": (0, 2, "creating"), "os.remove": (0, 1, "removing"),
+                  "os.rmdir": (0, 1, "removing"), "os.chmod": (0, 2, "changing the permissions of"),
+                  "os.chown": (0, 3, "changing the owner of"), "os.utime": (0, 3, "changing the times of"),
+                  "os.truncate": (0, None, "emptying")}
 
 _SYMBOL_EVENTS = frozenset({"ctypes.dlsym", "ctypes.dlsym/handle"})
 
@@ -439,7 +443,7 @@ def _check_move(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re.P
 def _check_change(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, files: frozenset) -> None:
     """mkdir, remove, rmdir, chmod, chown, utime or truncate of a persistence path
     (an int path is a descriptor: fchmod, futimes, ftruncate)."""
-    path_index, fd_index = _CHANGE_EVENTS[event]
+    path_index, fd_index, verb = _CHANGE_EVENTS[event]
     path, dir_fd = args[path_index], args[fd_index] if fd_index is not None else None
     if isinstance(path, int):
         where = dirfd.fd_path(path)
@@ -453,7 +457,7 @@ def _check_change(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re
     # also for a folder that holds one (removing or chmod-ing ~/.ipython)
     check = is_persistence_path if event == "os.mkdir" else replaces_persistence
     if where is None or check(where, dirs, globs, files):
-        _refuse_path(enforce, event, event.split(".")[1], os.fsdecode(path), where, dir_fd)
+        _refuse_path(enforce, event, verb, os.fsdecode(path), where, dir_fd)
 
 
 def _refuse_path(enforce: bool, event: str, what: str, path: str, where: str | None, dir_fd: Any) -> None:
@@ -491,6 +495,7 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
     if not _State.quiet_record_hook:
         _record(allowed, "unknown", f"recorded, not refused (audit mode, or kernel start-up): {what}", technique,
                 process=process, **fields)
+        notice.would_refuse(what)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import inspect
 import time
 from typing import Any
 
-from .. import runtime
+from .. import notice, runtime
 from ..events.schema import _now as _events_now
 from ..events.schema import make_event
 
@@ -93,12 +93,14 @@ def _wrap_do_execute(kernel: Any) -> None:
             shell = getattr(kernel, "shell", None)
             context.execution_count = None if silent else getattr(shell, "execution_count", None)
             context.cell_id = kwargs.get("cell_id") or cell_meta.get("cellId")
+        notice.cell_started()
         try:
             reply = original(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
             if inspect.isawaitable(reply):
                 reply = await reply
             return reply
         finally:
+            notice.cell_ended()
             if context is not None:
                 context.execution_count = context.cell_id = None
             parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else {}
@@ -158,8 +160,10 @@ def _terminal_events(ip: Any) -> None:
 
     def pre(info: Any) -> None:
         state["start"] = time.perf_counter()
+        notice.cell_started()
 
     def post(result: Any) -> None:
+        notice.cell_ended()
         info = result.info
         reply = {"status": "ok" if result.success else "error", "execution_count": result.execution_count,
                  "ename": type(result.error_in_exec or result.error_before_exec).__name__}

@@ -21,7 +21,7 @@ import threading
 import types
 from typing import Any, Callable
 
-from .. import runtime
+from .. import notice, runtime
 from ..config import KernelGuard
 from ..events.schema import make_event
 from ..exceptions import GuardTampering, ShellRefused
@@ -108,6 +108,7 @@ def refuse(route: str, command: str | None = None, *, tampering: bool = False,
     runtime.emit(make_event(action, outcome=outcome, layer="ipython", reason=reason, **fields))
     if enforce:
         raise exc(what, hint=_package_hint() if package else None, layer="ipython")
+    notice.would_refuse(what)
 
 
 def _process_fields(route: str, command: str, package: bool) -> dict[str, Any] | None:
@@ -226,12 +227,24 @@ def _patch_magics_classes(allow_packages: bool) -> None:
             setattr(cls, method, replacement)
 
 
-def _allow_package_magics() -> None:
+def _allow_package_magics(ip: Any) -> None:
     """Let package magics reach ``shell.system`` (the audit layer still decides)."""
     import importlib
 
     module_name, class_name, methods = PACKAGE_METHODS
     cls = getattr(importlib.import_module(module_name), class_name)
+    _wrap_package_methods(cls, methods)
+    # IPython 8 registers its magics at start-up (9 loads them lazily): the table
+    # holds methods bound before the wrapping, which would meet the shell refusal
+    table = ip.magics_manager.magics["line"]
+    for method in methods:
+        bound = table.get(method)
+        if isinstance(getattr(bound, "__self__", None), cls):
+            table[method] = types.MethodType(vars(cls)[method], bound.__self__)
+
+
+def _wrap_package_methods(cls: type, methods: tuple[str, ...]) -> None:
+    """Wrap each package magic of ``cls`` so that its shell call is let through."""
     for method in methods:
         original = vars(cls).get(method)
         if original is None or getattr(original, "_kernel_guard", False):
@@ -371,7 +384,7 @@ def install(ip: Any) -> bool:
         steps += [lambda: _patch_magics_classes(allow), lambda: _register_refusing_magics(ip, allow),
                   lambda: _guard_alias_manager(ip)]
         if allow:
-            steps.append(_allow_package_magics)
+            steps.append(lambda: _allow_package_magics(ip))
     steps += [lambda: _guard_extension_manager(ip), lambda: _guard_config_magic(ip), lambda: _guard_traits(ip)]
     failed = []
     for step in steps:

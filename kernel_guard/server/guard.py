@@ -19,7 +19,7 @@ from ..events.schema import Event, make_event
 from .policy import NOT_INSTALLED, Verdict, assess_kernelspec
 from .settings import KernelGuardServer
 
-__all__ = ["KernelRefused", "ServerGuard", "maybe_await", "user_name"]
+__all__ = ["KernelRefused", "ServerGuard", "kernel_refusal", "maybe_await", "user_name"]
 
 
 class KernelRefused(web.HTTPError):
@@ -79,6 +79,13 @@ def _request_fields() -> dict[str, Any]:
     return fields
 
 
+def kernel_refusal(verdict: Verdict, allowed: list[str]) -> str:
+    """The 403 text for a kernelspec that may not start: which, why, and what to choose instead."""
+    choice = (f"Choose a kernel this server starts: {', '.join(allowed)}." if allowed else
+              "No allowed kernelspec is installed: install one with `kernel-guard install-kernelspec`.")
+    return f"kernel_guard: the kernel '{verdict.name}' may not start here: it {verdict.reason}. {choice}"
+
+
 class ServerGuard:
     """The extension's state in one ServerApp, and the decisions the hooks share.
 
@@ -131,7 +138,7 @@ class ServerGuard:
         except NoSuchKernel:
             return Verdict(name, False, False, NOT_INSTALLED)
         except Exception as exc:
-            return Verdict(name, False, False, f"cannot be read: {exc}")
+            return Verdict(name, False, False, f"cannot be read ({exc})")
         return self.assess(name, spec)
 
     def verdicts(self) -> list[Verdict]:
@@ -146,10 +153,7 @@ class ServerGuard:
         return [v.name for v in self.verdicts() if v.allowed]
 
     def refusal_message(self, verdict: Verdict) -> str:
-        allowed = self.allowed_names()
-        choice = (f"This server starts only: {', '.join(allowed)}." if allowed else
-                  "No allowed kernelspec is installed: install one with `kernel-guard install-kernelspec`.")
-        return f"kernel_guard: the kernel '{verdict.name}' may not start here: it {verdict.reason}. {choice}"
+        return kernel_refusal(verdict, self.allowed_names())
 
     def check(self, verdict: Verdict, route: str, notebook: Optional[str], kernel_id: Optional[str] = None) -> None:
         """Refuse (raise KernelRefused) or, in audit mode, record and allow."""

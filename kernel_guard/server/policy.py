@@ -97,9 +97,9 @@ def _chain_problem(path: str, euid: int, groups: list[int]) -> Optional[str]:
                 sticky_protects = (child is not None and st.st_mode & stat.S_ISVTX
                                    and os.lstat(child).st_uid != euid and st.st_uid != euid)
                 if not sticky_protects:
-                    return f"{path} can be changed by the server's user"
+                    return f"can be changed by the server's user (through {path})"
         except OSError as exc:
-            return f"{path}: {exc.strerror}"
+            return f"cannot be checked ({path}: {exc.strerror})"
         parent = os.path.dirname(path)
         if parent == path:
             return None

@@ -18,7 +18,23 @@ from tornado import web
 
 from .guard import KernelRefused, ServerGuard, maybe_await
 
-__all__ = ["RouteHooks"]
+__all__ = ["TERMINALS_REFUSED", "RouteHooks", "download_refusal", "server_event_refusal"]
+
+
+TERMINALS_REFUSED = ("kernel_guard: terminals are disabled on this server. "
+                     "Use a notebook instead, or ask your administrator.")
+
+
+def download_refusal(path: str) -> str:
+    """The 403 text for a download refused by ``KernelGuardServer.downloads``."""
+    return (f"kernel_guard: downloading files is disabled on this server ({path}); "
+            "open the file in the notebook instead, or ask your administrator.")
+
+
+def server_event_refusal(schema_id: str) -> str:
+    """The 403 text for a client posting an event under jupyter_server's own schema."""
+    return (f"kernel_guard: events of {schema_id} come from the server itself and may not be posted "
+            "by clients; use a schema of your own.")
 
 
 class RouteHooks:
@@ -53,8 +69,7 @@ class RouteHooks:
             self.guard.emit("terminal-created", "success", "terminal opened (KernelGuardServer.allow_terminals)",
                             **fields)
             return
-        message = ("kernel_guard: terminals are disabled on this server. "
-                   "Use a notebook instead, or ask your administrator.")
+        message = TERMINALS_REFUSED
         if not self.guard.enforcing:
             self.guard.emit("terminal-created", "unknown", "audit mode: recorded, not refused: " + message,
                             **fields)
@@ -70,7 +85,7 @@ class RouteHooks:
             return
         fields = dict(route=route, file_path=path, technique="download")
         if policy == "refuse" and self.guard.enforcing:
-            message = f"kernel_guard: downloading files is disabled on this server ({path})."
+            message = download_refusal(path)
             self.guard.emit("file-download-refused", "failure", message, **fields)
             raise web.HTTPError(403, message, reason="Forbidden by kernel_guard")
         self.guard.emit("file-download", "success", f"download of {path} through {route}", **fields)
@@ -200,8 +215,7 @@ def _server_events_refused(cls: type) -> type:
             schema_id = ""
         hooks: Optional[RouteHooks] = self.settings.get("kernel_guard")
         if schema_id.startswith(SERVER_SCHEMAS):
-            message = (f"kernel_guard: events of {schema_id} come from the server itself; "
-                       "clients may not post them.")
+            message = server_event_refusal(schema_id)
             if hooks is not None:
                 hooks.guard.emit("server-event-refused", "failure", message, schema_id=schema_id,
                                  technique="POST /api/events")

@@ -195,6 +195,14 @@ def test_every_exec_route_is_refused_in_an_enforcing_kernel(enforcing: LaunchedK
     assert enforcing.execute("1 + 1").status == "ok"
 
 
+def test_audit_mode_notice_appears_in_cells_not_at_start_up(audit_hook_recording: LaunchedKernel) -> None:
+    """The launcher's start-up writes no audit-mode notice; a cell's exec shows one line, the cell goes on."""
+    assert "kernel_guard (audit mode)" not in audit_hook_recording.stderr()
+    result = audit_hook_recording.execute("import os\nprint(os.system('true') != 0, os.system('true') != 0)")
+    assert result.status == "ok" and result.stdout.split() == ["True", "True"], result.error_text
+    assert result.stderr.count("kernel_guard (audit mode)") == 1, result.stderr
+
+
 def test_audited_route_is_refused_by_the_audit_hook_when_enforcing(enforcing: LaunchedKernel) -> None:
     """In enforce mode the audit hook refuses subprocess before it reaches the filter, with its own event."""
     enforcing.mark()
