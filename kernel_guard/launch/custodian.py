@@ -4,7 +4,8 @@ A record kept where the notebook can write can be erased, so the kernel does
 not open its sinks: :class:`CustodianSink` hands each batch of JSON lines to
 the supervisor over an ``AF_UNIX``/``SOCK_SEQPACKET`` socket (on the pipeline's
 writer thread, never a cell's).  The supervisor (:class:`Custodian`) checks
-each line, queues it as it came into its own pipeline, whose sinks and spools
+each batch (each line, where a line might pass for the custodian's own
+records), queues the lines as they came into its own pipeline, whose sinks and spools
 were opened outside the kernel's Landlock domain, and keeps each stream's head
 (last number and hash).  It writes the heads as ``chain-checkpoint`` events in
 its own stream every few seconds, and for a stream whose process ended without
@@ -231,7 +232,16 @@ class Custodian:
                 self.counts["rejected"] += 1
             return
         lines = [line + b"\n" for line in payload.split(b"\n") if line.strip()]
-        kept = [line for line in lines if self._accept(line, pid)]
+        if not lines:
+            return
+        own = self.own_stream()
+        if (own and own.encode() in payload) or b'"recorded_by"' in payload:
+            kept = [line for line in lines if self._accept(line, pid)]  # each line judged alone
+        else:
+            # one process's batch, nothing in it claiming the custodian's records (judged
+            # on the bytes): its last line gives its stream's head
+            kept = lines if self._accept(lines[-1], pid) else []
+            self.counts["rejected"] += len(lines) - len(kept) - (not kept)
         self.counts["received"] += len(kept)
         while kept and not self.pipeline.forward(kept):
             time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
