@@ -43,15 +43,16 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
-from .schema import Event, make_event, to_json, to_json_line
+from .losses import LossReports
+from .losses import stderr_line as _stderr_line
 from .processors import Processor, Sequence
+from .schema import Event, make_event, to_json, to_json_line
 from .sinks import Sink
 from .spool import MemorySpool, Spool, Token, default_spool_root, open_spool
 
 __all__ = ["EventPipeline", "emit", "get_pipeline", "set_pipeline"]
 
 _BATCH = 1024
-_LOSS_REPORT_EVERY = 5.0  # seconds between events-dropped reports per sink
 _BACKOFF_FIRST = 0.5  # seconds before the first retry of a failed send
 _BACKOFF_MAX = 30.0  # seconds, the longest wait between retries
 _META = ("events-dropped", "sink-error", "sink-recovered")
@@ -119,8 +120,8 @@ class EventPipeline:
         self.queue_size = queue_size
         self.dropped = 0
         self.written = 0
-        self.sink_errors: Dict[str, str] = {}
-        self._reported_dropped = 0
+        #: the record of what was not kept, and why (:mod:`.losses`)
+        self.losses = LossReports(self.emit)
         self._queue: Deque[Any] = deque()
         self._wake = threading.Event()
         self._order = threading.RLock()
@@ -128,11 +129,6 @@ class EventPipeline:
         self._ended = False
         self._sync = False
         self._pid = os.getpid()
-        self._lost: Dict[str, int] = {}  # sink url -> events it could not keep
-        self._lost_reported: Dict[str, Tuple[int, float]] = {}
-        self._causes_reported: Dict[str, Dict[str, int]] = {}
-        self._rejected_reported: Dict[str, Tuple[int, float]] = {}
-        self._failing_since: Dict[str, float] = {}
         self._spool_root = default_spool_root() if spool_dir is None else spool_dir
         self._spool_max_bytes = spool_max_bytes
         self._workers: Dict[str, _SinkWorker] = {}
@@ -164,6 +160,11 @@ class EventPipeline:
                 self.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
 
     # -- streams ---------------------------------------------------------
+    @property
+    def sink_errors(self) -> Dict[str, str]:
+        """sink url -> its current error (absent once it works)."""
+        return self.losses.sink_errors
+
     def _stream_started(self) -> None:
         """Open this process's stream (its first number), naming the parent's in a forked child."""
         if self._numbering is None:
@@ -324,68 +325,10 @@ class EventPipeline:
         self._report_losses()
 
     def _report_dropped(self) -> None:
-        """Record how many events a full queue cost since the last report."""
-        lost = self.dropped - self._reported_dropped
-        if lost > 0:
-            self._reported_dropped += lost
-            event = make_event(
-                "events-dropped", outcome="failure", layer="pipeline",
-                reason=f"{lost} events dropped: the event queue ({self.queue_size}) was full",
-                dropped=lost, dropped_total=self.dropped,
-            )
-            self.emit(event)
+        self.losses.queue_full(self.dropped, self.queue_size)
 
     def _report_losses(self, force: bool = False) -> None:
-        """Record, at most every few seconds per sink, events a sink could not keep."""
-        now = time.monotonic()
-        for worker in self._workers.values():
-            self._lost[worker.sink.url] = worker.lost + worker.spool.lost_torn
-            self._report_spool_problems(worker)
-        for url, total in list(self._lost.items()):
-            reported, when = self._lost_reported.get(url, (0, 0.0))
-            if total <= reported or (not force and now - when < _LOSS_REPORT_EVERY):
-                continue
-            self._lost_reported[url] = (total, now)
-            worker = self._workers.get(url)
-            why = (self._causes_since(worker) if worker
-                   else "it could not be written (see the sink-error event)")
-            self.emit(make_event(
-                "events-dropped", outcome="failure", layer="pipeline", sink=url,
-                reason=f"{total - reported} events not kept for sink {url}: {why}",
-                dropped=total - reported, dropped_total=total,
-            ))
-        for worker in self._workers.values():
-            self._report_rejected(worker, now, force)
-
-    def _causes_since(self, worker: "_SinkWorker") -> str:
-        """Why a network sink's events were not kept since the last report, by cause."""
-        causes = dict(getattr(worker.spool, "causes", {}))
-        previous = self._causes_reported.setdefault(worker.sink.url, {})
-        new = {cause: n - previous.get(cause, 0) for cause, n in causes.items() if n > previous.get(cause, 0)}
-        previous.update(causes)
-        return "; ".join(f"{n}: {cause}" for cause, n in new.items()) or "its spool could not keep them"
-
-    def _report_spool_problems(self, worker: "_SinkWorker") -> None:
-        """A spool segment found cut, emptied or with a wrong offset: stderr and a sink-error naming it."""
-        problems = getattr(worker.spool, "problems", None)
-        while problems:
-            problem = problems.popleft()
-            _stderr_line(f"kernel_guard: {problem}")
-            self.emit(make_event("sink-error", outcome="failure", layer="pipeline", sink=worker.sink.url,
-                                 reason=problem))
-
-    def _report_rejected(self, worker: "_SinkWorker", now: float, force: bool) -> None:
-        """Record, at most every few seconds, events a collector refused for good, with its reason."""
-        url, total = worker.sink.url, worker.rejected
-        reported, when = self._rejected_reported.get(url, (0, 0.0))
-        if total <= reported or (not force and now - when < _LOSS_REPORT_EVERY):
-            return
-        self._rejected_reported[url] = (total, now)
-        self.emit(make_event(
-            "events-dropped", outcome="failure", layer="pipeline", sink=url,
-            reason=f"{total - reported} events refused for good by sink {url}: {worker.rejected_reason}",
-            dropped=total - reported, dropped_total=total, rejected=True,
-        ))
+        self.losses.report(self._workers, force)
 
     def _write(self, batch: List[Event]) -> None:
         """Give a batch to every local sink and every network sink's spool."""
@@ -396,7 +339,7 @@ class EventPipeline:
                 sink.emit(batch)
             except Exception as exc:
                 lost = sum(1 for e in batch if not _about(e, sink.url))
-                self._lost[sink.url] = self._lost.get(sink.url, 0) + lost
+                self.losses.count(sink.url, lost)
                 self._sink_failed(sink, exc)
             else:
                 self._sink_ok(sink)
@@ -413,7 +356,7 @@ class EventPipeline:
             try:
                 sink.emit_lines(lines)
             except Exception as exc:
-                self._lost[sink.url] = self._lost.get(sink.url, 0) + len(lines)
+                self.losses.count(sink.url, len(lines))
                 self._sink_failed(sink, exc)
             else:
                 self._sink_ok(sink)
@@ -422,31 +365,10 @@ class EventPipeline:
         self.written += len(lines)
 
     def _sink_failed(self, sink: Sink, exc: BaseException) -> None:
-        """Tell stderr and the sinks, once per distinct error."""
-        message = f"{type(exc).__name__}: {exc}"
-        self._failing_since.setdefault(sink.url, time.monotonic())
-        if self.sink_errors.get(sink.url) == message:
-            return
-        self.sink_errors[sink.url] = message
-        kept = ("events wait in its spool and are re-sent when it recovers"
-                if sink.url in self._workers else "events are not written there until it works again")
-        _stderr_line(f"kernel_guard: sink {sink.url} failed ({message}); {kept}; "
-                     "other sinks and the kernel continue.")
-        self.emit(make_event("sink-error", outcome="failure", layer="pipeline",
-                             reason=message, sink=sink.url))
+        self.losses.sink_failed(sink, exc, spooled=sink.url in self._workers)
 
     def _sink_ok(self, sink: Sink) -> None:
-        """Record once that a failed sink works again."""
-        if sink.url not in self.sink_errors:
-            return
-        self.sink_errors.pop(sink.url, None)
-        since = self._failing_since.pop(sink.url, time.monotonic())
-        seconds = round(time.monotonic() - since, 3)
-        _stderr_line(f"kernel_guard: sink {sink.url} works again after {seconds} s.")
-        event = make_event("sink-recovered", outcome="success", layer="pipeline",
-                           reason=f"sink {sink.url} works again after {seconds} s",
-                           sink=sink.url, down_s=seconds)
-        self.emit(event)
+        self.losses.sink_ok(sink)
 
     def _flush_sinks(self) -> None:
         for sink in self._direct:
@@ -529,7 +451,7 @@ class EventPipeline:
             "queued": len(self._queue), "written": self.written, "dropped": self.dropped,
             "aggregated": aggregated,
             "sinks": {s.url: self.sink_errors.get(s.url, "ok") for s in self.sinks},
-            "lost": {url: n for url, n in dict(self._lost).items() if n},
+            "lost": {url: n for url, n in dict(self.losses.lost).items() if n},
             "spool": {url: w.stats() for url, w in self._workers.items()},
             "writer_alive": bool(self._thread and self._thread.is_alive()) or self._sync,
         }
@@ -759,15 +681,6 @@ class _SinkWorker:
         return {"pending_bytes": self.spool.pending_bytes(), "lost": self.lost + self.spool.lost_torn,
                 "rejected": self.rejected,
                 "state": "retrying" if self.failing else "ok", "directory": self.spool.directory}
-
-
-def _stderr_line(text: str) -> None:
-    """A line on the process's real stderr (the server log), never raising."""
-    try:
-        fd = getattr(sys.stderr, "_original_stdstream_copy", None)
-        os.write(fd if isinstance(fd, int) and fd >= 0 else 2, (text + "\n").encode())
-    except OSError:
-        pass
 
 
 _pipelines: "weakref.WeakSet[EventPipeline]" = weakref.WeakSet()
