@@ -3,11 +3,13 @@
 Every layer (the IPython layer, the audit hook, the supervisor, the server
 extension) builds a plain dict with :func:`.schema.make_event`; processors
 add context, aggregate repeats, number and redact (:mod:`.processors`,
-:mod:`.aggregate`, the secret shapes of :mod:`.secrets`); the pipeline
-queues events off the caller's thread and writes them to the sinks
-(:mod:`.pipeline`, :mod:`.sinks`), spooling for those on the network
-(:mod:`.spool`).  It records, it never refuses: what is stopped is stopped
-by the other layers, and events written from inside the kernel can be
-suppressed by code that defeats the in-process layers, which is why the
-supervisor writes exec attempts with sinks of its own.
+:mod:`.aggregate`, the secret shapes of :mod:`.secrets`) and chain each
+process's stream (:mod:`.streams`); the pipeline queues events off the
+caller's thread and writes them to the sinks (:mod:`.pipeline`,
+:mod:`.sinks`), spooling for those on the network (:mod:`.spool`) and
+reporting what it could not keep (:mod:`.losses`).  It records, it never
+refuses: what is stopped is stopped by the other layers.  Events written from
+inside the kernel can be suppressed by code that defeats the in-process
+layers, which is why, under the launcher, the supervisor writes them
+(:mod:`kernel_guard.launch.custodian`) and the chain shows what changed after.
 """
