@@ -296,17 +296,18 @@ class EventPipeline:
         queue = self._queue
         while queue:
             batch: List[Event] = []
+            lines: List[bytes] = []
             while queue and len(batch) < _BATCH:
                 item = queue.popleft()
                 if isinstance(item, _FlushMarker):
-                    self._write(batch)
-                    batch = []
+                    self._write(batch, lines)
+                    batch, lines = [], []
                     self._flush_sinks()
                     item.done.set()
                     continue
                 if isinstance(item, _Lines):
-                    self._write(batch)
-                    batch = []
+                    self._write(batch, lines)
+                    batch, lines = [], []
                     self._write_lines(item.lines)
                     continue
                 if isinstance(item, _Deferred):
@@ -320,7 +321,10 @@ class EventPipeline:
                 item = self._finish(item)
                 if item is not None:
                     batch.append(item)
-            self._write(batch)
+                    # serialised now, as it was hashed: nothing the batch's later events
+                    # share with it can change what is written after its hash
+                    lines.append(to_json_line(item))
+            self._write(batch, lines)
         self._report_dropped()
         self._report_losses()
 
@@ -330,13 +334,16 @@ class EventPipeline:
     def _report_losses(self, force: bool = False) -> None:
         self.losses.report(self._workers, force)
 
-    def _write(self, batch: List[Event]) -> None:
-        """Give a batch to every local sink and every network sink's spool."""
+    def _write(self, batch: List[Event], lines: Optional[List[bytes]] = None) -> None:
+        """Give a batch (serialised once: ``lines``) to every local sink and every
+        network sink's spool."""
         if not batch:
             return
+        if lines is None:
+            lines = [to_json_line(e) for e in batch]
         for sink in self._direct:
             try:
-                sink.emit(batch)
+                sink.emit_lines(lines)
             except Exception as exc:
                 lost = sum(1 for e in batch if not _about(e, sink.url))
                 self.losses.count(sink.url, lost)
@@ -344,7 +351,6 @@ class EventPipeline:
             else:
                 self._sink_ok(sink)
         if self._workers:
-            lines = [to_json_line(e) for e in batch]
             for reports, run in _runs(batch, lines):
                 for worker in self._workers.values():
                     worker.accept(run, reports)
@@ -426,7 +432,10 @@ class EventPipeline:
                 pass
 
     def _after_fork_in_child(self) -> None:
-        """The threads are gone in the child: write synchronously there."""
+        """The threads are gone in the child: write synchronously there (a closed
+        pipeline stays closed: its sinks are gone)."""
+        if self._closed:
+            return
         self._sync = True
         self._order = threading.RLock()
         self._queue = deque()

@@ -65,6 +65,16 @@ def _digest(event: Any) -> str:
     return hashlib.sha256(canonical(event)).hexdigest()
 
 
+def _copy(event: Event) -> Event:
+    """A deep copy with JSON's types (what a reader of the line will parse)."""
+    if orjson is not None:
+        try:
+            return orjson.loads(orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS))
+        except TypeError:
+            pass
+    return json.loads(json.dumps(event, default=repr))
+
+
 def _without_hash(event: Event) -> Event:
     guard = event.get("kernel_guard") or {}
     chain = dict(guard.get("chain") or {})
@@ -105,10 +115,13 @@ class StreamChain:
         self.heads = {}
 
     def __call__(self, event: Event) -> Optional[Event]:
-        guard = event.setdefault("kernel_guard", {})
-        stream = guard.get("stream")
-        if not stream:
+        if not (event.get("kernel_guard") or {}).get("stream"):
             return event
+        # chained and written from a copy of its own: whatever else holds a part of
+        # the event (its emitter, a later event) cannot change what the hash covers
+        event = _copy(event)
+        guard = event["kernel_guard"]
+        stream = guard["stream"]
         _, prev = self.heads.get(stream, (0, GENESIS))
         guard["chain"] = {"prev": prev}
         digest = _digest(event)  # before the hash is in it: no copy on the writer thread

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 from hub_support import Hub, shared_hub
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from jupyter_harness import ARTIFACTS, chromium
+
 NOTEBOOK = "seen.ipynb"
 
 
@@ -34,13 +30,8 @@ def hub(request: pytest.FixtureRequest) -> Hub:
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "Debian's chromium is a test dependency (scripts/debian-packages.txt)"
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    with chromium() as started:
+        yield started
 
 
 def test_a_user_logs_in_and_sees_the_refusal_and_the_guard_status(hub: Hub, browser) -> None:

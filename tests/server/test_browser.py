@@ -11,18 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 
-from jupyter_harness import JupyterServer
+from jupyter_harness import ARTIFACTS, JupyterServer, chromium
 from kernel_guard.launch.kernelspec import install as install_kernelspec
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KERNEL = "python3-guarded"
 
 
@@ -54,13 +48,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "Debian's chromium is a test dependency (scripts/debian-packages.txt)"
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    with chromium() as started:
+        yield started
 
 
 def test_notebook_shows_output_and_a_short_refusal(lab: JupyterServer, browser) -> None:
