@@ -364,12 +364,13 @@ class Supervisor:
     def refuse_other(self, notif: Notification, syscall: str, abi: str) -> None:
         """A signal to a protected process, or a new seccomp listener: always EPERM,
         in every mode (the audit profile too), and recorded."""
+        event = protection_event(notif, syscall, abi, self.kernel_pid, self.mode)  # while the caller waits
         respond(self.listener, notif.id, allow=False)
         if syscall == "seccomp":
             self.counts["listeners_denied"] += 1
         else:
             self.counts["signals_denied"] += 1
-        self.emit(protection_event(notif, syscall, abi, self.kernel_pid, self.mode))
+        self.emit(event)
 
     def handle_one(self) -> None:
         """Receive, read, validate, answer, record."""
@@ -386,9 +387,11 @@ class Supervisor:
             return
         truncation = self.truncations.get((notif.arch, notif.nr))
         if truncation is not None:
+            # read the path while the caller still waits: once answered, its memory moves on
+            event = truncation_event(notif, *truncation, self.kernel_pid, self.mode)
             respond(self.listener, notif.id, allow=False)
             self.counts["truncations_denied"] = self.counts.get("truncations_denied", 0) + 1
-            self.emit(truncation_event(notif, *truncation, self.kernel_pid, self.mode))
+            self.emit(event)
             return
         # validate before opening /proc/<pid>/mem (the pid may already be recycled)
         # and after reading (the task may have died while we read)
