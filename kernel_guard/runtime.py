@@ -75,6 +75,24 @@ def open_sinks(urls: list[str], options: SinkOptions | None = None) -> tuple[lis
     return sinks, failures
 
 
+def guard_sinks(guard: KernelGuard) -> tuple[list[Sink], list[tuple[str, str]]]:
+    """The sinks of ``guard`` that open (the server log when none does: never no
+    record), and the failures."""
+    opened, failures = open_sinks(list(guard.sinks), guard.sink_options())
+    if not opened:
+        from .events.sinks.stream import StderrSink
+
+        opened = [StderrSink()]
+    return opened, failures
+
+
+def report_sink_failures(pipe: EventPipeline, failures: list[tuple[str, str]]) -> None:
+    """Each sink that could not be opened: on stderr and as a ``sink-error``."""
+    for url, reason in failures:
+        _stderr(f"kernel_guard: {reason}")
+        pipe.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
+
+
 def _stderr(text: str) -> None:
     _pipeline._stderr_line(text)
 
@@ -95,12 +113,7 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     except Exception as exc:  # a configuration that cannot even be read must not leave the kernel unguarded
         guard, ignored = _strict_settings(exc)
     context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
-    opened, failures = open_sinks(list(guard.sinks), guard.sink_options()) if sinks else ([], [])
-    if not opened and sinks:
-        # never run without a record: fall back to the server log
-        from .events.sinks.stream import StderrSink
-
-        opened = [StderrSink()]
+    opened, failures = guard_sinks(guard) if sinks else ([], [])
     # aggregate before numbering and redacting: repeats cost no regex work and
     # leave no holes in event.sequence; redaction runs on the writer thread
     # (deferred), not in the cell
@@ -110,9 +123,7 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
                          spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes, start=threads)
     _pipeline.set_pipeline(pipe)
     _runtime = Runtime(guard, context, pipe)
-    for url, reason in failures:
-        _stderr(f"kernel_guard: {reason}")
-        pipe.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
+    report_sink_failures(pipe, failures)
     for item in ignored:
         _stderr(f"kernel_guard: ignored {item['setting']}={item['value']}: {item['reason']}")
         pipe.emit(make_event("config-ignored", outcome="failure", layer="config",

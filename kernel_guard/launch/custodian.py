@@ -32,6 +32,7 @@ from typing import Any, Callable, List, Optional
 from ..events.schema import Event, make_event, to_json_line
 from ..events.sinks import Sink
 from ..events.streams import chain_hash
+from .seccomp_filter import proc_stat
 
 try:  # the custodian parses every line it takes: several times faster with orjson
     import orjson
@@ -113,7 +114,7 @@ class CustodianSink(Sink):
 
         if self._fallback is None:
             try:
-                self._fallback = self._fallback_factory() or [StderrSink()]
+                self._fallback = self._fallback_factory()
             except Exception:
                 self._fallback = [StderrSink()]
 
@@ -163,11 +164,7 @@ class _Stream:
 def _start_time(pid: int) -> Optional[str]:
     """When a live process started (None once it is gone or a zombie): with the pid,
     it names one process, where the pid alone may be reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
+    fields = proc_stat(pid)
     if len(fields) < 20 or fields[0] in (b"Z", b"X"):
         return None
     return fields[19].decode()

@@ -194,8 +194,9 @@ def _scrub_environment(patterns: list[str]) -> list[str]:
 
 def _blank_initial_environ(names: list[str]) -> None:
     """Overwrite NAME=value in the process's initial environment block with NULs."""
-    with open("/proc/self/stat", "rb") as fh:
-        fields = fh.read().rsplit(b")", 1)[1].split()
+    from .seccomp_filter import proc_stat
+
+    fields = proc_stat()
     start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5) fields 50, 51)
     fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -300,29 +301,20 @@ def _hand_record_to_custodian(rt: Any, pending: Any) -> bool:
     """The kernel's sinks: the custodian (its supervisor) when one was started, else
     its own, opened now, before the Landlock domain (their files may lie outside it).
     True when the custodian keeps the record."""
-    from ..runtime import open_sinks
+    from .. import runtime
     from .custodian import CustodianSink
 
-    guard = rt.guard
-
     def own_sinks() -> list:
-        sinks, failures = open_sinks(list(guard.sinks), guard.sink_options())
-        for url, reason in failures:
-            print(f"kernel_guard: {reason}", file=sys.stderr)
+        sinks, failures = runtime.guard_sinks(rt.guard)
+        runtime.report_sink_failures(rt.pipeline, failures)
         return sinks
 
     events = getattr(pending, "events", None)
     if events is not None:
         rt.pipeline.set_sinks([CustodianSink(events, own_sinks)])
         return True
-    rt.pipeline.set_sinks(own_sinks() or _stderr_sinks())
+    rt.pipeline.set_sinks(own_sinks())
     return False
-
-
-def _stderr_sinks() -> list:
-    from ..events.sinks.stream import StderrSink
-
-    return [StderrSink()]
 
 
 def _supervisor_spool(guard: Any, profile: Any) -> Optional[str]:

@@ -44,6 +44,7 @@ __all__ = [
     "truncation_rules",
     "listener_fds",
     "load",
+    "proc_stat",
     "proc_status",
     "set_no_new_privs",
     "supervisor_rules",
@@ -370,6 +371,16 @@ def load(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> LoadedFilter:
         if fd < 0:
             raise SeccompUnavailable(f"the filter loaded but libseccomp returned no listener fd ({fd})")
     return LoadedFilter(profile, fd, profile.architectures or default_architectures())
+
+
+def proc_stat(pid: int | str = "self") -> list[bytes]:
+    """The fields of /proc/PID/stat after the command name (the state first, then the
+    parent's pid ...; proc(5)'s field N is item N-3); empty once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
 
 
 def proc_status(pid: int | str = "self") -> dict[str, str]:

@@ -199,6 +199,15 @@ def _fd_path(pid: int, fd: int) -> Optional[str]:
         return None
 
 
+def _absolute(pid: int, path: Optional[str], dirfd: int) -> Optional[str]:
+    """A path read from the target, made absolute against the folder ``dirfd`` names
+    there (or its working folder), as the system call resolves it."""
+    if not path or path.startswith("/"):
+        return path
+    base = _fd_path(pid, dirfd)
+    return os.path.join(base, path) if base else path
+
+
 def _signed(value: int, size: int) -> int:
     bits = size * 8
     value &= (1 << bits) - 1
@@ -233,9 +242,8 @@ def read_exec(notif: Notification) -> dict[str, Any]:
     path = os.fsdecode(raw_path) if raw_path is not None else None
     if syscall == "execveat" and (flags & AT_EMPTY_PATH) and not path:
         path = _fd_path(notif.pid, dirfd)  # fexecve(fd): the program is the open file
-    elif path and not path.startswith("/"):
-        base = _fd_path(notif.pid, dirfd)
-        path = os.path.join(base, path) if base else path
+    else:
+        path = _absolute(notif.pid, path, dirfd)
     info.update(executable=path, args=[os.fsdecode(a) for a in argv], readable=True)
     return info
 
@@ -245,15 +253,14 @@ _SIGNAL_ARG = {"kill": 1, "tkill": 1, "tgkill": 2, "rt_sigqueueinfo": 1, "rt_tgs
                "pidfd_send_signal": 1}
 
 
-def other_syscall_table(names: Optional[tuple[str, ...]] = None) -> dict[tuple[int, int], tuple[str, str]]:
-    """(audit arch, nr) -> (syscall, ABI) for the non-exec syscalls the launcher may
-    send here (``names``; default: the protected ones), numbered by libseccomp for
-    every ABI of this machine."""
-    from .seccomp_filter import PROTECTED_SYSCALLS, default_architectures, syscall_numbers
+def other_syscall_table(names: tuple[str, ...]) -> dict[tuple[int, int], tuple[str, str]]:
+    """(audit arch, nr) -> (syscall, ABI) for the non-exec syscalls ``names`` the
+    launcher may send here, numbered by libseccomp for every ABI of this machine."""
+    from .seccomp_filter import default_architectures, syscall_numbers
 
     table: dict[tuple[int, int], tuple[str, str]] = {}
     for arch_name in default_architectures():
-        for name, (audit_arch, nr) in syscall_numbers(arch_name, names or PROTECTED_SYSCALLS).items():
+        for name, (audit_arch, nr) in syscall_numbers(arch_name, names).items():
             table[(audit_arch, nr)] = (name, arch_name.rsplit("_ARCH_", 1)[-1].lower())
     return table
 
@@ -317,10 +324,8 @@ def truncation_event(notif: Notification, syscall: str, abi: str, kernel_pid: in
             raw = mem.string(notif.args[path_arg], _MAX_PATH)
         finally:
             mem.close()
-        path = os.fsdecode(raw) if raw else None
-        if path and not path.startswith("/"):
-            base = _fd_path(notif.pid, _signed(notif.args[dir_arg], 4) if dir_arg is not None else AT_FDCWD)
-            path = os.path.join(base, path) if base else path
+        dirfd = _signed(notif.args[dir_arg], 4) if dir_arg is not None else AT_FDCWD
+        path = _absolute(notif.pid, os.fsdecode(raw) if raw else None, dirfd)
     except OSError:
         pass
     how = "truncate(2)" if syscall.startswith("truncate") else f"{syscall} with O_TRUNC and no write access"
@@ -352,24 +357,26 @@ class Supervisor:
         self.kernel_pid = kernel_pid
         self.emit = emit
         self.counts = {"notifications": 0, "denied": 0, "allowed": 0, "unreadable": 0, "errors": 0,
-                       "signals_denied": 0, "listeners_denied": 0}
+                       "signals_denied": 0, "listeners_denied": 0, "truncations_denied": 0}
         self.started = time.time()
-        self.other_syscalls = other_syscall_table()
-        from .seccomp_filter import IMAGE_GATE_SYSCALLS, TRUNCATION_SYSCALLS
+        from .seccomp_filter import IMAGE_GATE_SYSCALLS, PROTECTED_SYSCALLS, TRUNCATION_SYSCALLS
 
-        self.image_gate = other_syscall_table(IMAGE_GATE_SYSCALLS) if allowed else {}
-        # only the calls the launcher's rules send here (O_TRUNC without write access for the opens)
-        self.truncations = other_syscall_table(TRUNCATION_SYSCALLS)
+        self.image_gate, self.truncations = frozenset(IMAGE_GATE_SYSCALLS), frozenset(TRUNCATION_SYSCALLS)
+        # every non-exec call the launcher's rules may send here (the opens only with
+        # O_TRUNC and no write access, brk only with NULL), by (arch, nr)
+        self.other_syscalls = other_syscall_table((*PROTECTED_SYSCALLS, *IMAGE_GATE_SYSCALLS, *TRUNCATION_SYSCALLS))
 
     def refuse_other(self, notif: Notification, syscall: str, abi: str) -> None:
-        """A signal to a protected process, or a new seccomp listener: always EPERM,
-        in every mode (the audit profile too), and recorded."""
-        event = protection_event(notif, syscall, abi, self.kernel_pid, self.mode)  # while the caller waits
-        respond(self.listener, notif.id, allow=False)
-        if syscall == "seccomp":
-            self.counts["listeners_denied"] += 1
+        """A signal to a protected process, a new seccomp listener, a truncation by path:
+        always EPERM, in every mode (the audit profile too), and recorded."""
+        # read what the event names while the caller still waits: once answered, it moves on
+        if syscall in self.truncations:
+            event, counter = truncation_event(notif, syscall, abi, self.kernel_pid, self.mode), "truncations_denied"
         else:
-            self.counts["signals_denied"] += 1
+            event = protection_event(notif, syscall, abi, self.kernel_pid, self.mode)
+            counter = "listeners_denied" if syscall == "seccomp" else "signals_denied"
+        respond(self.listener, notif.id, allow=False)
+        self.counts[counter] += 1
         self.emit(event)
 
     def handle_one(self) -> None:
@@ -380,18 +387,11 @@ class Supervisor:
         self.counts["notifications"] += 1
         other = self.other_syscalls.get((notif.arch, notif.nr))
         if other is not None:
-            self.refuse_other(notif, *other)
-            return
-        if (notif.arch, notif.nr) in self.image_gate:
-            self.check_image(notif)
-            return
-        truncation = self.truncations.get((notif.arch, notif.nr))
-        if truncation is not None:
-            # read the path while the caller still waits: once answered, its memory moves on
-            event = truncation_event(notif, *truncation, self.kernel_pid, self.mode)
-            respond(self.listener, notif.id, allow=False)
-            self.counts["truncations_denied"] = self.counts.get("truncations_denied", 0) + 1
-            self.emit(event)
+            syscall, abi = other
+            if syscall in self.image_gate:
+                self.check_image(notif)
+            else:
+                self.refuse_other(notif, syscall, abi)
             return
         # validate before opening /proc/<pid>/mem (the pid may already be recycled)
         # and after reading (the task may have died while we read)
@@ -553,11 +553,10 @@ def _tgid(pid: int) -> Optional[int]:
 
 
 def _ppid(pid: int) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    from .seccomp_filter import proc_stat
+
+    fields = proc_stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def _own_status() -> dict[str, str]:
@@ -804,14 +803,7 @@ class SupervisorHandle:
 
     def alive(self) -> bool:
         """Whether the supervisor process exists and is not a zombie."""
-        if self.exit_status is not None:
-            return False
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state not in (b"Z", b"X")
+        return self.exit_status is None and _stopped(self.pid) is not None
 
     def query(self, timeout: float = 2.0) -> Optional[dict]:
         """The supervisor's own report (counts, sinks), or None if it does not answer."""
@@ -877,15 +869,13 @@ class SupervisorHandle:
 
 
 def _stopped(pid: int) -> Optional[bool]:
-    """Whether a process is stopped (job control or tracing); None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
+    """Whether a process is stopped (job control or tracing); None once it is gone (or a zombie)."""
+    from .seccomp_filter import proc_stat
+
+    fields = proc_stat(pid)
+    if not fields or fields[0] in (b"Z", b"X"):
         return None
-    if state in (b"Z", b"X"):
-        return None
-    return state in (b"T", b"t")
+    return fields[0] in (b"T", b"t")
 
 
 def _stop_process(proc: subprocess.Popen, control: socket.socket, timeout: float) -> None:
