@@ -71,7 +71,7 @@ def _seccomp_layer(pid: int | str = "self") -> dict[str, Any]:
 
 
 def _supervisor_layer() -> dict[str, Any]:
-    from .launch import supervisor
+    from .launch import supervisor_handle as supervisor
 
     handle = supervisor.current()
     if handle is None:
@@ -86,7 +86,12 @@ def _supervisor_layer() -> dict[str, Any]:
     return _layer(report.get("mode", "?"), True, pid=handle.pid, counts=report.get("counts"),
                   sinks=(report.get("pipeline") or {}).get("sinks"),
                   dropped=(report.get("pipeline") or {}).get("dropped"),
-                  own_seccomp=(report.get("seccomp") or {}).get("Seccomp"))
+                  own_seccomp=(report.get("seccomp") or {}).get("Seccomp"),
+                  memfds=("created sealed non-executable" if report.get("memfd_sealing") else
+                          "refused (ENOSYS): this Linux has no MFD_NOEXEC_SEAL (6.3+)"),
+                  leftover_processes=("ended and recorded when the kernel ends" if report.get("survivor_scope")
+                                      else "cannot be told from other processes (no Landlock signal scope): "
+                                           "recorded as remaining"))
 
 
 def _landlock_layer() -> dict[str, Any]:

@@ -35,7 +35,8 @@ import platform
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["Domain", "LandlockResult", "abi_version", "elf_interpreter", "restrict", "restrict_signals"]
+__all__ = ["Domain", "LandlockResult", "abi_version", "elf_interpreter", "restrict", "restrict_outer",
+           "restrict_signals"]
 
 #: (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self) by machine
 _SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
@@ -146,6 +147,18 @@ def restrict_signals() -> LandlockResult:
         return LandlockResult(abi, False, reason=f"{why} (needs ABI {SIGNAL_SCOPE_ABI}, Linux 6.12)")
     _apply(_RulesetAttr(0, 0, _SCOPES), ctypes.sizeof(_RulesetAttr), [])
     return LandlockResult(abi, True, scopes=_SCOPE_NAMES)
+
+
+def restrict_outer() -> bool:
+    """An outer domain with the signal scope alone, applied by the launcher before it
+    starts the supervisor: the supervisor shares it, the kernel's own domain is
+    nested in it, and so the supervisor can signal exactly the kernel's processes
+    (whatever their session or parent) and no other process of the user: the fact
+    ``survivors.py`` relies on.  False where the kernel has no signal scope."""
+    if abi_version() < SIGNAL_SCOPE_ABI:
+        return False
+    _apply(_RulesetAttr(0, 0, LANDLOCK_SCOPE_SIGNAL), ctypes.sizeof(_RulesetAttr), [])
+    return True
 
 
 def _apply(attr: _RulesetAttr, size: int, rules: list[tuple[str, int]]) -> None:

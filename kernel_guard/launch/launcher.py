@@ -277,12 +277,27 @@ def _create_profile_dir() -> None:
 
 # -- step 2: supervisor ---------------------------------------------------------
 
-def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config: Any = None) -> Any:
+def _outer_domain() -> bool:
+    """A signal-scoped Landlock domain around the kernel and its supervisor (the
+    kernel's own domain nests inside it): from the supervisor, the processes it can
+    signal are then exactly the kernel's, so those a cell leaves running when the
+    kernel ends can be found and ended (survivors.py).  False where it cannot be."""
+    from . import landlock, seccomp_filter
+
+    try:
+        seccomp_filter.set_no_new_privs()  # Landlock needs it; the filter will too
+        return landlock.restrict_outer()
+    except OSError:
+        return False
+
+
+def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config: Any = None,
+                      scoped: bool = False) -> Any:
     """Start the supervisor's process in step 1, once the environment is scrubbed and
-    before the signal scope and the guard's threads exist: its interpreter starts
+    before the kernel's domain and the guard's threads exist: its interpreter starts
     while the warm-up runs; step 2 waits until it is ready.
     Returns the pending handle, or the exception that prevented the start (raised in step 2)."""
-    from . import supervisor
+    from . import supervisor_handle
 
     env = dict(os.environ)
     env["KERNEL_GUARD_SINKS"] = ",".join(guard.sinks)
@@ -292,7 +307,8 @@ def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config
         # opens the sinks with them; passed in its environment, which only it can read
         env["KERNEL_GUARD_TRUSTED_CONFIG"] = json.dumps(dict(config.KernelGuard), default=str)
     try:
-        return supervisor.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile))
+        return supervisor_handle.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile),
+                                       scoped)
     except Exception as exc:
         return exc
 
@@ -364,11 +380,11 @@ def _apply_landlock(profile: Any, guard: Any, own_spools: bool = True) -> Any:
 
 def _start_supervisor(pending: Any, timeout: float) -> Any:
     """Step 2: the supervisor spawned in step 1, once it is ready."""
-    from . import supervisor
+    from . import supervisor_handle
 
     if isinstance(pending, BaseException):
         raise pending
-    return supervisor.wait_ready(pending, timeout)
+    return supervisor_handle.wait_ready(pending, timeout)
 
 
 # -- step 3: filter ---------------------------------------------------------------
@@ -382,6 +398,7 @@ def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = (), trunc
     extra = seccomp_filter.supervisor_rules(handle.pid, handle.tids, handle.witness) if handle is not None else ()
     if handle is not None and allowed:
         extra += seccomp_filter.image_gate_rules()  # each new image is checked before it runs
+        extra += seccomp_filter.memfd_rules()  # no program the domain does not check
     if truncation:
         # Landlock confines writes, not truncation by path: the supervisor refuses and records it
         extra += seccomp_filter.truncation_rules(notify=handle is not None)
@@ -637,8 +654,8 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     # covers only the thread that applies it and threads started later)
     rt = runtime.start(config, kernel_id=kernel_id, threads=False, sinks=False)
     if profile is not None and profile.uses_notify:
-        # the supervisor starts outside the domain, and keeps the record there
-        pending = _spawn_supervisor(rt.guard, kernel_id, profile, config)
+        # the supervisor starts outside the kernel's domain, and keeps the record there
+        pending = _spawn_supervisor(rt.guard, kernel_id, profile, config, scoped=_outer_domain())
     custodian = _hand_record_to_custodian(rt, pending)
     if profile is not None:
         # what needs exec runs before the domain allows only the interpreter

@@ -44,6 +44,7 @@ __all__ = [
     "truncation_rules",
     "listener_fds",
     "load",
+    "memfd_rules",
     "proc_stat",
     "proc_status",
     "set_no_new_privs",
@@ -78,9 +79,19 @@ _OPS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCMP_CMP
 _SIGNAL_BY_TID = ("kill", "tkill", "rt_sigqueueinfo", "prlimit64", "pidfd_open")
 #: the same, where the first argument is the thread group (the process) id
 _SIGNAL_BY_TGID = ("tgkill", "rt_tgsigqueueinfo")
+#: calls that change a process's (or thread's) scheduling given its pid: a lowered
+#: supervisor would answer every exec and keep the record late, or never
+_SCHED_BY_TID = ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr")
+#: calls that take (which, who): one process, a process group, or every process of a user
+_SCHED_BY_WHO = {"setpriority": (0, 1, 2), "ioprio_set": (1, 2, 3)}  # PRIO_*, IOPRIO_WHO_*
 #: every non-exec call a profile or the launcher may send to the supervisor,
-#: which refuses each one (see supervisor.Supervisor.refuse_other)
-PROTECTED_SYSCALLS = (*_SIGNAL_BY_TID, *_SIGNAL_BY_TGID, "pidfd_send_signal", "fcntl", "seccomp")
+#: which refuses each one (see refusals.py)
+PROTECTED_SYSCALLS = (*_SIGNAL_BY_TID, *_SIGNAL_BY_TGID, "pidfd_send_signal", "fcntl", "seccomp",
+                      *_SCHED_BY_TID, *_SCHED_BY_WHO)
+#: memfds: the supervisor creates them sealed non-executable (memfd.py)
+MEMFD_SYSCALLS = ("memfd_create",)
+MFD_NOEXEC_SEAL = 0x8
+MFD_EXEC = 0x10
 #: the first call of every new program image: the ELF loader asks for the break
 #: (``brk(NULL)``) before it maps anything, whether it was started as a program's
 #: interpreter or as a program itself
@@ -135,23 +146,50 @@ def syscall_numbers(arch_name: str, names: tuple[str, ...]) -> dict[str, tuple[i
 
 
 def supervisor_rules(pid: int, tids: list[int], witness: int = 0) -> tuple[Rule, ...]:
-    """Rules that send every signal, pidfd, rlimit or ``F_SETOWN`` call aimed at the
-    supervisor (its pid, each of its threads, its process group) or its witness to
-    the supervisor itself, which refuses and records them.  Built at launch: only
-    then are the pids known."""
+    """Rules that send every signal, pidfd, rlimit, ``F_SETOWN`` or scheduling change
+    (nice value, affinity, policy, I/O priority) aimed at the supervisor (its pid,
+    each of its threads, its process group) or its witness to the supervisor
+    itself, which refuses and records them; and every scheduling change aimed at
+    all processes of a user, which include it.  Built at launch: only then are
+    the pids known."""
     def aimed(names: tuple[str, ...], value: int, index: int = 0, *more: RuleArg) -> Rule:
         arg = RuleArg(index, _PID_MASK, value & _PID_MASK, "SCMP_CMP_MASKED_EQ")
         return Rule(names, "SCMP_ACT_NOTIFY", 1, (*more, arg), "aimed at the exec supervisor",
                     f"launcher (supervisor pid {pid})")
 
     processes = sorted({pid, witness} - {0})
-    rules = [aimed(_SIGNAL_BY_TID, tid) for tid in sorted({*processes, *tids})]
+    threads = sorted({*processes, *tids})
+    rules = [aimed(_SIGNAL_BY_TID, tid) for tid in threads]
     rules += [aimed(_SIGNAL_BY_TGID, p) for p in processes]
+    rules += [aimed(_SCHED_BY_TID, tid) for tid in threads]
+    for name, (one, group, user) in _SCHED_BY_WHO.items():
+        rules += [aimed((name,), tid, 1, _which(one)) for tid in threads]
+        rules.append(aimed((name,), pid, 1, _which(group)))  # its process group, which it leads
+        # every process of the user includes the supervisor: refused whoever is named
+        rules.append(Rule((name,), "SCMP_ACT_NOTIFY", 1, (_which(user),), "aimed at every process of a user",
+                          f"launcher (supervisor pid {pid})"))
     set_owner = RuleArg(1, F_SETOWN, 0, "SCMP_CMP_EQ")
     for target in (*processes, -pid):  # -pid: its process group, which it leads
         rules.append(aimed(("fcntl",), target, 2, set_owner))  # SIGIO/F_SETSIG to it
     rules.append(aimed(("kill",), -pid))
     return tuple(rules)
+
+
+def _which(value: int) -> RuleArg:
+    return RuleArg(0, _PID_MASK, value, "SCMP_CMP_MASKED_EQ")
+
+
+def memfd_rules() -> tuple[Rule, ...]:
+    """Every ``memfd_create`` that could make an executable memfd (no
+    ``MFD_NOEXEC_SEAL``, or ``MFD_EXEC``) goes to the supervisor, which creates it
+    sealed non-executable: Landlock does not check files on the kernel's internal
+    mounts, so a memfd program would run whatever the exec allowlist says.  Calls
+    that already ask for the seal never leave the kernel."""
+    origin = "launcher (exec allowlist)"
+    return (Rule(MEMFD_SYSCALLS, "SCMP_ACT_NOTIFY", 1, (RuleArg(1, MFD_NOEXEC_SEAL, 0, "SCMP_CMP_MASKED_EQ"),),
+                 "a memfd without the no-exec seal", origin),
+            Rule(MEMFD_SYSCALLS, "SCMP_ACT_NOTIFY", 1, (RuleArg(1, MFD_EXEC, MFD_EXEC, "SCMP_CMP_MASKED_EQ"),),
+                 "an executable memfd", origin))
 
 
 def image_gate_rules() -> tuple[Rule, ...]:

@@ -15,17 +15,17 @@ import psutil
 import pytest
 from launcher_support import LaunchedKernel, specs_on_path, wait_gone
 
-from kernel_guard.launch import supervisor
+from kernel_guard.launch import exec_decision, notifications, supervisor_handle
 
 
-def notification(pid: int, nr: int, args: list[int], arch: int = supervisor.AUDIT_ARCH_X86_64) -> supervisor.Notification:
+def notification(pid: int, nr: int, args: list[int], arch: int = notifications.AUDIT_ARCH_X86_64) -> notifications.Notification:
     buf = struct.pack("=QIIiIQ", 7, pid, 0, nr, arch, 0) + struct.pack("=6Q", *(args + [0] * (6 - len(args))))
-    return supervisor.Notification(buf)
+    return notifications.Notification(buf)
 
 
 def test_supervisor_argv_keeps_sinks_off_the_command_line() -> None:
     """The supervisor's argv names fd, kernel pid, mode and profile; sink URLs travel in the environment."""
-    argv = supervisor.supervisor_argv(5, 42, "enforce", "kid", "default")
+    argv = supervisor_handle.supervisor_argv(5, 42, "enforce", "kid", "default")
     assert argv[:4] == [sys.executable, "-I", "-m", "kernel_guard.launch.supervisor"]
     assert argv[4:] == ["--fd", "5", "--kernel-pid", "42", "--mode", "enforce", "--profile", "default",
                         "--kernel-id", "kid"]
@@ -36,7 +36,7 @@ def test_read_exec_reads_path_and_argv_from_process_memory() -> None:
     path = ctypes.create_string_buffer(b"/usr/bin/env")
     args = [ctypes.create_string_buffer(b"env"), ctypes.create_string_buffer(b"--token=abc")]
     argv = (ctypes.c_char_p * 3)(ctypes.addressof(args[0]), ctypes.addressof(args[1]), None)
-    info = supervisor.read_exec(notification(os.getpid(), 59, [ctypes.addressof(path), ctypes.addressof(argv)]))
+    info = exec_decision.read_exec(notification(os.getpid(), 59, [ctypes.addressof(path), ctypes.addressof(argv)]))
     assert info["syscall"] == "execve" and info["abi"] == "x86_64"
     assert info["executable"] == "/usr/bin/env" and info["args"] == ["env", "--token=abc"]
 
@@ -50,9 +50,9 @@ def test_read_exec_resolves_execveat_relative_and_empty_paths(tmp_path: Path) ->
         rel = ctypes.create_string_buffer(b"tool")
         empty = ctypes.create_string_buffer(b"")
         argv = (ctypes.c_char_p * 1)(None)
-        info = supervisor.read_exec(notification(os.getpid(), 322, [dirfd, ctypes.addressof(rel), ctypes.addressof(argv)]))
+        info = exec_decision.read_exec(notification(os.getpid(), 322, [dirfd, ctypes.addressof(rel), ctypes.addressof(argv)]))
         assert info["executable"] == str(tmp_path / "tool") and info["args"] == []
-        info = supervisor.read_exec(notification(os.getpid(), 322, [filefd, ctypes.addressof(empty),
+        info = exec_decision.read_exec(notification(os.getpid(), 322, [filefd, ctypes.addressof(empty),
                                                                     ctypes.addressof(argv), 0, 0x1000]))
         assert info["executable"] == str(tmp_path / "tool")
     finally:
@@ -62,7 +62,7 @@ def test_read_exec_resolves_execveat_relative_and_empty_paths(tmp_path: Path) ->
 
 def test_read_exec_reports_an_unreadable_target() -> None:
     """A pid that does not exist yields readable=False with the reason, never an exception."""
-    info = supervisor.read_exec(notification(999999999, 59, [1, 2]))
+    info = exec_decision.read_exec(notification(999999999, 59, [1, 2]))
     assert info["readable"] is False and "/proc/999999999/mem" in info["unreadable"]
 
 

@@ -1,0 +1,85 @@
+"""Nothing of the kernel outlives it unnoticed: the processes left under its filter.
+
+A cell can start a process that leaves the kernel's session and parentage
+(``fork``, ``setsid``, ``fork`` again): it keeps the kernel's filter and
+Landlock domain, and keeps the supervisor's listener in use after the kernel
+has gone.  Which processes are the kernel's is a fact the kernel fixes, not
+a guess from pids or sessions: the launcher puts itself in an *outer*
+Landlock domain with the signal scope before it starts the supervisor, and
+the kernel's own domain is nested inside it.  A process in a scoped domain
+can signal only the processes of its domain and of the domains nested in it,
+so from the supervisor, ``kill(pid, 0)`` succeeds exactly for the kernel, the
+processes it started (whatever their session or parent) and the supervisor's
+own witness; another kernel of the same user is in a domain of its own and
+answers ``EPERM``.
+
+Without the signal scope (Landlock ABI < 6) there is no such fact: the
+supervisor then says that processes remain, without naming them, and stays
+until they end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from .seccomp_filter import proc_stat
+
+__all__ = ["describe", "end", "find"]
+
+
+def find(exclude: set[int]) -> list[int]:
+    """The live (not zombie) processes this process may signal, less ``exclude``.
+    Meaningful only inside a signal-scoped Landlock domain (see the module's text)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in exclude:
+            continue
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            continue
+        stat = proc_stat(pid)
+        if stat and stat[0] not in (b"Z", b"X"):
+            found.append(pid)
+    return found
+
+
+def describe(pid: int) -> dict[str, Any]:
+    """ECS ``process`` fields of a survivor, read before it is ended."""
+    out: dict[str, Any] = {"pid": pid}
+    try:
+        out["executable"] = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            args = [os.fsdecode(a) for a in fh.read(8192).split(b"\0") if a]
+        if args:
+            from ..events.processors import redact_argv
+
+            out["args"] = redact_argv(args[:64])
+    except OSError:
+        pass
+    stat = proc_stat(pid)
+    if len(stat) > 3:
+        out["parent"] = {"pid": int(stat[1])}
+        out["session_leader"] = int(stat[3]) == pid
+    return out
+
+
+def end(pids: list[int]) -> list[int]:
+    """SIGKILL each; return the pids that could not be signalled."""
+    failed = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            failed.append(pid)
+    return failed
