@@ -111,7 +111,8 @@ def _custodian_rate(root: str, events: List[dict], rt: Any) -> float:
     from kernel_guard.events.processors import Sequence
     from kernel_guard.events.schema import to_json_line
     from kernel_guard.events.sinks.file import FileSink
-    from kernel_guard.launch.custodian import Custodian, CustodianSink
+    from kernel_guard.launch.custodian import Custodian
+    from kernel_guard.launch.custodian_sink import CustodianSink
 
     for processor in rt.pipeline.processors:
         events = [e for e in map(processor, events) if e is not None]

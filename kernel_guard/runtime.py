@@ -98,11 +98,12 @@ def _stderr(text: str) -> None:
 
 
 def start(config: Config | None = None, kernel_id: str | None = None, threads: bool = True,
-          sinks: bool = True) -> Runtime:
+          sinks: bool = True, author: str | None = None) -> Runtime:
     """Start the guard's runtime once per process and return it.  ``threads=False``
     opens sinks and spools but leaves the pipeline's threads to ``pipeline.start()``;
     ``sinks=False`` opens none either: the caller sets them before the threads start
-    (the launcher hands the kernel's events to its custodian)."""
+    (the launcher hands the kernel's events to its custodian).  ``author`` marks every
+    record of this process (``kernel_guard.recorded_by``): the supervisor and its witness."""
     global _runtime
     if _runtime is not None:
         if kernel_id and not _runtime.context.kernel_id:
@@ -113,6 +114,7 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     except Exception as exc:  # a configuration that cannot even be read must not leave the kernel unguarded
         guard, ignored = _strict_settings(exc)
     context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
+    context.author = author
     opened, failures = guard_sinks(guard) if sinks else ([], [])
     # aggregate before numbering and redacting: repeats cost no regex work and
     # leave no holes in event.sequence; redaction runs on the writer thread

@@ -7,11 +7,20 @@ missing, events seen twice (by ``event.id``), events whose hash does not match
 their content (edited), links that do not match the event before (reordered,
 or one removed), a stream that does not open with ``stream-started`` or has
 no ``stream-ended`` after its last event, and streams shorter than a
-custodian's ``chain-checkpoint`` says they were.  Exit status 0 only when the
-record is whole; 1 when something is missing or changed; 2 on bad input.
+custodian's ``chain-checkpoint`` says they were.  Several files are one record
+(a rotated set: pass them all, in any order).
 
-It proves what the chain proves: that records were not changed after the
-process that wrote them; not that the writer told the truth.
+Exit status: 0 only when the record is whole; 1 when something is missing or
+changed; 3 when nothing is missing or changed but a stream was *cut short*
+(its process died and the custodian wrote its end: events it numbered after
+the last one received were lost inside it); 2 on bad input.
+
+Authorship: the supervisor, its witness and the custodian mark their records
+(``kernel_guard.recorded_by``), which the custodian never takes from a kernel;
+each stream is reported with its author, and a checkpoint counts only when the
+custodian wrote it.  It proves what the chain proves: that records were not
+changed after the process that wrote them; not that a kernel told the truth
+about itself.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ class StreamReport:
     ended: bool = False
     ended_by: Optional[str] = None
     short_of_checkpoint: Optional[int] = None  # a checkpoint saw this number, the record does not have it
+    author: str = "kernel (as it claims)"
+    cut_short: Optional[int] = None  # the custodian ended it after this number (its process died)
 
     def problems(self, allow_open: bool = False) -> list[str]:
         """Each way this stream's record is not whole, in words."""
@@ -68,6 +79,13 @@ class StreamReport:
         if self.short_of_checkpoint:
             out.append(f"a checkpoint saw event {self.short_of_checkpoint}, which the record lacks (truncated)")
         return out
+
+    def warnings(self) -> list[str]:
+        """What makes a stream cut short rather than changed."""
+        if self.cut_short is None:
+            return []
+        return [f"cut short: its process died and the custodian ended the stream; the last event received was "
+                f"number {self.cut_short}, anything it numbered later was lost inside it"]
 
 
 def read_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -108,7 +126,7 @@ def verify(events: Iterable[dict[str, Any]]) -> tuple[dict[str, StreamReport], l
         if number < highest.get(stream, 0):
             late.setdefault(stream, []).append(number)
         highest[stream] = max(number, highest.get(stream, 0))
-        if event["event"].get("action") == "chain-checkpoint":
+        if event["event"].get("action") == "chain-checkpoint" and guard.get("recorded_by") == "custodian":
             for name, head in (guard.get("heads") or {}).items():
                 if isinstance(head, dict) and isinstance(head.get("sequence"), int):
                     if head["sequence"] >= checkpoints.get(name, (0, ""))[0]:
@@ -144,7 +162,14 @@ def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional
     last = numbered[numbers[-1]]
     report.ended = last["event"].get("action") == "stream-ended"
     if report.ended:
-        report.ended_by = (last.get("kernel_guard") or {}).get("recorded_by") or "its own process"
+        by_custodian = (last.get("kernel_guard") or {}).get("recorded_by") == "custodian"
+        report.ended_by = "custodian" if by_custodian else "its own process"
+        if by_custodian:
+            received = (last.get("kernel_guard") or {}).get("last_received")
+            report.cut_short = received if isinstance(received, int) else numbers[-1] - 1
+    authors = {(e.get("kernel_guard") or {}).get("recorded_by") for e in numbered.values()} - {None, "custodian"}
+    if len(authors) == 1 and all((e.get("kernel_guard") or {}).get("recorded_by") for e in numbered.values()):
+        report.author = authors.pop()
     if head is not None:
         number, digest = head
         got = numbered.get(number)
@@ -170,14 +195,17 @@ def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         print(f"kernel-guard verify: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     problems = {name: r.problems(args.allow_open) for name, r in reports.items()}
-    whole = not duplicates and not any(problems.values()) and bool(reports)
+    changed = bool(duplicates) or any(problems.values()) or not reports
+    cut = [name for name, r in reports.items() if r.cut_short is not None]
+    whole = not changed and not cut
     if args.format == "json":
-        body = {"whole": whole, "duplicates": duplicates, "events_without_stream": unnumbered,
-                "streams": [{**vars(r), "problems": problems[n]} for n, r in sorted(reports.items())]}
+        body = {"whole": whole, "cut_short": cut, "duplicates": duplicates, "events_without_stream": unnumbered,
+                "streams": [{**vars(r), "problems": problems[n], "warnings": r.warnings()}
+                            for n, r in sorted(reports.items())]}
         print(json.dumps(body, indent=2), file=out)
     else:
         print(_text(reports, problems, duplicates, unnumbered, whole), file=out)
-    return 0 if whole else 1
+    return 1 if changed else 3 if cut else 0
 
 
 def _text(reports: dict[str, StreamReport], problems: dict[str, list[str]], duplicates: list[str],
@@ -185,14 +213,18 @@ def _text(reports: dict[str, StreamReport], problems: dict[str, list[str]], dupl
     lines = []
     for name, report in sorted(reports.items(), key=lambda kv: (kv[1].kernel_id or "", kv[1].pid or 0)):
         where = f"pid {report.pid}" + (f", kernel {report.kernel_id}" if report.kernel_id else "")
-        state = "whole" if not problems[name] else "NOT WHOLE"
-        lines.append(f"stream {name} ({where}): events {report.first}-{report.last}, {report.events} present: {state}")
-        lines += [f"  - {p}" for p in problems[name]]
+        state = "NOT WHOLE" if problems[name] else "CUT SHORT" if report.cut_short is not None else "whole"
+        lines.append(f"stream {name} ({where}; written by {report.author}): events {report.first}-{report.last}, "
+                     f"{report.events} present: {state}")
+        lines += [f"  - {p}" for p in problems[name] + report.warnings()]
     if duplicates:
         lines.append(f"{len(duplicates)} events appear more than once (same event.id)")
     if unnumbered:
         lines.append(f"{unnumbered} events carry no stream (written by an older version, or not by kernel_guard)")
     if not reports:
         lines.append("no kernel_guard events with a stream found")
-    lines.append(f"{len(reports)} streams: " + ("the record is whole" if whole else "the record is NOT whole"))
+    cut = sum(r.cut_short is not None for r in reports.values())
+    verdict = ("the record is whole" if whole else "the record is NOT whole" if not cut or any(problems.values())
+               or duplicates else f"nothing changed, but {cut} cut short (exit status 3)")
+    lines.append(f"{len(reports)} streams: " + verdict)
     return "\n".join(lines)

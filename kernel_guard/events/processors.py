@@ -53,6 +53,8 @@ class AddContext:
         proc.setdefault("pid", os.getpid())
         guard = event.setdefault("kernel_guard", {})
         guard.setdefault("mode", ctx.mode)
+        if ctx.author:
+            guard.setdefault("recorded_by", ctx.author)
         if ctx.kernel_id:
             guard.setdefault("kernel_id", ctx.kernel_id)
         if ctx.notebook:

@@ -226,6 +226,9 @@ class KernelContext:
         self.notebook = os.environ.get("JPY_SESSION_NAME") or None
         self.kernel_id = kernel_id
         self.mode = mode
+        #: who writes this process's records when it is not the kernel: "supervisor",
+        #: "witness" (kernel_guard.recorded_by, which the custodian never takes from a kernel)
+        self.author: str | None = None
         # the cell being executed, set by the execution-event wrapper
         self.execution_count: int | None = None
         self.cell_id: str | None = None

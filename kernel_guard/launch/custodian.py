@@ -1,149 +1,48 @@
 """The custodian of the record: under the launcher, the supervisor writes the kernel's events.
 
-A record kept where the notebook can write can be erased, so the kernel does
-not open its sinks: :class:`CustodianSink` hands each batch of JSON lines to
-the supervisor over an ``AF_UNIX``/``SOCK_SEQPACKET`` socket (on the pipeline's
-writer thread, never a cell's).  The supervisor (:class:`Custodian`) checks
-each batch (each line, where a line might pass for the custodian's own
-records), queues the lines as they came into its own pipeline, whose sinks and spools
-were opened outside the kernel's Landlock domain, and keeps each stream's head
-(last number and hash).  It writes the heads as ``chain-checkpoint`` events in
-its own stream every few seconds, and for a stream whose process ended without
-``stream-ended`` (a killed kernel, a pool worker terminated) it writes that
-end itself, chained to the last event it received, with the reason.
+The kernel sends its events (:mod:`.custodian_sink`) in the wire format of
+:mod:`.record_protocol`; the custodian, a thread of the supervisor outside the
+kernel's reach, decodes and checks every line before it writes anything
+(what each line may claim is specified there), queues the accepted lines as
+they came into the supervisor's own pipeline, whose sinks and spools were
+opened outside the kernel's Landlock domain, and keeps each stream's head
+(last number and hash).  Every few seconds it writes the heads that moved
+(``chain-checkpoint``) and the counts of what it refused, by reason
+(``lines-refused``), both marked ``recorded_by: custodian``.  For a stream
+whose process ended without ``stream-ended`` (a killed kernel, a terminated
+pool worker) it writes that end itself, chained to the last event it took,
+marked so: ``kernel-guard verify`` calls such a stream *cut short*.
+
+Each message is handled inside its own error boundary, and the chunks of
+unfinished lines are bounded per sender and for all senders together.  If
+the custodian's thread ends anyway, the supervisor records ``custodian-lost``
+and closes the socket, so the kernel says so and writes its own record.
 
 What it cannot do: events the kernel numbered but had not sent when it died
-are lost inside the kernel (the end the custodian writes says after which
-number); a kernel can send lies about itself (its own stream is its own), not
-about the supervisor's stream, which lines claiming it are refused.  If the
-socket fails, the kernel says so and falls back to writing its own record
-(:meth:`CustodianSink.emit`), the weaker tier.
+are lost inside it (the end it writes says after which number).
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import struct
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from collections import Counter
+from typing import Any, Callable, Optional
 
 from ..events.schema import Event, make_event, to_json_line
-from ..events.sinks import Sink
 from ..events.streams import chain_hash
+from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
+                              Refused, check_line, split_message)
 from .seccomp_filter import proc_stat
 
-try:  # the custodian parses every line it takes: several times faster with orjson
-    import orjson
+__all__ = ["Custodian"]
 
-    _loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - orjson is in the "fast" extra
-    import json
-
-    _loads = json.loads
-
-__all__ = ["Custodian", "CustodianSink"]
-
-#: message header: kind (b"L" whole lines, b"C" a chunk of a longer line), sender pid
-_HEADER = struct.Struct("!cI")
-#: payload bytes per message (a SOCK_SEQPACKET message must fit the socket buffer)
-_MAX_PAYLOAD = 60 * 1024
-#: SCM_CREDENTIALS: pid, uid, gid of the sending process, as the kernel saw it
-_CREDENTIALS = struct.Struct("iII")
-_CREDENTIALS_SPACE = socket.CMSG_SPACE(_CREDENTIALS.size)
-#: bounds on what a kernel can make the custodian hold: one line, and the streams it tracks
-_MAX_LINE = 16 << 20
+#: the streams it tracks at most (each costs a little memory)
 _MAX_STREAMS = 10_000
 #: seconds between checkpoints, and between looks for ended processes
 CHECKPOINT_EVERY = 5.0
 _LIVENESS_EVERY = 1.0
-
-
-class CustodianSink(Sink):
-    """The kernel's only sink under the launcher: batches to the supervisor."""
-
-    url = "custodian://supervisor"
-
-    def __init__(self, sock: socket.socket, fallback: Callable[[], List[Sink]]) -> None:
-        self.sock = sock
-        self.sock.settimeout(10.0)  # a stalled custodian fails the batch instead of hanging the writer
-        self._fallback_factory = fallback
-        self._fallback: Optional[List[Sink]] = None
-
-    def emit(self, events: List[Event]) -> None:
-        self.emit_lines([to_json_line(e) for e in events])
-
-    def emit_lines(self, lines: List[bytes]) -> None:
-        if self._fallback is not None:
-            self._write_fallback(lines)
-            return
-        try:
-            self._send(lines)
-        except OSError as exc:
-            self._lose_custodian(exc)
-            self._write_fallback(lines)
-
-    def _send(self, lines: List[bytes]) -> None:
-        pid = os.getpid()
-        buf: list[bytes] = []
-        size = 0
-        for line in lines:
-            if len(line) > _MAX_PAYLOAD:  # alone, in chunks: only the last one ends it
-                self._flush(buf, pid)
-                buf, size = [], 0
-                chunks = [line[i:i + _MAX_PAYLOAD] for i in range(0, len(line), _MAX_PAYLOAD)]
-                for chunk in chunks[:-1]:
-                    self.sock.sendall(_HEADER.pack(b"C", pid) + chunk)
-                self.sock.sendall(_HEADER.pack(b"L", pid) + chunks[-1])
-                continue
-            if size + len(line) > _MAX_PAYLOAD:
-                self._flush(buf, pid)
-                buf, size = [], 0
-            buf.append(line)
-            size += len(line)
-        self._flush(buf, pid)
-
-    def _flush(self, buf: list[bytes], pid: int) -> None:
-        if buf:
-            self.sock.sendall(_HEADER.pack(b"L", pid) + b"".join(buf))
-
-    def use_own_sinks(self) -> None:
-        """The supervisor never started (the launcher says why): write the kernel's own record."""
-        from ..events.sinks.stream import StderrSink
-
-        if self._fallback is None:
-            try:
-                self._fallback = self._fallback_factory()
-            except Exception:
-                self._fallback = [StderrSink()]
-
-    def _lose_custodian(self, exc: OSError) -> None:
-        """Say so on stderr; open the kernel's own sinks (what Landlock lets it open)."""
-        from ..events.pipeline import _stderr_line
-
-        _stderr_line(f"kernel_guard: the custodian of the record (the exec supervisor) cannot be reached "
-                     f"({exc.strerror or exc}): this kernel now writes its own events, where a cell may reach them.")
-        self.use_own_sinks()
-        note = make_event("sink-error", outcome="failure", layer="custodian", sink=self.url,
-                          reason=f"the custodian cannot be reached ({exc.strerror or exc}): the kernel writes "
-                                 "its own events from here on (the weaker tier)")
-        self._write_fallback([to_json_line(note)])
-
-    def _write_fallback(self, lines: List[bytes]) -> None:
-        for sink in self._fallback or ():
-            try:
-                sink.emit_lines(lines)
-            except Exception:
-                pass
-
-    def flush(self) -> None:
-        for sink in self._fallback or ():
-            sink.flush()
-
-    def close(self) -> None:
-        for sink in self._fallback or ():
-            sink.close()
 
 
 class _Stream:
@@ -181,7 +80,10 @@ class Custodian:
         self.emit = emit
         self.streams: dict[str, _Stream] = {}
         self.counts = {"received": 0, "rejected": 0, "ended_for": 0}
-        self._partial: dict[int, bytes] = {}
+        self.refused: Counter[str] = Counter()
+        self._refused_reported: Counter[str] = Counter()
+        self._pending: dict[int, bytes] = {}
+        self._pending_total = 0
         self._lock = threading.Lock()
         # the kernel's side cannot be trusted to say who sent a message: Linux can
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -193,6 +95,12 @@ class Custodian:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - its end must be on record, whatever ended it
+            self._lost(exc)
+
+    def _serve(self) -> None:
         self.sock.settimeout(_LIVENESS_EVERY)
         while not self._stop.is_set():
             try:
@@ -204,75 +112,96 @@ class Custodian:
                 break
             if not message:
                 break  # every kernel process closed its end
-            self._take(message, sender)
+            self.take(message, sender)
             self._tick()
+
+    def _lost(self, exc: BaseException) -> None:
+        """Record the custodian's end and close the socket: the kernel hears it and says so."""
+        self.emit(make_event("custodian-lost", outcome="failure", layer="custodian", recorded_by="custodian",
+                             reason=f"the custodian of the record stopped ({type(exc).__name__}: {exc}): the "
+                                    "kernel is told and writes its own events from here on (the weaker tier)"))
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _receive(self) -> tuple[bytes, int]:
         """One message and the pid of the process that sent it (from the kernel, not the message)."""
-        message, ancillary, _flags, _addr = self.sock.recvmsg(_HEADER.size + _MAX_PAYLOAD, _CREDENTIALS_SPACE)
+        message, ancillary, _flags, _addr = self.sock.recvmsg(HEADER.size + MAX_PAYLOAD, CREDENTIALS_SPACE)
         for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _CREDENTIALS.size:
-                return message, _CREDENTIALS.unpack_from(data)[0]
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= CREDENTIALS.size:
+                return message, CREDENTIALS.unpack_from(data)[0]
         return message, 0
 
-    def _take(self, message: bytes, sender: int = 0) -> None:
-        """One message: whole lines (or a chunk of one), checked and queued."""
-        if len(message) < _HEADER.size:
-            return
-        kind, claimed = _HEADER.unpack_from(message)
-        pid = sender or claimed
-        payload = self._partial.pop(pid, b"") + message[_HEADER.size:]
+    def take(self, message: bytes, sender: int) -> None:
+        """One message, in its own error boundary: nothing a kernel sends ends the custodian."""
+        try:
+            self._take(message, sender)
+        except Refused as refused:
+            self._refuse(refused.reason)
+        except Exception:  # noqa: BLE001 - counted and recorded, never fatal
+            self._refuse("error")
+
+    def _take(self, message: bytes, sender: int) -> None:
+        kind, payload = split_message(message)
+        if sender <= 0:
+            raise Refused("sender")
+        payload = self._unpend(sender) + payload
         if kind == b"C":
-            if len(payload) <= _MAX_LINE:
-                self._partial[pid] = payload
-            else:  # a line no event needs: dropped, counted, and its chunks after it too
-                self.counts["rejected"] += 1
+            self._pend(sender, payload)
             return
-        lines = [line + b"\n" for line in payload.split(b"\n") if line.strip()]
-        if not lines:
-            return
+        kept = []
         own = self.own_stream()
-        if (own and own.encode() in payload) or b'"recorded_by"' in payload:
-            kept = [line for line in lines if self._accept(line, pid)]  # each line judged alone
-        else:
-            # one process's batch, nothing in it claiming the custodian's records (judged
-            # on the bytes): its last line gives its stream's head
-            kept = lines if self._accept(lines[-1], pid) else []
-            self.counts["rejected"] += len(lines) - len(kept) - (not kept)
+        for line in payload.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                event, stream, number = check_line(line, own)
+                self._claim(event, stream, number, sender)
+            except Refused as refused:
+                self._refuse(refused.reason)
+                continue
+            kept.append(line + b"\n")
         self.counts["received"] += len(kept)
         while kept and not self.pipeline.forward(kept):
             time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
 
-    def _accept(self, line: bytes, sender: int = 0) -> bool:
-        """A JSON event that does not claim the supervisor's stream nor a stream ended;
-        a new stream is another process's only while there is room to keep it."""
-        try:
-            event = _loads(line)
-            guard = event["kernel_guard"]
-            stream, number = guard.get("stream"), event["event"]["sequence"]
-        except Exception:
-            self.counts["rejected"] += 1
-            return False
-        if not isinstance(stream, str) or stream == self.own_stream() or guard.get("recorded_by"):
-            self.counts["rejected"] += 1
-            return False
+    def _unpend(self, sender: int) -> bytes:
+        pending = self._pending.pop(sender, b"")
+        self._pending_total -= len(pending)
+        return pending
+
+    def _pend(self, sender: int, payload: bytes) -> None:
+        """Keep a chunk of an unfinished line, within the bounds per sender and for all."""
+        if len(payload) > MAX_LINE or self._pending_total + len(payload) > MAX_PENDING_TOTAL:
+            raise Refused("too-long")
+        self._pending[sender] = payload
+        self._pending_total += len(payload)
+
+    def _refuse(self, reason: str) -> None:
+        self.counts["rejected"] += 1
+        self.refused[reason] += 1
+
+    def _claim(self, event: dict, stream: str, number: int, sender: int) -> None:
+        """Take a checked line for its stream: the sender's own, next in order, still open."""
         with self._lock:
             state = self.streams.get(stream)
-            if state is None and len(self.streams) >= _MAX_STREAMS:
-                self.counts["rejected"] += 1
-                return False
             if state is None:
-                pid = sender or int((event.get("process") or {}).get("pid") or 0)
+                if len(self.streams) >= _MAX_STREAMS:
+                    raise Refused("stream")
+                guard = event["kernel_guard"]
                 template = {k: event[k] for k in ("user", "host") if k in event}
                 template["kernel_guard"] = {k: guard[k] for k in ("kernel_id", "notebook", "mode") if k in guard}
-                state = self.streams[stream] = _Stream(pid, _start_time(pid) if pid else None, template)
+                state = self.streams[stream] = _Stream(sender, _start_time(sender), template)
+            elif state.pid != sender:
+                raise Refused("stream")
             if state.ended:
-                self.counts["rejected"] += 1
-                return False
-            state.sequence = max(state.sequence, int(number))
-            state.hash = str((guard.get("chain") or {}).get("hash", ""))
+                raise Refused("ended")
+            if number <= state.sequence:
+                raise Refused("sequence")
+            state.sequence = number
+            state.hash = str((event["kernel_guard"].get("chain") or {}).get("hash", ""))
             state.ended = event["event"].get("action") == "stream-ended"
-        return True
 
     def _tick(self) -> None:
         """Now and then: end the streams of processes that are gone, write the heads."""
@@ -302,7 +231,7 @@ class Custodian:
         why = (f"process {state.pid} ended without closing its stream (killed, or it exited without flushing)"
                if gone else "the supervisor stopped while it was still open")
         event = make_event("stream-ended", outcome="failure", layer="custodian", recorded_by="custodian",
-                           last_received=state.sequence,
+                           last_received=state.sequence, cut_short=True,
                            reason=f"{why}; the last event received was number {state.sequence}: "
                                   "anything it numbered later was lost inside it")
         event.update({k: v for k, v in state.template.items() if k != "kernel_guard"})
@@ -314,7 +243,8 @@ class Custodian:
         return event
 
     def checkpoint(self) -> None:
-        """The heads that moved since the last checkpoint, in the supervisor's own stream."""
+        """The heads that moved since the last checkpoint, and what was refused since the
+        last report, in the supervisor's own stream."""
         with self._lock:
             moved = {name: s for name, s in self.streams.items() if s.sequence != s.checkpointed}
             heads = {name: {"sequence": s.sequence, "hash": s.hash, "pid": s.pid} for name, s in moved.items()}
@@ -322,7 +252,17 @@ class Custodian:
                 s.checkpointed = s.sequence
         if heads:
             self.emit(make_event("chain-checkpoint", outcome="success", layer="custodian", heads=heads,
+                                 recorded_by="custodian",
                                  reason=f"chain heads of {len(heads)} streams, as the custodian received them"))
+        new = self.refused - self._refused_reported
+        if new:
+            self._refused_reported = Counter(self.refused)
+            total = sum(new.values())
+            self.emit(make_event("lines-refused", outcome="failure", layer="custodian", recorded_by="custodian",
+                                 refused=dict(new),
+                                 reason=f"{total} lines or messages from the kernel were not written: "
+                                        + ", ".join(f"{n} {why}" for why, n in sorted(new.items()))
+                                        + " (see record_protocol: what a kernel may send)"))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Take what is still in the socket, end open streams, write a last checkpoint."""
@@ -337,7 +277,6 @@ class Custodian:
                 break
             if not message:
                 break
-            self._take(message, sender)
+            self.take(message, sender)
         self.end_dead_streams(all_open=True)
         self.checkpoint()
-

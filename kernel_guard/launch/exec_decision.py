@@ -36,7 +36,7 @@ from typing import Any, Optional
 from .notifications import (AT_EMPTY_PATH, AT_FDCWD, EXEC_SYSCALLS, Notification, TargetMemory, id_valid,
                             respond, signed)
 
-__all__ = ["CONFIRM_WITHIN", "ExecDecider", "caller", "read_exec", "target_path"]
+__all__ = ["CONFIRM_WITHIN", "ExecDecider", "caller", "read_exec", "recordable", "target_path"]
 
 _MAX_PATH = 4096
 _MAX_ARG = 1024
@@ -97,6 +97,19 @@ def read_exec(notif: Notification) -> dict[str, Any]:
         path = _absolute(notif.pid, path, dirfd)
     info.update(executable=path, args=[os.fsdecode(a) for a in argv], readable=True)
     return info
+
+
+def recordable(text: Optional[str]) -> Optional[str]:
+    """Text read from a process as the record can hold it: bytes that are not UTF-8
+    (surrogate-escaped by ``os.fsdecode``) become ``\\xNN``, so the line and the hash
+    computed over it agree whatever bytes a cell put in a path or an argument."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def caller(pid: int, **fields: Any) -> dict[str, Any]:
@@ -245,12 +258,12 @@ class ExecDecider:
         self.counts["unconfirmed"] += 1
         now = _exe(held.tgid)
         if now is not None and now != held.before:
-            seen = f"the process now runs {now}"
+            seen = f"the process now runs {recordable(now)}"
         elif now is not None:
-            seen = f"the process still runs {now}: the exec most likely failed"
+            seen = f"the process still runs {recordable(now)}: the exec most likely failed"
         else:
             seen = "the process has ended"
-        return self.event(held.pid, held.info, "unconfirmed", image=now, seen=seen)
+        return self.event(held.pid, held.info, "unconfirmed", image=recordable(now), seen=seen)
 
     # -- events ----------------------------------------------------------------------
 
@@ -265,7 +278,8 @@ class ExecDecider:
     def _process(self, pid: int, exe: str, args: list[str]) -> dict[str, Any]:
         from ..events.processors import redact_argv
 
-        args = redact_argv(args)
+        exe = recordable(exe) or ""
+        args = redact_argv([recordable(a) or "" for a in args])
         return caller(pid, executable=exe, args=args, name=os.path.basename(exe), command_line=" ".join(args))
 
     def event(self, pid: int, info: dict[str, Any], verdict: str, image: Optional[str] = None,
@@ -273,7 +287,7 @@ class ExecDecider:
         """The record of one exec notification (``verdict``: attempt, denied, not-found, unconfirmed)."""
         from ..events.schema import make_event
 
-        exe = info.get("executable") or "<unreadable>"
+        exe = recordable(info.get("executable")) or "<unreadable>"
         process = self._process(pid, exe, info.get("args") or [])
         fields = self._fields(info)
         call = f"{info.get('syscall')} of {exe}"
@@ -301,7 +315,7 @@ class ExecDecider:
         fields = self._fields(info)
         requested = info.get("executable")
         if requested and os.path.realpath(requested) != os.path.realpath(exe):
-            fields["requested"] = requested
+            fields["requested"] = recordable(requested)
         process = self._process(pid, exe, info.get("args") or [])
         return make_event("exec-allowed", outcome="success", layer="landlock", process=process, **fields,
                           image_confirmed=True,
@@ -312,10 +326,10 @@ class ExecDecider:
         """``exec-denied`` for an image the gate killed."""
         from ..events.schema import make_event
 
-        shown = exe or "<unreadable>"
+        shown = recordable(exe) or "<unreadable>"
         fields: dict[str, Any] = {}
         if held and held.info.get("executable"):
-            fields["requested"] = held.info["executable"]
+            fields["requested"] = recordable(held.info["executable"])
         process = caller(pid, executable=shown, name=os.path.basename(shown))
         return make_event("exec-denied", outcome="failure", layer="seccomp", process=process,
                           technique="loader started as a program", syscall="brk", supervisor_pid=os.getpid(),

@@ -318,7 +318,7 @@ def _hand_record_to_custodian(rt: Any, pending: Any) -> bool:
     its own, opened now, before the Landlock domain (their files may lie outside it).
     True when the custodian keeps the record."""
     from .. import runtime
-    from .custodian import CustodianSink
+    from .custodian_sink import CustodianSink
 
     def own_sinks() -> list:
         sinks, failures = runtime.guard_sinks(rt.guard)

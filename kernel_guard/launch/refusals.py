@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from .exec_decision import caller, target_path
+from .exec_decision import caller, recordable, target_path
 from .notifications import NARROW_ABIS, AT_FDCWD, Notification, TargetMemory, signed
 
 __all__ = ["protection_event", "scheduling_event", "truncation_event"]
@@ -138,7 +138,7 @@ def truncation_event(notif: Notification, syscall: str, abi: str, kernel_pid: in
         path = _absolute(notif.pid, os.fsdecode(raw) if raw else None, dirfd)
     except OSError:
         pass
-    path = target_path(notif.pid, path)
+    path = recordable(target_path(notif.pid, path))
     how = "truncate(2)" if syscall.startswith("truncate") else f"{syscall} with O_TRUNC and no write access"
     return make_event("truncate-denied", outcome="failure", layer="seccomp", process=caller(notif.pid),
                       file={"path": path or "<unreadable>"}, technique=how, syscall=syscall, abi=abi, mode=mode,

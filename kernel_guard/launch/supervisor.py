@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace, control: socket.socket, witness: int) -> in
     from .. import runtime
     from ..events.schema import make_event
 
-    rt = runtime.start(_own_config(args), kernel_id=args.kernel_id)
+    rt = runtime.start(_own_config(args), kernel_id=args.kernel_id, author="supervisor")
     rt.layers["supervisor"] = args.mode
     custodian = _start_custodian(args, rt)
     try:

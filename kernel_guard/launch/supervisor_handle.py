@@ -197,6 +197,9 @@ def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str]
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     events, events_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # every message to the custodian carries its sender's pid as Linux saw it, from the
+    # first: set on the custodian's end before the kernel sends anything
+    events_theirs.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     env = {**env, "PYTHONSAFEPATH": "1"}
     argv = supervisor_argv(theirs.fileno(), os.getpid(), mode, kernel_id, profile, scoped)
     argv += ["--events-fd", str(events_theirs.fileno())]

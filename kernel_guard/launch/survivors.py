@@ -24,6 +24,7 @@ import os
 import signal
 from typing import Any
 
+from .exec_decision import recordable
 from .seccomp_filter import proc_stat
 
 __all__ = ["describe", "end", "find"]
@@ -53,7 +54,7 @@ def describe(pid: int) -> dict[str, Any]:
     """ECS ``process`` fields of a survivor, read before it is ended."""
     out: dict[str, Any] = {"pid": pid}
     try:
-        out["executable"] = os.readlink(f"/proc/{pid}/exe")
+        out["executable"] = recordable(os.readlink(f"/proc/{pid}/exe"))
     except OSError:
         pass
     try:
@@ -62,7 +63,7 @@ def describe(pid: int) -> dict[str, Any]:
         if args:
             from ..events.processors import redact_argv
 
-            out["args"] = redact_argv(args[:64])
+            out["args"] = redact_argv([recordable(a) or "" for a in args[:64]])
     except OSError:
         pass
     stat = proc_stat(pid)

@@ -51,7 +51,7 @@ def _witness(read_end: int, args: argparse.Namespace, harden: Callable[[], None]
     from .. import runtime
     from ..events.schema import make_event
 
-    rt = runtime.start(kernel_id=args.kernel_id)
+    rt = runtime.start(kernel_id=args.kernel_id, author="witness")
     rt.emit(make_event("supervisor-lost", outcome="failure", layer="supervisor",
                        reason=f"the exec supervisor (pid {supervisor_pid}) ended without stopping cleanly "
                               "(killed or crashed); recorded by its witness. Exec stays blocked for good "

@@ -5,9 +5,12 @@ sink in a folder outside the kernel's Landlock writable roots (as a Zero to Jupy
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Iterator
@@ -17,6 +20,8 @@ import pytest
 from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root
 
 from kernel_guard.cli.verify import verify
+from kernel_guard.launch.custodian_sink import CustodianSink
+from kernel_guard.launch.record_protocol import HEADER
 
 ERASE = """
 import os
@@ -98,7 +103,8 @@ def test_a_cell_cannot_erase_the_record_the_custodian_keeps(root: str, evidence:
 
 def test_a_killed_kernels_stream_is_ended_by_the_custodian(root: str, evidence: str) -> None:
     """SIGKILL: the custodian writes the kernel stream's end, chained to the last event it received,
-    and writes the heads as a checkpoint; verify finds every stream whole."""
+    and writes the heads as a checkpoint; verify finds nothing changed, and calls the kernel's
+    stream cut short (exit status 3), never whole."""
     with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
         kernel = _kernel(root, "killed", evidence).start()
         try:
@@ -121,6 +127,11 @@ def test_a_killed_kernels_stream_is_ended_by_the_custodian(root: str, evidence: 
     reports = _streams(kernel)
     assert all(r.problems() == [] for r in reports.values()), {n: r.problems() for n, r in reports.items()}
     assert reports[end["kernel_guard"]["stream"]].ended_by == "custodian"
+    assert reports[end["kernel_guard"]["stream"]].cut_short == end["kernel_guard"]["last_received"]
+    assert {r.author for r in reports.values()} == {"supervisor", "kernel (as it claims)"}
+    script = os.path.join(os.path.dirname(sys.executable), "kernel-guard")
+    out = subprocess.run([script, "verify", kernel.sink], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "CUT SHORT" in out.stdout and "whole" not in out.stdout.splitlines()[-1], out.stdout
 
 
 def test_without_its_custodian_the_kernel_says_so_and_keeps_recording(root: str, evidence: str) -> None:
@@ -158,33 +169,133 @@ def _custodian_pair(monkeypatch, **bounds):
     ours, theirs = socket_module.socketpair(socket_module.AF_UNIX, socket_module.SOCK_SEQPACKET)
     sink = MemorySink()
     pipe = EventPipeline([sink], [Sequence()], spool_dir="")
-    keeper = custodian_module.Custodian(theirs, pipe, lambda: "custodians-own", pipe.emit)
+    keeper = custodian_module.Custodian(theirs, pipe, lambda: OWN, pipe.emit)
     return custodian_module, ours, keeper, pipe, sink
 
 
-def _line(stream: str, number: int, pid: int = 424242, **guard) -> bytes:
+def _line(stream: str, number: int, pid: int = 424242, action: str = "cell-executed", **guard) -> bytes:
     import json
 
-    return (json.dumps({"event": {"action": "cell-executed", "sequence": number, "id": f"{stream}-{number}"},
+    return (json.dumps({"event": {"action": action, "sequence": number, "id": f"{stream}-{number}"},
                         "kernel_guard": {"stream": stream, **guard}, "process": {"pid": pid}}) + "\n").encode()
+
+
+#: stream ids as kernels make them (24 hex digits)
+A, B, C, D, E, OWN = (f"{n:024x}" for n in range(0xA, 0x10))
+
+
+def _written(sink) -> list[str]:
+    return [e["kernel_guard"]["stream"] for e in sink.events if e["event"]["action"] == "cell-executed"]
 
 
 def test_the_custodian_takes_the_sender_from_the_kernel_and_bounds_what_it_holds(monkeypatch) -> None:
     """The pid of a stream is the sending process's as Linux reports it, not the one a line claims;
     lines claiming the custodian's own stream, or written as by the custodian, are refused; streams
     and a line cut in chunks cannot grow without bound."""
-    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MAX_STREAMS=3, _MAX_LINE=1000)
-    sender = module.CustodianSink(ours, lambda: [])
-    sender.emit_lines([_line("a", 1), _line("custodians-own", 1), _line("b", 1, recorded_by="custodian"),
-                       _line("c", 1), _line("d", 1), _line("e", 1)])
-    ours.sendall(module._HEADER.pack(b"C", 1) + b"x" * 900)
-    ours.sendall(module._HEADER.pack(b"C", 1) + b"x" * 900)  # past the bound: dropped
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MAX_STREAMS=3, MAX_LINE=1000)
+    sender = CustodianSink(ours, lambda: [])
+    sender.emit_lines([_line(A, 1), _line(OWN, 1), _line(B, 1, recorded_by="custodian"),
+                       _line(C, 1), _line(D, 1), _line(E, 1)])
+    ours.sendall(HEADER.pack(b"C", 1) + b"x" * 900)
+    ours.sendall(HEADER.pack(b"C", 1) + b"x" * 900)  # past the bound: dropped
     keeper.stop()
     pipe.flush()
-    streams = [e["kernel_guard"]["stream"] for e in sink.events if e["event"]["action"] == "cell-executed"]
-    assert streams == ["a", "c", "d"]  # three streams at most; e had no room
-    assert keeper.streams["a"].pid == os.getpid()  # not the 424242 the line claims
-    assert keeper.counts["rejected"] == 4 and keeper._partial == {}
+    assert _written(sink) == [A, C, D]  # three streams at most; E had no room
+    assert keeper.streams[A].pid == os.getpid()  # not the 424242 the line claims
+    assert keeper.counts["rejected"] == 4 and keeper._pending == {}
     pipe.close()
     ours.close()
     keeper.sock.close()
+
+
+#: what a cell wrote into the record with JSON escapes when the custodian judged raw bytes
+FORGED = [
+    # the custodian's own stream, spelt with escapes: numbered as its next event
+    b'{"event": {"action": "exec-allowed", "sequence": 99}, "kernel_guard": {"stream": "\\u0030' + OWN[1:].encode() + b'"}}',
+    # a streamless loss record, as if by the witness
+    b'{"event": {"action": "supervisor-lost", "sequence": 1}, "kernel_guard": {"recorded_\\u0062y": "witness"}}',
+    b'not json at all',
+    b'[1, 2, 3]',
+    b'{"event": {"action": "cell-executed", "sequence": "7"}, "kernel_guard": {"stream": "' + B.encode() + b'"}}',
+    b'{"event": {"action": "cell-executed", "sequence": true}, "kernel_guard": {"stream": "' + B.encode() + b'"}}',
+    b'{"event": {"action": "chain-checkpoint", "sequence": 1}, "kernel_guard": {"stream": "' + C.encode() + b'"}}',
+]
+
+
+def test_the_custodian_decodes_every_line_and_writes_only_what_the_sender_may_claim(monkeypatch) -> None:
+    """Escaped spellings of the custodian's stream or of recorded_by, junk, non-numeric sequences and
+    custodian-only actions are refused and counted; a replayed number, another process's stream and
+    lines after a stream's end too; the sender's own valid lines in between are written."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch)
+    sender = CustodianSink(ours, lambda: [])
+    forged = [line + b"\n" for line in FORGED]
+    sender.emit_lines([_line(A, 1), *forged, _line(A, 2), _line(A, 2), _line(A, 1)])
+    keeper.take(*keeper._receive())  # one message: the batch
+    keeper.take(HEADER.pack(b"L", 1) + _line(A, 3), os.getppid())  # A is this process's: not the parent's
+    sender.emit_lines([_line(A, 3, action="stream-ended"), _line(A, 4)])
+    keeper.stop()
+    pipe.flush()
+    assert [e["event"]["sequence"] for e in sink.events if e["kernel_guard"].get("stream") == A] == [1, 2, 3]
+    assert keeper.refused == {"stream": 2, "authorship": 1, "json": 2, "sequence": 4, "action": 1, "ended": 1}
+    refused = [e for e in sink.events if e["event"]["action"] == "lines-refused"]
+    assert len(refused) == 1 and refused[0]["kernel_guard"]["recorded_by"] == "custodian"
+    assert refused[0]["kernel_guard"]["refused"] == dict(keeper.refused)
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
+
+
+def test_no_message_ends_the_custodian_and_pending_chunks_are_bounded_for_all_senders(monkeypatch) -> None:
+    """Empty and short messages, unknown kinds and chunks from many senders past the total bound
+    are refused and counted; the custodian still writes the next valid line."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, MAX_PENDING_TOTAL=3000)
+    keeper.start()
+    for message in (b"", b"L", HEADER.pack(b"Z", 1) + b"x", HEADER.pack(b"L", 1)):
+        keeper.take(message, os.getpid())
+    for pid in range(1000, 1008):  # eight senders, each under its own bound, together over the total
+        keeper.take(HEADER.pack(b"C", pid) + b"y" * 900, pid)
+    CustodianSink(ours, lambda: []).emit_lines([_line(A, 1)])
+    deadline = time.monotonic() + 10
+    while keeper.counts["received"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keeper.stop()
+    pipe.flush()
+    assert _written(sink) == [A]
+    assert keeper.refused["message"] == 4 and keeper.refused["too-long"] == 5
+    assert keeper._pending_total <= 3000
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
+
+
+def test_a_custodian_that_ends_anyway_is_recorded_and_the_kernel_hears_it(monkeypatch) -> None:
+    """If the custodian's thread ends on an error, custodian-lost is recorded and the socket closed:
+    the kernel's side then writes its own record and says so."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch)
+
+    def broken(*_args):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(keeper, "_receive", broken)
+    keeper.start()
+    keeper._thread.join(5)
+    own = MemorySinkFor()
+    sender = CustodianSink(ours, lambda: [own])
+    sender.emit_lines([_line(A, 1)])
+    pipe.flush()
+    lost = [e for e in sink.events if e["event"]["action"] == "custodian-lost"]
+    assert len(lost) == 1 and lost[0]["kernel_guard"]["recorded_by"] == "custodian"
+    assert [json.loads(line)["event"]["action"] for line in own.lines] == ["sink-error", "cell-executed"]
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
+
+
+class MemorySinkFor:
+    """A kernel's own sink standing in for its configured ones: keeps the lines it is given."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def emit_lines(self, lines: list[bytes]) -> None:
+        self.lines += lines

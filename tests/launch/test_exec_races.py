@@ -333,3 +333,19 @@ def test_a_clean_end_ends_nothing_and_says_nothing_of_survivors(kernel: Launched
     events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
                                timeout=20)
     assert not [e for e in events if e["event"]["action"].startswith("kernel-survivors")]
+
+
+def test_an_argument_that_is_not_utf8_is_recorded_and_still_verifies(kernel: LaunchedKernel) -> None:
+    """Bytes that are not UTF-8 in a refused exec's path and argument are recorded as \\xNN, and the
+    supervisor's event verifies (its hash covers what the line holds): no false "changed" alarm."""
+    kernel.mark()
+    code = ("import os\ntry:\n    os.execv(b'/bin/sh\\xff', [b'sh', b'-c', b'\\xff\\xfe marker-nonutf8'])\n"
+            "except OSError as exc:\n    print(exc.errno)")
+    result = kernel.execute(code)
+    assert result.status == "ok" and result.stdout.strip() in ("1", "2"), result.error_text
+    denied = kernel.wait_event(lambda e: e["event"]["action"] in ("exec-denied", "exec-not-found")
+                               and e["kernel_guard"]["layer"] == "seccomp"
+                               and "marker-nonutf8" in " ".join(e["process"].get("args", [])))
+    assert denied["process"]["args"][2] == "\\xff\\xfe marker-nonutf8"
+    assert denied["process"]["executable"] == "/bin/sh\\xff"
+    _whole(kernel)

@@ -1,0 +1,120 @@
+"""What a kernel may send its custodian, and how each line is checked: the record's wire format.
+
+Transport
+    An ``AF_UNIX``/``SOCK_SEQPACKET`` socket pair made by the launcher; the
+    supervisor (the custodian) holds one end, the kernel and every process it
+    forks share the other.  ``SO_PASSCRED`` is set on the custodian's end, so
+    each message carries the *sender's* pid as the kernel saw it
+    (``SCM_CREDENTIALS``); the pid a message names in its header is ignored.
+
+Message
+    ``kind`` (1 byte) ``pid`` (4 bytes, network order, ignored) ``payload``:
+
+    ``L``  whole lines: one or more JSON events, each ending in ``\\n``; with
+           the sender's pending chunks (if any) in front;
+    ``C``  a chunk of one line longer than a message (:data:`MAX_PAYLOAD`);
+           the line ends with the sender's next ``L`` message.
+
+    A message shorter than the header, of another kind, or empty is refused
+    (``message``).  Pending chunks are bounded per sender (:data:`MAX_LINE`)
+    and for all senders together (:data:`MAX_PENDING_TOTAL`); past either,
+    that sender's pending line is dropped and counted (``too-long``).
+
+Line
+    Every line is decoded before anything is written; a line is written as it
+    came only when all of these hold (otherwise it is refused, counted by
+    reason, and the custodian records the counts: ``lines-refused``):
+
+    ``json``        a UTF-8 JSON object with ``event`` and ``kernel_guard`` objects;
+    ``authorship``  no ``kernel_guard.recorded_by``: that field marks the
+                    records only the supervisor, its witness and the custodian
+                    write, so a reader can tell them from what a kernel claims;
+    ``stream``      ``kernel_guard.stream`` is a stream id (24 hex digits), not
+                    the custodian's own, and the sender's: the first process to
+                    send it owns it (pid and start time, so a reused pid is not
+                    taken for it);
+    ``sequence``    ``event.sequence`` is an integer above the last one taken
+                    for that stream (no replay, no rewind);
+    ``action``      not an action only the custodian writes
+                    (:data:`CUSTODIAN_ACTIONS`);
+    ``ended``       the stream is not already ended.
+
+What the checks cannot do: a kernel can still write lies *about itself* in
+its own streams; it cannot write into another process's stream, the
+supervisor's, or pass for the supervisor, its witness or the custodian.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from typing import Any, Callable, Optional
+
+try:  # the custodian decodes every line: several times faster with orjson
+    import orjson
+
+    loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - orjson is in the "fast" extra
+    import json
+
+    loads = json.loads
+
+__all__ = ["CUSTODIAN_ACTIONS", "HEADER", "MAX_LINE", "MAX_PAYLOAD", "MAX_PENDING_TOTAL", "Refused",
+           "check_line", "split_message"]
+
+#: message header: kind (b"L" whole lines, b"C" a chunk of a longer line), sender pid (ignored)
+HEADER = struct.Struct("!cI")
+#: payload bytes per message (a SOCK_SEQPACKET message must fit the socket buffer)
+MAX_PAYLOAD = 60 * 1024
+#: SCM_CREDENTIALS: pid, uid, gid of the sending process, as the kernel saw it
+CREDENTIALS = struct.Struct("iII")
+CREDENTIALS_SPACE = socket.CMSG_SPACE(CREDENTIALS.size)
+#: the longest line one sender may build from chunks, and all senders' pending chunks together
+MAX_LINE = 16 << 20
+MAX_PENDING_TOTAL = 32 << 20
+#: actions only the custodian writes (in its own stream, or the end of a stream it closes)
+CUSTODIAN_ACTIONS = frozenset({"chain-checkpoint", "lines-refused", "custodian-lost"})
+_STREAM_ID = re.compile(r"[0-9a-f]{24}\Z")
+
+
+class Refused(Exception):
+    """A line or message the custodian does not write; ``reason`` is one of the names above."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(kind, payload) of a message; raises Refused("message") for anything else."""
+    if len(message) <= HEADER.size:
+        raise Refused("message")
+    kind = message[:1]
+    if kind not in (b"L", b"C"):
+        raise Refused("message")
+    return kind, message[HEADER.size:]
+
+
+def check_line(line: bytes, own_stream: Optional[str]) -> tuple[dict, str, int]:
+    """Decode one line and check what it claims of itself (not yet whose stream it
+    is: the custodian knows the owners).  Returns (event, stream, sequence)."""
+    try:
+        event = loads(line)
+    except Exception:
+        raise Refused("json") from None
+    if not isinstance(event, dict):
+        raise Refused("json")
+    head, guard = event.get("event"), event.get("kernel_guard")
+    if not isinstance(head, dict) or not isinstance(guard, dict):
+        raise Refused("json")
+    if "recorded_by" in guard:
+        raise Refused("authorship")
+    stream, number = guard.get("stream"), head.get("sequence")
+    if not isinstance(stream, str) or not _STREAM_ID.match(stream) or stream == own_stream:
+        raise Refused("stream")
+    if type(number) is not int or number < 1:  # noqa: E721 (bool is not a sequence number)
+        raise Refused("sequence")
+    if head.get("action") in CUSTODIAN_ACTIONS:
+        raise Refused("action")
+    return event, stream, number
