@@ -52,7 +52,11 @@ class ConfigError(KernelGuardError, ValueError):
 
 
 class SinkError(KernelGuardError):
-    """A sink could not be opened or written."""
+    """A sink could not be opened or written; ``kept``: lines of the batch it did keep."""
+
+    def __init__(self, message: str, kept: int = 0) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class ProfileError(KernelGuardError, ValueError):

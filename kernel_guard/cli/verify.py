@@ -33,7 +33,7 @@ from typing import IO, Any, Iterable, Iterator, Optional
 
 from ..events.streams import GENESIS, hash_matches
 
-__all__ = ["StreamReport", "add_arguments", "read_events", "run", "verify"]
+__all__ = ["FILE_BOUNDARY", "StreamReport", "add_arguments", "read_events", "run", "verify"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +102,12 @@ def read_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             yield event
 
 
-def verify(events: Iterable[dict[str, Any]]) -> tuple[dict[str, StreamReport], list[str], int]:
+#: in the events given to :func:`verify`: a new file begins (a rotated set is judged as one
+#: record in any order of its files; "reordered" is judged within each file)
+FILE_BOUNDARY = None
+
+
+def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, StreamReport], list[str], int]:
     """(reports by stream, event ids seen more than once, events without a stream)."""
     by_stream: dict[str, dict[int, dict[str, Any]]] = {}
     highest: dict[str, int] = {}
@@ -112,6 +117,9 @@ def verify(events: Iterable[dict[str, Any]]) -> tuple[dict[str, StreamReport], l
     unnumbered = 0
     checkpoints: dict[str, tuple[int, str]] = {}
     for event in events:
+        if event is FILE_BOUNDARY:
+            highest = {}
+            continue
         guard = event.get("kernel_guard") or {}
         event_id = event["event"].get("id")
         if event_id in seen:
@@ -178,19 +186,21 @@ def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional
     return report
 
 
-def _inputs(files: list[str]) -> Iterator[str]:
+def _inputs(files: list[str]) -> Iterator[Optional[dict[str, Any]]]:
+    """The events of each file (or stdin), with a boundary before each file."""
     for name in files or ["-"]:
+        yield FILE_BOUNDARY
         if name == "-":
-            yield from sys.stdin
+            yield from read_events(sys.stdin)
             continue
         with open(name, encoding="utf-8", errors="replace") as fh:
-            yield from fh
+            yield from read_events(fh)
 
 
 def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     """Print the report; 0 when the record is whole, 1 when not, 2 when a file cannot be read."""
     try:
-        reports, duplicates, unnumbered = verify(read_events(_inputs(args.files)))
+        reports, duplicates, unnumbered = verify(_inputs(args.files))
     except OSError as exc:
         print(f"kernel-guard verify: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2

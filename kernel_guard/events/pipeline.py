@@ -345,8 +345,8 @@ class EventPipeline:
             try:
                 sink.emit_lines(lines)
             except Exception as exc:
-                lost = sum(1 for e in batch if not _about(e, sink.url))
-                self.losses.count(sink.url, lost)
+                lost = sum(1 for e in batch if not _about(e, sink.url)) - getattr(exc, "kept", 0)
+                self.losses.count(sink.url, max(lost, 0))
                 self._sink_failed(sink, exc)
             else:
                 self._sink_ok(sink)
@@ -362,7 +362,7 @@ class EventPipeline:
             try:
                 sink.emit_lines(lines)
             except Exception as exc:
-                self.losses.count(sink.url, len(lines))
+                self.losses.count(sink.url, len(lines) - getattr(exc, "kept", 0))
                 self._sink_failed(sink, exc)
             else:
                 self._sink_ok(sink)

@@ -39,6 +39,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from ..events.sinks.file import reopen_all
 from . import survivors
 from .exec_decision import ExecDecider
 from .notifications import Notification, other_syscall_table, receive, respond
@@ -170,7 +171,9 @@ class Supervisor:
         while True:
             for fd, ev in poller.poll(500):
                 if fd == stop_fd:
-                    return "SIGTERM"
+                    if _woken_by(stop_fd, signal.SIGTERM):
+                        return "SIGTERM"
+                    continue
                 if fd == self.listener:
                     if ev & select.POLLIN:
                         self._serve_one()
@@ -243,6 +246,14 @@ class Supervisor:
                                     "their calls, until they end"))
 
 
+def _woken_by(fd: int, signum: int) -> bool:
+    """Whether the signal wake-up pipe says ``signum`` arrived (it carries each signal's number)."""
+    try:
+        return signum in os.read(fd, 64)
+    except BlockingIOError:
+        return False
+
+
 def _pidfd(pid: int) -> Optional[int]:
     """A pidfd that becomes readable when ``pid`` ends (Linux 5.3); None if unavailable."""
     try:
@@ -280,6 +291,8 @@ def _serve(args: argparse.Namespace, control: socket.socket, witness: int) -> in
     # raised as an exception could land between the loop's end and the record.
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # logrotate's postrotate: the record's files are opened anew before the next write
+    signal.signal(signal.SIGHUP, lambda *_: reopen_all())
     signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
     why = sup.run(stop_r)  # an exception here is a loss: the witness records it
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
