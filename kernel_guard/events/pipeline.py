@@ -452,6 +452,7 @@ class EventPipeline:
             worker.after_fork()
         self._stream_started()
         _close_in_forked_child(self)
+        _flush_on_sigterm(self)
 
     def stats(self) -> dict:
         """Counts for ``kernel-guard status``."""
@@ -715,6 +716,26 @@ def _finalize_at_child_exit(pipeline: EventPipeline) -> None:
     import multiprocessing.util
 
     multiprocessing.util.Finalize(pipeline, pipeline.close, kwargs={"timeout": 1.0}, exitpriority=-100)
+
+
+def _flush_on_sigterm(pipeline: EventPipeline) -> None:
+    """A forked child ended by SIGTERM (``Pool.terminate()``, which ``with Pool``
+    calls) first writes what it counted and ends its stream, then dies of the same
+    signal as it would have.  Only where SIGTERM still has its default action."""
+    import signal
+
+    def flush_then_die(signum: int, _frame: Any) -> None:
+        try:
+            pipeline.close(timeout=0.5)
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, flush_then_die)
+    except ValueError:  # not the main thread: leave it as it is
+        pass
 
 
 def _register_fork_handler(pipeline: EventPipeline) -> None:

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,43 @@ def test_fork_children_are_streams_of_their_own_and_flush_their_counts(tmp_path:
                  if e["event"]["action"] == "stream-started" and not e["kernel_guard"]["parent_stream"]]
     children = {e["kernel_guard"]["stream"] for e in events if e["kernel_guard"].get("parent_stream") == parent}
     assert len(children) == 2
+    refusals = sum(1 for e in events if e["event"]["action"] == "exec-denied") + \
+        sum(e["kernel_guard"]["aggregated"]["count"] for e in events if e["event"]["action"] == "events-aggregated")
+    assert refusals == 2000, refusals
+    out = _verify(str(path))
+    assert out.returncode == 0, out.stdout
+
+
+def _refuse_then_wait(n: int) -> int:
+    _refuse_many(n)
+    time.sleep(30)  # still at work when the pool is terminated
+    return n
+
+
+@pytest.mark.parametrize("how", ["with Pool (terminates on exit)", "terminate() mid-work"])
+def test_terminated_pool_workers_lose_nothing_they_counted(tmp_path: Path, how: str) -> None:
+    """Pool.terminate() SIGTERMs its workers: each first writes what it counted and ends its stream,
+    so every refusal is in the record and verify finds it whole."""
+    from kernel_guard.events import pipeline as pipeline_module
+
+    path = tmp_path / "e.jsonl"
+    pipe = _pipeline(path, interval=60)  # repeats are only counted, summaries at the end
+    previous = pipeline_module.get_pipeline()
+    pipeline_module.set_pipeline(pipe)
+    try:
+        if how.startswith("with"):
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                assert sum(pool.map(_refuse_many, [500] * 4)) == 2000
+        else:
+            pool = multiprocessing.get_context("fork").Pool(2)
+            pool.map_async(_refuse_then_wait, [1000, 1000])
+            time.sleep(3)  # both workers counted their refusals and wait
+            pool.terminate()
+            pool.join()
+    finally:
+        pipe.close()
+        pipeline_module._current = previous
+    events = [json.loads(line) for line in path.read_text().splitlines()]
     refusals = sum(1 for e in events if e["event"]["action"] == "exec-denied") + \
         sum(e["kernel_guard"]["aggregated"]["count"] for e in events if e["event"]["action"] == "events-aggregated")
     assert refusals == 2000, refusals
