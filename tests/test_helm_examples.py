@@ -85,25 +85,26 @@ def _extra_file(values: dict, key: str) -> dict:
     return values["singleuser"]["extraFiles"][key]
 
 
-def test_configmap_route_mounts_a_kernel_config_that_loads_the_guard() -> None:
-    """The mounted ipython_kernel_config.py runs, loads kernel_guard by exec_lines and sets valid KernelGuard settings."""
+def test_configmap_route_mounts_trusted_settings() -> None:
+    """The mounted ipython_kernel_config.py runs and sets valid KernelGuard settings; it loads nothing
+    itself (the launcher kernelspec does, on its command line)."""
     values = load_yaml(REPO / "examples" / "helm" / "configmap-values.yaml")
     entry = _extra_file(values, "kernel-guard-ipython")
     assert entry["mountPath"] == "/etc/ipython/ipython_kernel_config.py"
     config = Config()
     exec(compile(entry["stringData"], entry["mountPath"], "exec"), {"get_config": lambda: config})
-    assert "%load_ext kernel_guard" in config.IPKernelApp.exec_lines
     assert config.InteractiveShellApp.reraise_ipython_extension_failures is True
     guard = KernelGuard(config=config)
     assert guard.mode == "enforce" and guard.sinks == ["stderr://"]
 
 
-def test_configmap_route_kernelspec_is_allowed_by_the_mounted_server_config() -> None:
-    """The mounted kernelspec loads kernel_guard on its command line and the mounted server config allows it."""
+def test_configmap_route_kernelspec_is_the_launcher_and_the_only_one_allowed() -> None:
+    """The mounted kernelspec runs the launcher (the OS layers, as in the image route), and the mounted
+    server config allows it alone and starts it by default."""
     values = load_yaml(REPO / "examples" / "helm" / "configmap-values.yaml")
     spec = _extra_file(values, "kernel-guard-kernelspec")["data"]
     server = _extra_file(values, "kernel-guard-server")["data"]
-    assert "--ext=kernel_guard" in spec["argv"] and "-P" in spec["argv"]
+    assert spec["argv"][1:5] == ["-I", "-m", "kernel_guard.launch", "--profile"]
     assert server["ServerApp"]["jpserver_extensions"] == {"kernel_guard.server": True}
     assert server["ServerApp"]["terminals_enabled"] is False
     assert "debug_request" not in server["MappingKernelManager"]["allowed_message_types"]
@@ -111,7 +112,8 @@ def test_configmap_route_kernelspec_is_allowed_by_the_mounted_server_config() ->
     settings = KernelGuardServer(config=Config(server))
     verdict = assess_kernelspec("python3-guarded", spec["argv"], {}, None, settings.allowed_kernelspecs,
                                 require_protected=False)
-    assert verdict.allowed
+    assert verdict.allowed and verdict.guarded
+    assert server["KernelGuardServer"]["allowed_kernelspecs"] == ["python3-guarded"]
     assert values["hub"]["config"]["KubeSpawner"]["disable_user_config"] is True
 
 

@@ -75,14 +75,36 @@ def imports_from_working_folder(argv: Iterable[str], env: dict[str, Any]) -> boo
 def check_spec(argv: Iterable[str], env: dict[str, Any]) -> List[SpecResult]:
     """The findings for one kernelspec's argv and env."""
     argv = list(argv)
+    return [_os_layers(argv, env), _working_folder(argv, env)]
+
+
+def _os_layers(argv: List[str], env: dict[str, Any]) -> SpecResult:
+    """Whether the kernel starts behind the launcher: without it, start-up code in the home
+    (IPython's config files are Python) runs before the guard, and cffi, ctypes or a raw
+    system call start programs that no in-process layer can stop."""
+    from ..server.policy import is_launcher_argv
+
+    name = "OS layers (seccomp, supervisor, Landlock)"
+    if is_launcher_argv(argv, {k: str(v) for k, v in env.items()}):
+        return SpecResult(name, True, "yes: the kernel starts behind the launcher")
+    return SpecResult(
+        name, False,
+        "no: the kernel loads only the in-process layers; IPython config files in the user's profile "
+        "(~/.ipython, which a cell can write) run before the guard, and cffi, ctypes or a raw system call "
+        "start programs the guard cannot stop",
+        "install the launcher kernelspec (kernel-guard install-kernelspec), or mount it as "
+        "examples/helm/configmap-values.yaml does")
+
+
+def _working_folder(argv: List[str], env: dict[str, Any]) -> SpecResult:
     unsafe = imports_from_working_folder(argv, env)
     name = "imports from its working folder"
     if not unsafe:
-        return [SpecResult(name, True, "no: the working folder is not put first on sys.path")]
-    return [SpecResult(
+        return SpecResult(name, True, "no: the working folder is not put first on sys.path")
+    return SpecResult(
         name, False,
         "yes: python without -P or -I, and no PYTHONSAFEPATH, puts the notebook's folder first on sys.path; "
         "a kernel_guard/ or ipykernel/ folder there replaces the real one before any guard runs",
         f'add "-P" after {os.path.basename(argv[0])!r} in the kernelspec\'s argv, or "PYTHONSAFEPATH": "1" '
         "to its env (or install the guarded kernelspec: kernel-guard install-kernelspec)",
-    )]
+    )

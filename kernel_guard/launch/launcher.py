@@ -100,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def kernel_argv(connection_file: str, extra: list[str]) -> list[str]:
-    """IPKernelApp's argv: the extension and its failure mode fixed on the command line."""
+    """IPKernelApp's argv: the extension and its failure mode fixed on the command line,
+    and no ``PYTHONSTARTUP`` file (IPython reads that variable itself, whatever ``-I``
+    says, and the file may lie where a cell can write)."""
     return [*extra, "-f", connection_file, "--ext=kernel_guard",
-            "--InteractiveShellApp.reraise_ipython_extension_failures=True"]
+            "--InteractiveShellApp.reraise_ipython_extension_failures=True",
+            "--InteractiveShellApp.exec_PYTHONSTARTUP=False"]
 
 
 # -- step 1: record, prepare ----------------------------------------------------

@@ -81,6 +81,9 @@ def keep_history(folders: StartFolders) -> list[str]:
     profile code that is no longer read."""
     profile = os.path.join(folders.user_ipython_dir, "profile_default")
     folders.not_read += _profile_code(profile)
+    startup = os.environ.get("PYTHONSTARTUP")
+    if startup and os.path.isfile(startup):  # the launcher's kernel_argv turns it off
+        folders.not_read.append(startup)
     try:
         os.makedirs(profile, exist_ok=True)  # where a plain kernel keeps its history too
     except OSError:

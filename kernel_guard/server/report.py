@@ -97,6 +97,11 @@ class HardeningReport:
                 "or -I, and no PYTHONSAFEPATH): a kernel_guard/ folder next to a notebook replaces the guard",
                 "add -P to its argv, or PYTHONSAFEPATH=1 to the server's environment")
         for verdict in verdicts:
+            if verdict.allowed and not verdict.guarded:
+                add(f"kernelspec {verdict.name}", "may start without the OS layers (no launcher): IPython config "
+                    "files in the user's profile run before the guard, and cffi, ctypes or a raw system call "
+                    "start programs", "allow only the launcher kernelspec (kernel-guard install-kernelspec, or "
+                    "mount it as examples/helm/configmap-values.yaml does)")
             if verdict.allowed and self._spec_mode(verdict.name) == "audit":
                 add(f"kernelspec {verdict.name}", "runs the launcher with an audit profile: records, does not refuse",
                     "install it with the default profile")

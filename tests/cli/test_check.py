@@ -105,20 +105,22 @@ def test_a_kernelspec_that_imports_from_its_working_folder_fails_with_the_fix(ke
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAIL imports from its working folder" in out.stdout
     assert 'fix: add "-P"' in out.stdout and "PYTHONSAFEPATH" in out.stdout
-    assert "kernelspec checks: 0 ok, 1 FAILED" in out.stdout and out.stdout.rstrip().endswith("FAIL")
+    assert "FAIL OS layers" in out.stdout and "kernel-guard install-kernelspec" in out.stdout
+    assert "kernelspec checks: 0 ok, 2 FAILED" in out.stdout and out.stdout.rstrip().endswith("FAIL")
 
 
 @pytest.mark.parametrize("flag_or_env", [["-P"], {"PYTHONSAFEPATH": "1"}])
-def test_a_kernelspec_with_a_safe_path_passes_the_check(kernels_dir, flag_or_env):
-    """-P in argv, or PYTHONSAFEPATH=1 in env: the kernelspec check is ok (JSON report, schema-valid)."""
+def test_a_kernelspec_with_a_safe_path_passes_that_check_but_not_the_os_layers_one(kernels_dir, flag_or_env):
+    """-P in argv, or PYTHONSAFEPATH=1 in env: the working-folder check is ok; without the launcher, the
+    OS-layers check fails, and so does the deployment (JSON report, schema-valid)."""
     flags = flag_or_env if isinstance(flag_or_env, list) else []
     env = flag_or_env if isinstance(flag_or_env, dict) else None
     _add_spec(kernels_dir, "safe", [sys.executable, *flags, "-m", "ipykernel_launcher", "-f", "{connection_file}"], env)
     out = _kernel_guard("check", "--kernel", "safe", "--only", "compatibility", "--format", "json")
     report = json.loads(out.stdout)
     jsonschema.validate(report, REPORT_SCHEMA)
-    assert [k["ok"] for k in report["kernelspec"]] == [True]
-    assert out.returncode == 0, report
+    assert [k["ok"] for k in report["kernelspec"]] == [False, True]
+    assert out.returncode == 1, report
 
 
 def test_skipped_compatibility_checks_are_counted_as_skipped(kernels_dir):

@@ -32,5 +32,14 @@ def test_imports_from_working_folder(argv, env, unsafe):
 
 def test_the_finding_names_the_fix():
     """A failed finding says what happens and how to fix it."""
-    (finding,) = check_spec([PY, "-m", "ipykernel_launcher"], {})
-    assert not finding.ok and "-P" in finding.fix and "PYTHONSAFEPATH" in finding.fix
+    layers, folder = check_spec([PY, "-m", "ipykernel_launcher"], {})
+    assert not folder.ok and "-P" in folder.fix and "PYTHONSAFEPATH" in folder.fix
+    assert not layers.ok and "launcher" in layers.fix and "~/.ipython" in layers.detail
+
+
+def test_a_launcher_kernelspec_has_the_os_layers():
+    """The kernelspec install-kernelspec writes passes both findings."""
+    from kernel_guard.launch.kernelspec import launcher_argv
+
+    findings = check_spec(launcher_argv("default"), {"PYTHONSAFEPATH": "1"})
+    assert [f.ok for f in findings] == [True, True]
