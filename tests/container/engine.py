@@ -75,8 +75,11 @@ class Engine:
 
     def build(self, tag: str, containerfile: Path, context: str, timeout: float = 1200,
               args: Sequence[str] = ()) -> float:
-        """``podman build`` with the host's pip configuration; returns the seconds it took."""
+        """``podman build`` with the host's pip configuration; returns the seconds it took.
+        The image the tag named before is removed (each run rebuilds the kernel_guard
+        images: their layers would otherwise pile up in the store)."""
         started = time.monotonic()
+        before = self.image_id(tag)
         command = self.command("build", "--network", "host", *self.ulimits, *pip_mounts(self.workdir),
                                *args, "-f", str(containerfile), "-t", tag, context)
         # the build's own output, line by line, shows what is being installed
@@ -92,7 +95,13 @@ class Engine:
                     proc.kill()
             if proc.wait() != 0:
                 raise RuntimeError(f"podman build of {tag} failed:\n" + "\n".join(tail))
+        if before and before != self.image_id(tag):
+            self.run("rmi", before, check=False)
         return time.monotonic() - started
+
+    def image_id(self, tag: str) -> Optional[str]:
+        done = self.run("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+        return done.stdout.decode().strip() or None if done.returncode == 0 else None
 
     def image_exists(self, tag: str) -> bool:
         return self.run("image", "exists", tag, check=False).returncode == 0
@@ -181,8 +190,10 @@ def base_tag() -> str:
 
 
 def _builder_source() -> bytes:
-    source = Path(__file__).read_text()
-    return source[source.index("# -- the docker-stacks-like base"):].encode()
+    """The code that builds the base (not the rest of this module: editing it keeps the cache)."""
+    import inspect
+
+    return inspect.getsource(ensure_base).encode()
 
 
 def ensure_base(engine: Engine) -> tuple[str, Optional[float]]:
@@ -206,10 +217,9 @@ def ensure_base(engine: Engine) -> tuple[str, Optional[float]]:
                 if os.path.isfile(name):
                     os.unlink(name)
         _log(f"debootstrap done in {time.monotonic() - started:.0f} s; importing")
-        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(engine.command("import", "-", rootfs_tag), env=engine.env, stdin=tar.stdout,
-                       check=True, capture_output=True, timeout=600)
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE) as tar:
+            subprocess.run(engine.command("import", "-", rootfs_tag), env=engine.env, stdin=tar.stdout,
+                           check=True, capture_output=True, timeout=600)
         shutil.rmtree(rootfs, ignore_errors=True)
     context = os.path.join(engine.workdir, "base-context")
     os.makedirs(context, exist_ok=True)

@@ -228,7 +228,10 @@ def test_the_image_server_starts_only_the_guarded_kernel_and_the_sidecar_file_ha
             time.sleep(0.5)
         events = read_events(events_file)
         assert any(refusal_of_ls(e) for e in events), [e["event"]["action"] for e in events]
-        assert any(e["event"]["action"] == "kernel-started" for e in events)
+        # the kernel the server started is the launcher's: OS layers on, written by the custodian
+        started_events = [e for e in events if e["event"]["action"] == "kernel-started"]
+        assert started_events and started_events[-1]["kernel_guard"]["layer"] == "launcher", started_events
+        assert started_events[-1]["kernel_guard"]["seccomp"] == "2", started_events[-1]["kernel_guard"]
     except AssertionError:
         print(server.log()[-6000:])
         raise
