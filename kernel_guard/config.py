@@ -131,6 +131,22 @@ class KernelGuard(Configurable):
                              "to ask for a package, e.g. 'open a ticket at https://help.example.org'")
         return value
 
+    package_install_command = Unicode(
+        "",
+        help="""A terminal command that installs a package into this kernel's environment
+        (e.g. "/home/me/venv/bin/python -m pip install"). When set, a refused %pip says to
+        run it instead of package_request_hint: a personal kernel's packages are its
+        user's to add. `kernel-guard install-kernelspec --user` sets it.""",
+    ).tag(config=True)
+
+    @validate("package_install_command")
+    def _validate_package_install_command(self, proposal: Any) -> str:
+        value = proposal["value"].strip()
+        if len(value) > 200 or any(c in value for c in "\r\n"):
+            raise TraitError("KernelGuard.package_install_command must be one line of at most 200 characters, "
+                             "e.g. '/home/me/venv/bin/python -m pip install'")
+        return value
+
     code_policy = Enum(
         list(CODE_POLICIES),
         default_value="truncated",

@@ -63,6 +63,10 @@ class ProfileError(KernelGuardError, ValueError):
     """A seccomp profile is invalid; the message names the file and the field."""
 
 
+#: where a refusal points its reader: what each refusal means, and what to do when a library broke
+TROUBLESHOOTING = "kernel_guard's docs/troubleshooting.md"
+
+
 class Refused(Exception):
     """Base class for everything the guard refuses inside a kernel."""
 
@@ -77,9 +81,10 @@ class Refused(Exception):
         super().__init__(f"kernel_guard refused {what}.")
 
     def _render_traceback_(self) -> list[str]:
-        """Two short lines for IPython instead of a traceback (at most three)."""
+        """Two short lines for IPython instead of a traceback: what was refused, then what
+        to do, ending with the troubleshooting page."""
         red, reset = "\x1b[31m", "\x1b[0m"
-        return [f"{red}{type(self).__name__}{reset}: {self}", self.hint]
+        return [f"{red}{type(self).__name__}{reset}: {self}", f"{self.hint} If a library broke, see {TROUBLESHOOTING}."]
 
 
 class ShellRefused(Refused, PermissionError):
@@ -100,7 +105,10 @@ class GuardTampering(Refused):
 class ExecRefused(Refused, PermissionError):
     """Process creation refused by the audit layer."""
 
-    hint = "Starting programs is disabled in this kernel. Use Python libraries instead."
+    hint = "This kernel may not start other programs; use a Python library instead."
+    #: where the launcher's Landlock domain lets the kernel's own interpreter run
+    interpreter_hint = ("Only this kernel's own Python may start here (multiprocessing, joblib); "
+                        "for any other program, use a Python library instead.")
 
 
 class PersistenceRefused(Refused, PermissionError):

@@ -22,6 +22,7 @@ IPython layer's magic (:mod:`kernel_guard.ipython.magics`) and the command
 from __future__ import annotations
 
 import html
+import atexit
 import os
 import sys
 import textwrap
@@ -29,15 +30,79 @@ from typing import Any
 
 __all__ = ["StatusReport", "collect", "collect_kernels", "collect_pid", "find_kernels", "format_html",
            "format_kernels", "format_report", "note_supervisor_lost",
-           "record_launch", "rows"]
+           "record_launch", "rows", "verdict"]
 
 _launch: dict[str, Any] = {}
 
 
 def record_launch(**info: Any) -> None:
-    """Called by the launcher: what it set up (the facts are re-checked on each query)."""
+    """Called by the launcher: what it set up (the facts are re-checked on each query).
+    What /proc cannot show another process (the Landlock domain, the audit hook's kind)
+    is also left in a launch note for ``kernel-guard status`` outside the kernel."""
     _launch.clear()
     _launch.update(info)
+    _write_launch_note()
+
+
+def _notes_dir(uid: int | None = None) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"kernel-guard-status-{os.getuid() if uid is None else uid}")
+
+
+def _write_launch_note() -> None:
+    """``<tmp>/kernel-guard-status-<uid>/<pid>.json``: the kernel's own account of its
+    Landlock domain and audit hook at launch (its claim, and shown as one)."""
+    import json
+
+    from . import runtime
+    from .audit import hook as audit
+
+    rt = runtime.current()
+    note = {"landlock": (rt.layers.get("landlock") if rt is not None else None) or "off",
+            "landlock_abi": _launch.get("landlock_abi"), "landlock_programs": _launch.get("landlock_programs", []),
+            "landlock_writable": _launch.get("landlock_writable", []),
+            "audit_mode": audit.installed_mode(), "hook": audit.filter_kind()}
+    try:
+        os.makedirs(_notes_dir(), mode=0o700, exist_ok=True)
+        path = os.path.join(_notes_dir(), f"{os.getpid()}.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(note, fh)
+        atexit.register(_remove_quietly, path)
+    except (OSError, PermissionError):
+        pass  # status outside the kernel then says it cannot tell
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _launch_note(pid: int) -> dict[str, Any] | None:
+    """The launch note of ``pid``, if it was written by that very process (after it started)."""
+    import json
+
+    path = os.path.join(_notes_dir(_real_uid(pid)), f"{pid}.json")
+    try:
+        if os.stat(path).st_mtime < os.stat(f"/proc/{pid}").st_mtime - 1:
+            return None  # left by an earlier process with the same id
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _hook_kind_from_maps(pid: int) -> str | None:
+    """``native`` when the process has the audit layer's C filter mapped, ``python`` when it
+    has kernel_guard loaded without it; None when its maps are not readable."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
+            maps = fh.read()
+    except OSError:
+        return None
+    return "native" if "kernel_guard/audit/_filter" in maps else None
 
 
 def note_supervisor_lost(reason: str) -> None:
@@ -164,10 +229,15 @@ def _transport() -> dict[str, Any]:
     app = IPKernelApp.instance()
     transport = getattr(app, "transport", "tcp")
     curve = getattr(app, "curve_secretkey", None) is not None
+    ip = getattr(app, "ip", None)
     if transport == "ipc":
         state = "ipc"
+    elif curve:
+        state = "tcp+curve"
+    elif ip in ("127.0.0.1", "localhost", "::1"):
+        state = "local (tcp on this machine only; programs here that know the connection key can connect)"
     else:
-        state = "tcp+curve" if curve else "tcp (plain: anyone who can reach the ports and knows the key can run code)"
+        state = "tcp (plain: anyone who can reach the ports and knows the key can run code)"
     return {"state": state, "transport": transport, "ip": getattr(app, "ip", None), "curve": curve}
 
 
@@ -290,11 +360,35 @@ def collect_pid(pid: int) -> dict[str, Any]:
     if not proc_status(pid):
         return {"pid": pid, "error": f"no process {pid} (or /proc/{pid}/status is not readable)"}
     sups = _supervisors_of(pid)
+    note = _launch_note(pid)
     return {"pid": pid, "layers": {
+        "audit": _outside_audit_layer(pid, note),
         "seccomp": _seccomp_layer(pid),
         "supervisor": _layer("running" if sups else "none", bool(sups), processes=sups),
-    }, "note": "the audit hook, the IPython layer and the sinks are only visible from inside the kernel "
+        "landlock": _outside_landlock_layer(note),
+    }, "note": "the Landlock and audit rows are what the kernel recorded at launch (Linux shows neither "
+               "in /proc); the IPython layer and the sinks are only visible from inside the kernel "
                "(%guard_status)"}
+
+
+def _outside_audit_layer(pid: int, note: dict[str, Any] | None) -> dict[str, Any]:
+    mapped = _hook_kind_from_maps(pid)
+    if note is None:
+        return _layer("unknown", False, hook=mapped,
+                      reason="no launch note from this kernel (a %load_ext kernel, or another user's)")
+    mode = note.get("audit_mode")
+    return _layer(mode or "off", mode is not None, hook=mapped or note.get("hook"))
+
+
+def _outside_landlock_layer(note: dict[str, Any] | None) -> dict[str, Any]:
+    if note is None:
+        return _layer("unknown", False, reason="no launch note from this kernel")
+    rules = {"abi": note.get("landlock_abi"), "programs": note.get("landlock_programs", []),
+             "writable": note.get("landlock_writable", [])}
+    applied = str(note.get("landlock") or "off")
+    if applied.startswith("off"):
+        return _layer("off", False, **rules, reason=applied.partition(": ")[2] or "no Landlock domain")
+    return _layer(applied, True, **rules)
 
 
 #: the text table's width: the detail column wraps at word boundaries to fit it
@@ -305,23 +399,76 @@ TEXT_WIDTH = 100
 STATE_WIDTH = 20
 
 
+#: what each layer does, in the words of the verdict
+_PLAIN = {"ipython": "shell commands (!, %%bash, %pip)", "audit": "in-process checks (subprocess, os.system, "
+          "start-up files)", "seccomp": "program blocking by the OS", "supervisor": "the recorder of program starts",
+          "landlock": "the OS limits on files and programs (Landlock)"}
+
+#: what to do about a row that is not OK
+_ACTIONS = {
+    "ipython": "run %load_ext kernel_guard, or choose the Python 3 (kernel_guard) kernel",
+    "audit": "run %load_ext kernel_guard, or choose the Python 3 (kernel_guard) kernel",
+    "seccomp": "choose the Python 3 (kernel_guard) kernel (kernel-guard install-kernelspec); "
+               "%load_ext alone adds no OS layers",
+    "supervisor": "choose the Python 3 (kernel_guard) kernel; if it is that kernel, restart it",
+    "landlock": "use the Python 3 (kernel_guard) kernel on Linux 5.13 or newer with Landlock enabled",
+    "audit mode": "audit mode records but refuses nothing; set KERNEL_GUARD_MODE=enforce for a guard",
+    "events": "check the sinks in KERNEL_GUARD_SINKS; kernel-guard verify reads the record",
+    "transport": "ask the service's operators to turn on CurveZMQ encryption (supported_encryption)",
+    "debugger": "choose the Python 3 (kernel_guard) kernel, which turns the debugger off",
+}
+
+#: plain words for the evidence /proc gives
+_EVIDENCE_WORDS = {"seccomp": {"0": "none", "1": "strict", "2": "filter loaded"},
+                   "no_new_privs": {"0": "not set", "1": "set (no privilege gain)"}}
+
+
+def _ok(layer: dict[str, Any]) -> bool:
+    return bool(layer.get("active")) and str(layer.get("state")) != "audit"
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One line first: is this kernel guarded, and by what."""
+    if "error" in report:
+        return str(report["error"])
+    layers = report.get("layers", {})
+    missing = [name for name, layer in layers.items() if not _ok(layer)]
+    if not missing:
+        return "Guarded: every layer is on, and every refusal is recorded."
+    if all(name in missing for name in layers):
+        return "Not guarded: no kernel_guard layer is on in this kernel; see the actions below."
+    off = ", ".join(_PLAIN.get(name, name) for name in missing)
+    return f"Partly guarded: off here are {off}; see the actions below."
+
+
 def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(layer, state, detail) for each row of the table, in the order people read them."""
-    out = [_layer_row(name, layer) for name, layer in report.get("layers", {}).items()]
+    """(layer, state, detail) for each row of the table, in the order people read them;
+    a row that is not OK ends with what to do."""
+    out = [_with_action("audit mode" if layer.get("state") == "audit" else name, _layer_row(name, layer),
+                        not _ok(layer)) for name, layer in report.get("layers", {}).items()]
     events = report.get("events")
     if events and not events.get("active"):
         out.append(("events", "off", "no kernel_guard runtime in this process"))
     elif events:
-        out.append(("events", events["state"], f"written {events.get('written', 0)}, dropped "
-                    f"{events.get('dropped', 0)}; sinks: {_words(events.get('sinks') or {})}"))
+        out.append(_with_action("events", ("events", events["state"], f"written {events.get('written', 0)}, "
+                                           f"dropped {events.get('dropped', 0)}; sinks: "
+                                           f"{_words(events.get('sinks') or {})}"), events["state"] != "ok"))
     for key in ("transport", "debugger"):
         if key in report:
             # long states carry their explanation in parentheses: that part is detail
             state, _, why = report[key]["state"].partition(" (")
-            out.append((key, state, why.rstrip(")")))
+            alarm = state == "tcp" or state == "enabled"
+            out.append(_with_action(key, (key, state, why.rstrip(")")), alarm))
     if report.get("credentials_scrubbed"):
         out.append(("scrubbed", "yes", ", ".join(report["credentials_scrubbed"])))
     return out
+
+
+def _with_action(name: str, row: tuple[str, str, str], needed: bool) -> tuple[str, str, str]:
+    if not needed or name not in _ACTIONS:
+        return row
+    detail = row[2].rstrip(".")
+    return row[0], row[1], f"{detail + '. ' if detail else ''}To fix: {_ACTIONS[name]}."
 
 
 def _layer_row(name: str, layer: dict[str, Any]) -> tuple[str, str, str]:
@@ -346,7 +493,8 @@ def _layer_detail(layer: dict[str, Any]) -> str:
         # the profile's Landlock rules are the landlock row's; here its name and what it does
         p = facts["profile"]
         facts["profile"] = f"{p.get('name')} (mode {p.get('mode')}, exec {p.get('exec_action')})"
-    parts += [f"{key.replace('_', ' ')}: {_words(value)}" for key, value in facts.items()]
+    parts += [f"{key.replace('_', ' ')}: {_EVIDENCE_WORDS.get(key, {}).get(str(value), _words(value))}"
+              for key, value in facts.items()]
     return "; ".join(parts)
 
 
@@ -366,7 +514,7 @@ def format_report(report: dict[str, Any]) -> str:
     table = [("layer", "state", "detail"), *rows(report)]
     widths = [max(len(row[i]) for row in table) for i in (0, 1)]
     indent = widths[0] + widths[1] + 4
-    lines = [_title(report)]
+    lines = [_title(report), *textwrap.wrap(verdict(report), TEXT_WIDTH, break_long_words=False)]
     for layer, state, detail in table:
         wrapped = textwrap.wrap(detail, max(30, TEXT_WIDTH - indent - 2), break_long_words=False,
                                 break_on_hyphens=False) or [""]
@@ -386,7 +534,8 @@ def format_html(report: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(layer)}</td><td>{html.escape(state)}</td>"
         f"<td style=\"text-align:left\">{html.escape(detail)}</td></tr>" for layer, state, detail in rows(report))
     note = f"<p>{html.escape(report['note'])}</p>" if report.get("note") else ""
-    return (f'<table class="kernel-guard-status"><caption>{html.escape(_title(report))}</caption>'
+    return (f'<p><b>{html.escape(verdict(report))}</b></p>'
+            f'<table class="kernel-guard-status"><caption>{html.escape(_title(report))}</caption>'
             "<thead><tr><th>layer</th><th>state</th><th>detail</th></tr></thead>"
             f"<tbody>{body}</tbody></table>{note}")
 

@@ -41,13 +41,15 @@ class LaunchedKernel(GuardedKernel):
     """A kernel started by name from an installed kernelspec (JUPYTER_PATH must point at it)."""
 
     def __init__(self, root: str, kernel_name: str, env: Optional[dict] = None,
-                 user: Optional[Tuple[int, int]] = None) -> None:
+                 user: Optional[Tuple[int, int]] = None, startup_timeout: float = 180) -> None:
         super().__init__(root, env=env, user=user)
         placeholder = self.session
         if placeholder._tmp is not None:
             placeholder._tmp.cleanup()
+        # a launcher kernel starts in seconds, but a 2-core CI machine under the full suite's
+        # load has taken over 60: the deadline is for a kernel that will never start
         self.session = KernelSession(kernel_name=kernel_name, env=placeholder.env, cwd=self.work,
-                                     stderr_path=self.stderr_path, user=user)
+                                     stderr_path=self.stderr_path, user=user, startup_timeout=startup_timeout)
 
     def value(self, expression: str) -> Any:
         """Evaluate ``expression`` in the kernel and return it (via repr/eval of its stdout)."""

@@ -28,7 +28,7 @@ MALFORMED = {
     "aggregate_interval": "-1", "code_max_chars": "-5", "code_policy": "everything",
     "extra_persistence_paths": "relative/dir", "extra_protected_env": "1BAD=", "http_ca_bundle": "relative.pem",
     "http_format": "xml", "http_gzip": "maybe", "http_headers_env": "lower case", "http_headers_file": "relative.txt",
-    "http_timeout": "nan", "mode": "off", "package_request_hint": "x" * 300, "queue_size": "0", "redact_patterns": "(unclosed", "sinks": "http://[::1",
+    "http_timeout": "nan", "mode": "off", "package_request_hint": "x" * 300, "package_install_command": "pip install\nx", "queue_size": "0", "redact_patterns": "(unclosed", "sinks": "http://[::1",
     "spool_dir": "relative/spool", "spool_max_bytes": "-1", "syslog_app_name": "has space",
     "syslog_facility": "nope", "syslog_max_message_bytes": "10", "unsafe_allow_package_magics": "perhaps",
     "unsafe_http_skip_tls_verify": "perhaps",

@@ -2,20 +2,23 @@
 
 Every ``RUN`` line of the Dockerfile is run, in order, in a fresh virtual
 environment standing in for the image's Python (dependencies come from this
-checkout's environment through a ``.pth`` file, so nothing is downloaded), with
-``COPY`` sources copied to the same places under a temporary root.  Then the
-result is checked as the image would be used: ``python3`` is the guarded
-kernelspec, and the server extension is enabled.
+checkout's environment through a ``.pth`` file), with ``COPY`` sources copied to
+the same places under a temporary root; the wheel the Dockerfile copies is built
+from this checkout as its header says.  Then the result is checked as the image
+would be used: ``python3`` is the guarded kernelspec, and the server extension is
+enabled.  tests/container builds and runs the same file with a real engine.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 import venv
 from pathlib import Path
@@ -27,8 +30,6 @@ from kernel_guard.server.policy import assess_kernelspec
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "examples" / "docker" / "Dockerfile"
-#: what `COPY . <dest>` needs of the build context to install the package
-CONTEXT = ("pyproject.toml", "setup.py", "README.md", "kernel_guard", "seccomp_profiles", "examples")
 #: what the docker-stacks base image ships in /etc/jupyter (its own server config)
 BASE_SERVER_CONFIG = """c = get_config()  # noqa: F821
 c.ServerApp.ip = "0.0.0.0"
@@ -43,20 +44,29 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", joined, re.M)]
 
 
-def copy_into(src: str, dest: str, root: Path) -> Path:
-    """Perform ``COPY src dest`` from the repository into ``root``."""
+def build_context(root: Path) -> Path:
+    """The build context as the Dockerfile's header makes it: the repository's examples and
+    ``dist/`` with kernel_guard's wheel, built from this checkout (``pip wheel``)."""
+    context = root / "context"
+    shutil.copytree(REPO / "examples", context / "examples")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
+                           str(context / "dist"), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return context
+
+
+def copy_into(src: str, dest: str, root: Path, context: Path) -> Path:
+    """Perform ``COPY src dest`` (``src`` may be a glob) from the build context into ``root``."""
     target = root / dest.lstrip("/")
-    source = REPO / src
-    if src == ".":
-        target.mkdir(parents=True)
-        for name in CONTEXT:
-            if (REPO / name).is_dir():
-                shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-            elif (REPO / name).exists():
-                shutil.copy(REPO / name, target / name)
+    sources = sorted(glob.glob(str(context / src)))
+    assert sources, f"COPY {src}: nothing in the build context matches"
+    if dest.endswith("/"):
+        target.mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            shutil.copy(source, target)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
+        shutil.copy(sources[0], target)
     return target
 
 
@@ -66,6 +76,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
     if os.geteuid() != 0:
         pytest.fail("the Dockerfile's RUN lines run as root (USER root): run this test as root, as CI does")
     root = tmp_path_factory.mktemp("image")
+    context = build_context(root)
     prefix = root / "venv"
     venv.EnvBuilder(with_pip=False).create(prefix)
     site = Path(subprocess.check_output([str(prefix / "bin" / "python"), "-c",
@@ -83,7 +94,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for instruction, args in instructions(DOCKERFILE.read_text()):
         if instruction == "COPY":
             src, dest = shlex.split(args)[-2:]
-            copied[dest] = copy_into(src, dest, root)
+            copied[dest] = copy_into(src, dest, root, context)
         elif instruction == "RUN":
             command = args
             for dest in copied:  # the folders COPY wrote into (/etc/jupyter, ...) live under root
@@ -99,7 +110,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_dockerfile_runs_install_kernelspec_and_extension_steps(image: dict) -> None:
     """The Dockerfile installs the package, the kernelspec and the extension, and locks the environment."""
     steps = " | ".join(image["ran"])
-    for needed in ("pip install", "kernel-guard install-kernelspec", "--name python3", "chown -R root:root"):
+    for needed in ("pip install", "kernel_guard-*.whl", "kernel-guard install-kernelspec", "--name python3",
+                   "chown -R root:root"):
         assert needed in steps
     assert "/usr/local/etc/jupyter/jupyter_server_config.json" in image["copied"]
 

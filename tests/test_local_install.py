@@ -36,8 +36,10 @@ from kernel_guard.testing import KernelSession
 with KernelSession(kernel_name="python3-guarded", cwd=sys.argv[1], stderr_path=sys.argv[2]) as kernel:
     shell = kernel.execute("!id")
     system = kernel.execute("import os\\nos.system('id')")
+    pip = kernel.execute("%pip install requests")
     fine = kernel.execute("print(6 * 7)")
-print(json.dumps({"shell": shell.error_text, "system": system.error_text, "fine": fine.stdout}))
+print(json.dumps({"shell": shell.error_text, "system": system.error_text, "pip": pip.error_text,
+                  "fine": fine.stdout}))
 """
 
 
@@ -76,7 +78,8 @@ def laptop() -> Iterator[dict]:
                   "env": env}
         # the README's two commands
         _as_user(laptop, laptop["python"], "-m", "pip", "install", "--quiet", str(source))
-        _as_user(laptop, str(prefix / "bin" / "kernel-guard"), "install-kernelspec", "--user")
+        laptop["installed"] = _as_user(laptop, str(prefix / "bin" / "kernel-guard"), "install-kernelspec",
+                                       "--user").stdout
         yield laptop
 
 
@@ -111,3 +114,13 @@ def test_the_guarded_kernel_refuses_a_shell_as_the_laptops_user(laptop: dict) ->
     assert "kernel_guard refused" in result["shell"], result
     assert "kernel_guard refused" in result["system"], result
     assert result["fine"].strip() == "42", result
+    # %pip on a personal kernel says how to install into its environment, not whom to ask
+    assert f"{laptop['python']} -m pip install NAME" in result["pip"], result["pip"]
+    assert "ask the people" not in result["pip"] and "docs/troubleshooting.md" in result["pip"], result["pip"]
+    # the record is in the user's state folder, as install-kernelspec said; the terminal has no JSON
+    events = laptop["home"] / ".local" / "state" / "kernel_guard" / "events.jsonl"
+    assert str(events) in laptop["installed"], laptop["installed"]
+    actions = [json.loads(line)["event"]["action"] for line in events.read_text().splitlines() if line]
+    assert "kernel-started" in actions and "shell-refused" in actions, actions
+    terminal = (laptop["home"] / "kernel.log").read_text()
+    assert '{"@timestamp"' not in terminal, terminal[-2000:]

@@ -130,7 +130,7 @@ def _status_bundle(kernel: GuardedKernel, code: str = "%guard_status") -> dict:
 def test_guard_status_shows_an_html_table_with_layer_state_detail(launched: LaunchedKernel) -> None:
     """%guard_status displays an HTML table with one row per layer: name, state, and the evidence in words."""
     page = _status_bundle(launched)["text/html"]
-    assert page.startswith('<table class="kernel-guard-status">') and "<th>layer</th><th>state</th><th>detail</th>" in page
+    assert page.startswith("<p><b>Guarded: every layer is on") and '<table class="kernel-guard-status">' in page and "<th>layer</th><th>state</th><th>detail</th>" in page
     cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td[^>]*>([^<]*)</td></tr>", page)
     by_layer = {layer: (state, detail) for layer, state, detail in cells}
     assert {"ipython", "audit", "seccomp", "supervisor", "landlock", "events", "transport"} <= set(by_layer)
@@ -146,16 +146,18 @@ def test_guard_status_text_has_aligned_columns_and_whole_words(launched: Launche
     text = _status_bundle(launched)["text/plain"]
     lines = text.splitlines()
     assert lines[0].startswith("kernel_guard status of pid ") and "kernel_guard.launch" in lines[0]
-    header = lines[1]
+    assert lines[1] == "Guarded: every layer is on, and every refusal is recorded.", lines[1]
+    header = lines[2]
     detail_column = header.index("detail")
     assert header.split() == ["layer", "state", "detail"] and header.index("state") > header.index("layer")
-    for line in lines[2:]:
+    for line in lines[3:]:
         assert len(line) <= 100, line
         if line[2] != " ":  # a row: its detail starts in the detail column
             assert len(line) <= detail_column or line[detail_column - 2:detail_column] == "  ", line
         else:  # a wrapped detail: continues in the detail column
             assert line[:detail_column].strip() == "" and line[detail_column] != " ", line
-    words = set(re.findall(r"[\w./-]+", " ".join(lines[2:])))
+    words = set(re.findall(r"[\w./-]+", " ".join(lines[3:])))
+    assert "To fix" not in text, text  # a guarded kernel on this machine: nothing to act on
     assert {"enforce", "native", "default"} <= words
     assert "{'" not in text and "':" not in text and "…" not in text, text
     for name in ("ipython", "audit", "seccomp", "supervisor", "landlock", "events", "transport", "debugger"):
@@ -175,6 +177,15 @@ def test_status_pid_reads_a_kernel_from_outside(launched: LaunchedKernel, capsys
     report = json.loads(capsys.readouterr().out)
     assert report["layers"]["seccomp"]["seccomp"] == "2"
     assert [p["pid"] for p in report["layers"]["supervisor"]["processes"]] == [launched.supervisor_pid()]
+    # what /proc does not show, as the kernel recorded it at launch: its Landlock domain and hook
+    landlock, audit = report["layers"]["landlock"], report["layers"]["audit"]
+    assert landlock["active"] and "Landlock ABI" in landlock["state"] and landlock["abi"] >= 1, landlock
+    assert "exec of" in landlock["state"] and landlock["writable"], landlock
+    assert audit["state"] == "enforce" and audit["hook"] == "native", audit
+    assert cli.main(["status", "--pid", str(launched.pid)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^  landlock\s+on\s", text, re.M) and "Landlock ABI" in text, text
+    assert re.search(r"^  audit\s+enforce\s+hook: native", text, re.M), text
 
 
 def test_status_pid_of_a_missing_process_fails(capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,3 +204,7 @@ def test_guard_status_without_the_launcher_is_truthful(make_kernel) -> None:
     assert layers["supervisor"]["state"] == "none"
     assert layers["audit"]["state"] == "enforce" and layers["audit"]["hook"] == "native"
     assert layers["ipython"]["state"] == "enforce"
+    text = _status_bundle(kernel)["text/plain"]
+    assert text.splitlines()[1].startswith("Partly guarded: off here are program blocking by the OS"), text
+    assert all(len(line) <= 100 for line in text.splitlines()[:3]), text  # the verdict wraps
+    assert "To fix: choose the Python 3 (kernel_guard) kernel" in " ".join(text.split()), text

@@ -336,7 +336,8 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
         if allowed_programs and _allowed(proc["executable"], allowed_programs):
             return  # the launcher's Landlock domain decides; the supervisor records it
         _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", event,
-                          f"starting a program ({event}: {_short(summary)})", process=proc)
+                          f"starting a program ({event}: {_short(summary)})", process=proc,
+                          hint=ExecRefused.interpreter_hint if allowed_programs else None)
     elif event == "os.forkpty":
         # not an OSError: pty.fork would fall back to os.fork and exec anyway
         _refuse_or_record(enforce, InterpreterRefused, "exec-denied", "exec-attempt", event,
@@ -479,11 +480,11 @@ def _check_dlopen(name: Any) -> None:
 
 
 def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: str, technique: str,
-                      what: str, process: dict | None = None, **fields: Any) -> None:
+                      what: str, process: dict | None = None, hint: str | None = None, **fields: Any) -> None:
     """Raise ``exc`` after recording (enforce), or only record (audit)."""
     if enforce:
         _record(denied, "failure", f"refused {what}", technique, process=process, **fields)
-        raise exc(what, layer="audit")
+        raise exc(what, hint=hint, layer="audit")
     if _State.setup_programs is not None and allowed == "exec-attempt":
         # the launcher's own set-up (ldconfig, uname, its supervisor, libseccomp's
         # syscall() lookup), before any notebook code: one launcher-setup event

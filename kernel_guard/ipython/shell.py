@@ -122,6 +122,10 @@ def _process_fields(route: str, command: str, package: bool) -> dict[str, Any] |
 def _package_hint() -> str:
     """The refusal's second line for %pip and kin: where packages come from and whom to ask."""
     rt = runtime.current()
+    command = rt.guard.package_install_command if rt is not None else ""
+    if command:
+        return (f"Packages cannot be installed from a notebook here; run `{command} NAME` in a terminal "
+                "to add one to this kernel's environment, then restart the kernel.")
     ask = rt.guard.package_request_hint if rt is not None else KernelGuard.package_request_hint.default_value
     return f"Packages come with this kernel's image and cannot be installed from a notebook; to get one, {ask}."
 

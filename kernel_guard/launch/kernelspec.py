@@ -74,18 +74,38 @@ def _profile_argument(name_or_path: str) -> tuple[str, str]:
     return (profile.name if builtin else profile.path), profile.mode
 
 
+def laptop_events_file() -> str:
+    """Where a ``--user`` install's kernels write their record: the user's state folder
+    (``$XDG_STATE_HOME``, else ``~/.local/state``), not the terminal running Jupyter."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(os.path.abspath(state), "kernel_guard", "events.jsonl")
+
+
+def _laptop_settings(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """A personal (``--user``) kernelspec's env and launcher options: events to a file in the
+    user's state folder (unless ``--env KERNEL_GUARD_SINKS`` chose), and a refused ``%pip``
+    that says how to install into this kernel's environment."""
+    env = dict(env)
+    if "KERNEL_GUARD_SINKS" not in env:
+        events = laptop_events_file()
+        os.makedirs(os.path.dirname(events), mode=0o700, exist_ok=True)
+        env["KERNEL_GUARD_SINKS"] = "file://" + events
+    return env, [f"--KernelGuard.package_install_command={sys.executable} -m pip install"]
+
+
 def install(name: str = "python3-guarded", display_name: Optional[str] = None, user: bool = False,
             prefix: Optional[str] = None, profile: str = "default", env: Optional[dict[str, str]] = None) -> str:
     """Install the kernelspec; return the directory it went to."""
     from jupyter_client.kernelspec import KernelSpecManager
 
+    env, extra = _laptop_settings(env or {}) if user else (env or {}, [])
     profile_arg, mode = _profile_argument(profile)
     display = display_name or f"Python {sys.version_info[0]} (kernel_guard{'' if mode == 'enforce' else ', audit only'})"
     with tempfile.TemporaryDirectory() as tmp:
         staging = os.path.join(tmp, name)
         _copy_logos(staging)
         with open(os.path.join(staging, "kernel.json"), "w") as fh:
-            json.dump(kernel_dict(profile_arg, mode, display, env or {}), fh, indent=1)
+            json.dump(kernel_dict(profile_arg, mode, display, env, extra), fh, indent=1)
             fh.write("\n")
         return KernelSpecManager().install_kernel_spec(staging, name, user=user, prefix=prefix)
 
@@ -170,4 +190,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"kernel-guard install-kernelspec: {exc}.{hint}", file=sys.stderr)
         return 1
     print(f"Installed kernelspec {args.name} in {path}")
+    sinks = (env if not args.user else _laptop_settings(env)[0]).get("KERNEL_GUARD_SINKS")
+    if args.user and sinks:
+        print(f"Its kernels record what they refuse in {sinks.replace('file://', '', 1)}; "
+              "`kernel-guard verify` reads it.")
     return 0

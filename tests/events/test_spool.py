@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 from kernel_guard import testing
 from kernel_guard.events.aggregate import Aggregate
@@ -256,13 +257,19 @@ def test_a_full_spool_still_takes_the_report_that_it_is_full(tmp_path):
         pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=f"refused {i:03d}"))
     pipe.flush(timeout=2)
     pipe._report_losses(force=True)
-    pipe.flush(timeout=2)
     (worker,) = pipe._workers.values()
-    spooled = []
-    for segment in _segments(worker.spool.directory):
-        with open(os.path.join(worker.spool.directory, segment), "rb") as fh:
-            spooled += [json.loads(line) for line in fh]
-    reports = [e for e in spooled if e["event"]["action"] == "events-dropped"]
+    # a loaded machine may take longer than one flush to spool: wait for the report, up to a deadline
+    deadline = time.monotonic() + 30
+    while True:
+        pipe.flush(timeout=2)
+        spooled = []
+        for segment in _segments(worker.spool.directory):
+            with open(os.path.join(worker.spool.directory, segment), "rb") as fh:
+                spooled += [json.loads(line) for line in fh if line.endswith(b"\n")]
+        reports = [e for e in spooled if e["event"]["action"] == "events-dropped"]
+        if reports or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert reports, "the report was lost to the full spool"
     assert "the spool is full (4096 bytes undelivered)" in reports[0]["event"]["reason"]
     pipe.close(timeout=0.5)

@@ -76,7 +76,7 @@ def spec() -> Iterator[str]:
             yield root
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_everyday_work_runs_under_the_launcher(spec: str, case: str) -> None:
     """The case prints what it would in a plain kernel; nothing but a system probe was refused."""

@@ -131,3 +131,28 @@ def test_the_user_site_pth_files_add_folders_but_run_no_code(tmp_path, monkeypat
     assert str(site_dir) in sys.path and str(site_dir / "extra") in sys.path
     assert not ran.exists()
     assert folders.not_read == [str(site_dir / "a.pth")]
+
+
+def test_a_clean_stop_refuses_nothing_and_removes_the_private_ipython_folder(root: str) -> None:
+    """An enforcing kernel that ran one cell and stopped cleanly records no refusal (the launcher's
+    removal of its own IPython folder is not a cell's), and that folder is gone; a cell that removes
+    the same folder's profile is still refused."""
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
+        kernel = LaunchedKernel(os.path.join(root, "clean-stop"), "guarded", user=NOTEBOOK_USER)
+        kernel.mark()
+        kernel.start()
+        try:
+            ipython_dir = kernel.value("__import__('IPython').paths.get_ipython_dir()")
+            assert os.path.isdir(os.path.join(ipython_dir, "profile_default")), ipython_dir
+            attempt = kernel.execute(f"import shutil; shutil.rmtree({ipython_dir!r})")
+            assert attempt.status == "error" and "PersistenceRefused" in attempt.error_text, attempt.error_text
+            kernel.mark()
+        finally:
+            kernel.shutdown()
+        events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "kernel-stopped" for e in evs),
+                                   timeout=15)
+    stopped = [e for e in events if e["event"]["action"] == "kernel-stopped"]
+    assert stopped, [e["event"]["action"] for e in events]
+    refused = [e["event"]["reason"] for e in events if e["event"]["action"] == "persistence-denied"]
+    assert refused == [], refused
+    assert not os.path.exists(ipython_dir), os.listdir(ipython_dir)
