@@ -256,7 +256,8 @@ def configmap_mounts(folder: Path) -> List[str]:
 
 def test_the_configmap_route_holds_in_the_same_base(engine: podman.Engine, images: Dict[str, str]) -> None:
     """With the ConfigMap route's files mounted and its extraEnv, the server refuses the image's
-    own python3, starts python3-guarded by default, and `!ls` there is refused and in the pod log."""
+    own python3, starts python3-guarded by default (the launcher: its seccomp filter is in force),
+    and `!ls` there is refused and in the pod log."""
     folder = Path(engine.workdir) / "configmap"
     folder.mkdir()
     options = pod_options(engine, chart_env("configmap-values.yaml"),
@@ -271,6 +272,9 @@ def test_the_configmap_route_holds_in_the_same_base(engine: podman.Engine, image
         with KernelSocket(server, kernel["id"]) as ws:  # type: ignore[arg-type]
             shown = output_text(ws.execute("!ls", timeout=120))
             assert "kernel_guard" in shown and "docs/troubleshooting.md" in shown, shown
+            # the launcher's OS layers, as in the image route: its own seccomp filter (mode 2)
+            status = output_text(ws.execute("print(open('/proc/self/status').read())", timeout=60))
+            assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status, status
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(refusal_of_ls(e) for e in events_in(server.log())):
             time.sleep(0.5)
