@@ -1,0 +1,127 @@
+"""Starting programs: what the audit layer sees of process creation, and the fork_exec guard.
+
+``subprocess.Popen``, ``os.system``, ``os.exec*``, ``os.posix_spawn`` and
+``pty.spawn`` raise audit events; ``_posixsubprocess.fork_exec`` does not, so a
+check is put in front of it (:func:`_guard_fork_exec`: a speed bump, not a
+boundary).  Under the launcher, a program its Landlock domain lets run
+(:func:`_allowed`, found along ``PATH`` as exec would) is left to the OS layers.
+The ctypes route to libc's exec functions is watched by symbol (:mod:`.libc_symbols`).
+See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any
+
+from ..exceptions import ExecRefused
+from .recording import _State, _argv, _record, _refuse_or_record, _short, _text
+
+__all__ = ["EXEC_SYMBOLS", "SIGNAL_SYMBOLS"]
+
+
+_EXEC_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "pty.spawn"})
+
+
+#: libc entry points that start programs or issue raw system calls: the floor of the
+#: set each hook refuses, to which install adds what the loaded libc exports
+#: (:mod:`.libc_symbols`)
+EXEC_SYMBOLS = frozenset({
+    "system", "popen", "execve", "execv", "execvp", "execvpe", "execl", "execlp", "execle",
+    "fexecve", "execveat", "posix_spawn", "posix_spawnp", "syscall", "vfork", "clone", "clone3",
+    "__libc_system", "do_system",
+})
+
+
+#: libc entry points that signal another process or take its file descriptors:
+#: through ctypes they skip the ``os.kill`` event, and CPython audits neither
+#: ``os.pidfd_open`` nor ``signal.pidfd_send_signal``
+SIGNAL_SYMBOLS = frozenset({
+    "kill", "killpg", "tgkill", "tkill", "sigqueue", "pthread_sigqueue",
+    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
+})
+
+
+_LIBC_LIKE = re.compile(r"(^|/)(libc|libdl|libpthread|ld-linux)[.-]|(^|/)libc$")
+
+
+def _process_fields(event: str, args: tuple) -> tuple[str, dict[str, Any]]:
+    """(short description, ECS process fields) for a process-creation event."""
+    if event == "os.system":
+        cmd = _text(args[0])
+        return cmd, {"executable": "/bin/sh", "args": ["sh", "-c", cmd], "command_line": cmd}
+    if event == "pty.spawn":
+        argv = _argv(args[0])
+        return " ".join(argv), {"executable": argv[0] if argv else "", "args": argv,
+                                "command_line": " ".join(argv)}
+    # subprocess.Popen(executable, args, cwd, env); os.exec / os.posix_spawn(path, argv, env)
+    executable, argv = args[0], args[1]
+    if isinstance(argv, (str, bytes)):
+        argv = ["/bin/sh", "-c", _text(argv)] if event == "subprocess.Popen" else [_text(argv)]
+    argv = _argv(argv)
+    exe = _text(executable) if executable is not None else (argv[0] if argv else "")
+    line = " ".join(argv)
+    return line, {"executable": exe, "args": argv, "command_line": line}
+
+
+def _allowed(executable: str, allowed_programs: frozenset) -> bool:
+    """Whether a program is one the kernel's Landlock domain lets run (a bare
+    name is looked up on PATH, as exec would)."""
+    if not executable:
+        return False
+    if os.sep not in executable:
+        import shutil
+
+        executable = shutil.which(executable) or executable
+    return os.path.realpath(executable) in allowed_programs
+
+
+def _check_dlopen(name: Any) -> None:
+    """Record loading libc-like libraries (once per name): the ctypes exec route."""
+    text = "<main program>" if name is None else _text(name)
+    if (name is None or _LIBC_LIKE.search(text)) and text not in _State.seen_libraries:
+        _State.seen_libraries.add(text)
+        _record("library-loaded", "unknown", f"ctypes loaded {text}: its exec functions are refused",
+                "ctypes.dlopen", file={"path": text})
+
+
+def _guard_fork_exec(enforce: bool, allowed_programs: frozenset = frozenset()) -> None:
+    """Put a check in front of ``_posixsubprocess.fork_exec``, which raises no event.
+
+    A speed bump, not a boundary: the original stays reachable (for example by
+    re-importing the extension module), which is why the seccomp layer exists.
+    It does stop the direct call and multiprocessing's spawn/forkserver starts.
+    """
+    try:
+        import _posixsubprocess
+    except ImportError:
+        return
+    original = _posixsubprocess.fork_exec
+    if getattr(original, "_kernel_guard", False):
+        return
+
+    def fork_exec(*args: Any, **kwargs: Any) -> Any:
+        # In enforce mode every Popen was refused at its event, so whatever gets
+        # here bypassed it (a direct call, a shimmed subprocess.sys). In audit
+        # mode calls from subprocess were already recorded by that event.
+        if enforce or sys._getframe(1).f_globals.get("__name__") != "subprocess":
+            # fork_exec(args, executable_list, close_fds, ...)
+            argv = _argv(args[0]) if args and isinstance(args[0], (list, tuple)) else []
+            exes = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+            proc = {"executable": _text(exes[0]) if exes else (argv[0] if argv else ""),
+                    "args": argv, "command_line": " ".join(argv)}
+            if allowed_programs and _allowed(proc["executable"], allowed_programs):
+                return original(*args, **kwargs)
+            _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", "_posixsubprocess.fork_exec",
+                              f"starting a program (_posixsubprocess.fork_exec: {_short(' '.join(argv))})",
+                              process=proc)
+        return original(*args, **kwargs)
+
+    fork_exec._kernel_guard = True  # type: ignore[attr-defined]
+    _posixsubprocess.fork_exec = fork_exec
+    # subprocess keeps its own reference (``from _posixsubprocess import fork_exec as _fork_exec``)
+    subprocess_module = sys.modules.get("subprocess")
+    if subprocess_module is not None and getattr(subprocess_module, "_fork_exec", None) is original:
+        subprocess_module._fork_exec = fork_exec
