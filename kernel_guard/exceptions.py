@@ -26,6 +26,8 @@ swallows silently.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "ConfigError",
     "CredentialRefused",
@@ -109,6 +111,17 @@ class ExecRefused(Refused, PermissionError):
     #: where the launcher's Landlock domain lets the kernel's own interpreter run
     interpreter_hint = ("Only this kernel's own Python may start here (multiprocessing, joblib); "
                         "for any other program, use a Python library instead.")
+
+
+class ProgramAbsent(Refused, FileNotFoundError):
+    """A program start answered as the system answers a missing program (ENOENT): the
+    program does not exist, or a library only probes for it (:mod:`kernel_guard.audit.probes`)."""
+
+    hint = "The program is not available in this kernel; the library that asked goes on without it."
+
+    def __init__(self, what: str, hint: str | None = None, layer: str = "audit", filename: str | None = None) -> None:
+        super().__init__(what, hint=hint, layer=layer)
+        self.errno, self.strerror, self.filename = errno.ENOENT, "No such file or directory", filename
 
 
 class PersistenceRefused(Refused, PermissionError):

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import runtime
 from .audit import hook as audit
+from .audit import probes
 from .events.schema import make_event
 from .ipython import cells, magics, shell
 
@@ -28,6 +29,7 @@ def guard_shell(ip: Any) -> runtime.Runtime:
         extra_env=guard.extra_protected_env,
     )
     rt.layers["audit"] = audit.installed_mode() or "off"
+    probes.install_fixups()  # what everyday libraries would ask a program, answered without one
     first = shell.install(ip)
     magics.register(ip)  # %guard_status
     cells.install(ip)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["TEMPLATE", "cell_ended", "cell_started", "would_refuse"]
+__all__ = ["TEMPLATE", "cell_ended", "cell_started", "library_hint", "show_library_hint", "would_refuse"]
 
 TEMPLATE = ("kernel_guard (audit mode): this cell did something the policy refuses: {what}. "
             "It was recorded, not refused.")
@@ -25,14 +25,39 @@ TEMPLATE = ("kernel_guard (audit mode): this cell did something the policy refus
 _token: list[bool] = []
 
 
+#: the fix a library's wrapped refusal named in this cell (the first one)
+_hints: list[str] = []
+
+
 def cell_started() -> None:
     """Arm the notice for the execute request that starts now."""
     _token[:] = [True]
+    _hints.clear()
 
 
 def cell_ended() -> None:
     """Disarm it: outside a cell nothing is written."""
     _token.clear()
+    _hints.clear()
+
+
+def library_hint(text: str) -> None:
+    """Keep the fix for a refusal inside a library, which may wrap it in an error of its
+    own (torch.compile's long traceback, matplotlib's "latex could not be found")."""
+    if not _hints:
+        _hints.append(text)
+
+
+def show_library_hint(failed: bool) -> None:
+    """After a failed cell's traceback, the last line the user reads: kernel_guard's fix."""
+    if not (failed and _hints) or sys.stderr is None:
+        return
+    try:
+        sys.stderr.write(f"kernel_guard refused a program this cell's library started. To fix: {_hints[0]}. "
+                         "See kernel_guard's docs/troubleshooting.md.\n")
+        sys.stderr.flush()
+    except Exception:
+        pass  # a hint must never break the cell it describes
 
 
 def would_refuse(what: str) -> None:

@@ -47,13 +47,13 @@ from ..exceptions import (
     InterpreterRefused,
     SignalRefused,
 )
-from . import dirfd, libc_symbols
+from . import dirfd, libc_symbols, probes, processes
 from .persistence import (_CHANGE_EVENTS, _MOVE_EVENTS, _check_change, _check_move, _check_open, _is_proc_secret,
                           _move_ends, _refuse_path, _resolve, default_persistence, glob_pattern, is_persistence_path,
                           replaces_persistence)
 from .processes import (_EXEC_EVENTS, EXEC_SYMBOLS, SIGNAL_SYMBOLS, _allowed, _check_dlopen, _guard_fork_exec,
-                        _process_fields)
-from .recording import _record, _refuse_or_record, _short, _State, launcher_setup
+                        _process_fields, refuse_exec)
+from .recording import _record, _refuse_or_record, _State, launcher_setup
 
 try:
     from . import _filter as _audit_filter
@@ -129,9 +129,7 @@ def _decide(event: str, args: tuple, policy: Policy) -> None:
         summary, proc = _process_fields(event, args)
         if allowed_programs and _allowed(proc["executable"], allowed_programs):
             return  # the launcher's Landlock domain decides; the supervisor records it
-        _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", event,
-                          f"starting a program ({event}: {_short(summary)})", process=proc,
-                          hint=ExecRefused.interpreter_hint if allowed_programs else None)
+        refuse_exec(enforce, event, summary, proc, bool(allowed_programs))
     elif event == "os.forkpty":
         # not an OSError: pty.fork would fall back to os.fork and exec anyway
         _refuse_or_record(enforce, InterpreterRefused, "exec-denied", "exec-attempt", event,
@@ -222,7 +220,8 @@ def install(mode: str, **policy_options: Any) -> bool:
     # protect the hook's own function objects from __code__/__defaults__ swaps
     protected = frozenset(id(f) for f in (
         hook, _decide, _check_open, _check_move, _check_change, _move_ends, _refuse_path, _refuse_or_record,
-        is_persistence_path, replaces_persistence, _is_proc_secret, _resolve, _record,
+        is_persistence_path, replaces_persistence, _is_proc_secret, _resolve, _record, refuse_exec,
+        processes._answer_absent, probes.judge, probes.missing_program,
         dirfd.resolve_at, dirfd.fd_path, dirfd.open_folders))
     hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,) + policy[7:], _decide, str)
     _State.adding_own_hook = True

@@ -110,13 +110,13 @@ def _guard_fork_exec(enforce: bool, allowed_programs: frozenset = frozenset()) -
             # fork_exec(args, executable_list, close_fds, ...)
             argv = _argv(args[0]) if args and isinstance(args[0], (list, tuple)) else []
             exes = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
-            proc = {"executable": _text(exes[0]) if exes else (argv[0] if argv else ""),
-                    "args": argv, "command_line": " ".join(argv)}
-            if allowed_programs and _allowed(proc["executable"], allowed_programs):
+            # exec tries each PATH candidate in turn: the first that exists is what would run
+            names = [_text(e) for e in exes]
+            runs = next((e for e in names if os.path.exists(e)), names[0] if names else (argv[0] if argv else ""))
+            proc = {"executable": runs, "args": argv, "command_line": " ".join(argv)}
+            if allowed_programs and _allowed(runs, allowed_programs):
                 return original(*args, **kwargs)
-            _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", "_posixsubprocess.fork_exec",
-                              f"starting a program (_posixsubprocess.fork_exec: {_short(' '.join(argv))})",
-                              process=proc)
+            refuse_exec(enforce, "_posixsubprocess.fork_exec", " ".join(argv), proc, bool(allowed_programs))
         return original(*args, **kwargs)
 
     fork_exec._kernel_guard = True  # type: ignore[attr-defined]
@@ -125,3 +125,41 @@ def _guard_fork_exec(enforce: bool, allowed_programs: frozenset = frozenset()) -
     subprocess_module = sys.modules.get("subprocess")
     if subprocess_module is not None and getattr(subprocess_module, "_fork_exec", None) is original:
         subprocess_module._fork_exec = fork_exec
+
+
+def refuse_exec(enforce: bool, technique: str, summary: str, proc: dict[str, Any], interpreter_allowed: bool) -> None:
+    """Refuse (enforce) or record a program start the policy does not allow, answering a
+    missing program and a library's probe as the system answers a missing program."""
+    from .. import notice
+    from . import probes
+
+    verdict, library = probes.judge(proc["executable"], proc.get("args") or [])
+    if verdict != "refuse":
+        _answer_absent(enforce, technique, summary, proc, verdict, library)
+        return
+    hint = library.fix if library else (ExecRefused.interpreter_hint if interpreter_allowed else None)
+    if library is not None and enforce:
+        notice.library_hint(library.fix)
+    _refuse_or_record(enforce, ExecRefused, "exec-denied", "exec-attempt", technique,
+                      f"starting a program ({technique}: {_short(summary)})", process=proc, hint=hint,
+                      **({"library": library.name} if library else {}))
+
+
+def _answer_absent(enforce: bool, technique: str, summary: str, proc: dict[str, Any], verdict: str,
+                   library: Any) -> None:
+    """ENOENT, as for a program that is not installed; recorded as what it is, not as a failure."""
+    from ..exceptions import ProgramAbsent
+
+    what = f"starting a program ({technique}: {_short(summary)})"
+    if verdict == "missing":
+        action, reason = "exec-not-found", f"{what}: no such program (answered ENOENT, as the system would)"
+    else:
+        action = "library-probe"
+        reason = (f"{library.name} probed for {os.path.basename(proc['executable'])} ({technique}); answered as "
+                  "if it were not installed (ENOENT): the library goes on without it")
+    if _State.setup_programs is not None:
+        return  # the launcher's own set-up: one launcher-setup event names its programs
+    _record(action, "unknown", reason, technique, process=proc,
+            **({"library": library.name} if library is not None else {}))
+    if enforce:
+        raise ProgramAbsent(what, layer="audit", filename=proc["executable"])

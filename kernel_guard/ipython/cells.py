@@ -100,6 +100,7 @@ def _wrap_do_execute(kernel: Any) -> None:
                 reply = await reply
             return reply
         finally:
+            notice.show_library_hint(isinstance(reply, dict) and reply.get("status") == "error")
             notice.cell_ended()
             if context is not None:
                 context.execution_count = context.cell_id = None
