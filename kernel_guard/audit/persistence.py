@@ -14,7 +14,6 @@ See docs/architecture.md.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import sys
@@ -117,9 +116,19 @@ def _environment_dirs() -> list[str]:
     return [d for d in dirs if d and os.path.realpath(d) != "/"]
 
 
+def _segment_glob(glob: str) -> str:
+    """A path glob as a regular expression whose ``*`` and ``?`` stay within one path
+    segment: ``<ipdir>/*/startup/*`` is a profile's startup file, not anything beneath
+    the IPython folder (numba's cache, ``%store``'s database)."""
+    out = []
+    for part in re.split(r"(\*|\?)", glob):
+        out.append("[^/]*" if part == "*" else "[^/]" if part == "?" else re.escape(part))
+    return "".join(out) + r"\Z"
+
+
 def glob_pattern(globs: Iterable[str]) -> re.Pattern:
-    """One compiled pattern matching any of the shell-style ``globs``."""
-    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs) or r"(?!)")
+    """One compiled pattern matching any of the shell-style path ``globs``."""
+    return re.compile("|".join(f"(?:{_segment_glob(g)})" for g in globs) or r"(?!)")
 
 
 def _resolve(path: str) -> str:
@@ -189,9 +198,49 @@ def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, file
             return
     if writing:
         found = next((c for c in candidates if is_persistence_path(c, dirs, globs, files)), None)
-        if found is not None:
+        if found is not None and _import_system_caching(found):
+            _bytecode_not_cached(enforce, found)
+        elif found is not None:
             _refuse_or_record(enforce, PersistenceRefused, "persistence-denied", "persistence-write", "open",
                               f"writing {_short(path)}", file={"path": found})
+
+
+_PYC = re.compile(r"/__pycache__/[^/]+\.pyc(\.\d+)?\Z")
+
+
+def _import_system_caching(path: str) -> bool:
+    """Python's import system writing its bytecode cache (``__pycache__/*.pyc``, through a
+    temporary ``.pyc.<n>``), as the calling frames say: its own caching, not the cell's."""
+    if not _PYC.search(path):
+        return False
+    try:
+        caller = sys._getframe(3)
+    except ValueError:
+        return False
+    for _ in range(4):
+        if caller is None:
+            return False
+        if caller.f_globals.get("__name__") == "importlib._bootstrap_external":
+            return True
+        caller = caller.f_back
+    return False
+
+
+def _bytecode_not_cached(enforce: bool, path: str) -> None:
+    """Refused as any write there is (the import system goes on without its cache), and
+    recorded once per file as what it is, not as a failure nobody caused."""
+    from .recording import _record
+
+    if path not in _NOTED:
+        _NOTED.add(path)
+        _record("bytecode-not-cached", "unknown",
+                f"Python's bytecode cache was not written ({_short(path)}): the Python environment is read-only "
+                "in this kernel, so the module is compiled at each import instead", "open", file={"path": path})
+    if enforce:
+        raise PersistenceRefused(f"writing {_short(path)}", layer="audit")
+
+
+_NOTED: set[str] = set()
 
 
 def _move_ends(event: str, args: tuple) -> list[tuple[Any, Any, str]]:

@@ -112,6 +112,22 @@ def recordable(text: Optional[str]) -> Optional[str]:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _probe_of(info: dict[str, Any]) -> Optional[str]:
+    """The library whose probe an exec's command line reads as (joblib's ``lscpu``,
+    ``platform``'s ``uname -p`` ...), for the record's label and an ENOENT answer: both
+    refuse, so a command line that only claims to be a probe gains nothing."""
+    from ..audit.probes import LIBRARIES
+
+    argv = info.get("args") or []
+    if not info.get("readable") or not argv:
+        return None
+    command = [info.get("executable") or argv[0], *argv[1:]]
+    for library in LIBRARIES:
+        if library.probes_for(command) or library.probes_for(argv):
+            return library.name
+    return None
+
+
 def caller(pid: int, **fields: Any) -> dict[str, Any]:
     """ECS ``process`` fields of a notifying task, with its parent where /proc shows it."""
     from .seccomp_filter import proc_stat
@@ -158,7 +174,7 @@ class ExecDecider:
         #: real paths the kernel's Landlock domain lets run; empty: every exec is refused
         self.allowed = allowed
         self.pending: "OrderedDict[int, _Pending]" = OrderedDict()  # by thread group
-        self.counts = {"denied": 0, "allowed": 0, "not_found": 0, "unreadable": 0, "unconfirmed": 0}
+        self.counts = {"denied": 0, "allowed": 0, "not_found": 0, "probes": 0, "unreadable": 0, "unconfirmed": 0}
 
     # -- execve / execveat ---------------------------------------------------------
 
@@ -185,9 +201,11 @@ class ExecDecider:
             self.counts["allowed"] += 1
             return held
         missing = self._missing(info)
-        respond(self.listener, notif.id, allow=False, error=errno.ENOENT if missing else errno.EPERM)
-        self.counts["not_found" if missing else "denied"] += 1
-        return [self.event(notif.pid, info, "not-found" if missing else "denied")]
+        probe = None if missing else _probe_of(info)
+        respond(self.listener, notif.id, allow=False, error=errno.ENOENT if missing or probe else errno.EPERM)
+        verdict = "not-found" if missing else "probe" if probe else "denied"
+        self.counts["not_found" if missing else "probes" if probe else "denied"] += 1
+        return [self.event(notif.pid, info, verdict, library=probe)]
 
     def in_allowlist(self, info: dict[str, Any]) -> bool:
         """Whether to let an exec continue: only where the kernel's Landlock domain
@@ -283,8 +301,8 @@ class ExecDecider:
         return caller(pid, executable=exe, args=args, name=os.path.basename(exe), command_line=" ".join(args))
 
     def event(self, pid: int, info: dict[str, Any], verdict: str, image: Optional[str] = None,
-              seen: str = "") -> dict:
-        """The record of one exec notification (``verdict``: attempt, denied, not-found, unconfirmed)."""
+              seen: str = "", library: Optional[str] = None) -> dict:
+        """The record of one exec notification (``verdict``: attempt, denied, not-found, probe, unconfirmed)."""
         from ..events.schema import make_event
 
         exe = recordable(info.get("executable")) or "<unreadable>"
@@ -298,6 +316,12 @@ class ExecDecider:
             return make_event("exec-not-found", outcome="unknown", layer="seccomp", process=process, **fields,
                               reason=f"{call}: no such file (answered ENOENT, as the system would; a PATH "
                                      "search goes on to the next folder)")
+        if verdict == "probe":
+            return make_event("library-probe", outcome="unknown", layer="seccomp", process=process, **fields,
+                              library=library,
+                              reason=f"{call}: the command line reads as {library}'s probe for a program (the "
+                                     "process's claim); refused as if the program were not installed (ENOENT), "
+                                     "so the library goes on without it")
         if verdict == "unconfirmed":
             return make_event("exec-allowed", outcome="unknown", layer="landlock", process=process, **fields,
                               image_confirmed=False, image=image,

@@ -128,7 +128,26 @@ def keep_history(folders: StartFolders) -> list[str]:
     except OSError:
         return []
     folders.history_file = os.path.join(profile, "history.sqlite")
+    _keep_store(profile, folders)
     return [f"--HistoryManager.hist_file={folders.history_file}"]
+
+
+def _keep_store(user_profile: str, folders: StartFolders) -> None:
+    """``%store`` keeps its values in the profile's ``db`` folder: the private profile's
+    names the user's, so they outlive a restart.  Data, not start-up code: IPython loads
+    them only when the user asks (``%store -r``; ``autorestore`` is a setting of the
+    private profile, which a cell cannot write)."""
+    if not folders.ipython_dir:
+        return
+    user_db = os.path.join(user_profile, "db")
+    private_db = os.path.join(folders.ipython_dir, "profile_default", "db")
+    try:
+        os.makedirs(user_db, exist_ok=True)
+        os.makedirs(os.path.dirname(private_db), exist_ok=True)
+        if not os.path.lexists(private_db):
+            os.symlink(user_db, private_db)
+    except OSError:
+        pass  # a read-only home: %store keeps its values for this kernel only, as before
 
 
 def add_user_site(user_site: str, folders: StartFolders) -> None:

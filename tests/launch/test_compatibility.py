@@ -63,12 +63,6 @@ CASES = {
 }
 
 
-#: programs libraries run to learn about the system and do without when refused
-#: (matplotlib's font scan, platform.processor() in dask's spawned workers): the
-#: refusal is recorded, the work goes on
-PROBES = {"fc-list", "uname", "ldconfig"}
-
-
 @pytest.fixture(scope="module")
 def spec() -> Iterator[str]:
     with unprivileged_root() as root:
@@ -79,7 +73,9 @@ def spec() -> Iterator[str]:
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_everyday_work_runs_under_the_launcher(spec: str, case: str) -> None:
-    """The case prints what it would in a plain kernel; nothing but a system probe was refused."""
+    """The case prints what it would in a plain kernel, and the record holds no failure nobody caused:
+    the programs libraries probe for (matplotlib's font scan, platform.processor() in dask's spawned
+    workers) are answered as absent and recorded as library-probe, outcome unknown."""
     code, expected = CASES[case]
     folder = os.path.join(spec, case.split()[0].replace(".", "-").lower() + str(sorted(CASES).index(case)))
     kernel = LaunchedKernel(folder, "guarded", user=NOTEBOOK_USER).start()
@@ -89,8 +85,7 @@ def test_everyday_work_runs_under_the_launcher(spec: str, case: str) -> None:
         assert result.status == "ok", result.error_text
         assert result.stdout.strip().splitlines()[-1] == expected, result.stdout + result.stderr
         refused = [e for e in kernel.new_events() if e["event"]["outcome"] == "failure"
-                   and e["event"]["action"] not in ("cell-executed", "sink-error")
-                   and os.path.basename(e.get("process", {}).get("executable", "")) not in PROBES]
+                   and e["event"]["action"] not in ("cell-executed", "sink-error")]
         assert not refused, [(e["event"]["action"], e["event"].get("reason")) for e in refused]
     finally:
         kernel.shutdown()
