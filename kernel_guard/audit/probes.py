@@ -204,3 +204,46 @@ def install_fixups() -> None:
         if name in sys.modules:
             fixup(sys.modules[name])
     sys.meta_path.insert(0, _AfterImport())
+
+
+def _watch_cffi(module: Any) -> None:
+    """cffi's foreign calls raise no audit event: a cffi load of libc (``dlopen(None)``)
+    is recorded as the risk it is where no OS layer stands behind the in-process ones."""
+    ffi = getattr(module, "FFI", None)
+    original = getattr(ffi, "dlopen", None)
+    if original is None or getattr(original, "_kernel_guard", False):
+        return
+
+    def dlopen(self: Any, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        _record_cffi(name)
+        return original(self, name, *args, **kwargs)
+
+    dlopen._kernel_guard = True  # type: ignore[attr-defined]
+    dlopen.__doc__ = original.__doc__
+    ffi.dlopen = dlopen
+
+
+def _record_cffi(name: Any) -> None:
+    from .. import runtime
+    from .processes import _LIBC_LIKE
+    from .recording import _State, _record, _text
+
+    text = "<main program>" if name is None else _text(name)
+    key = "cffi:" + text
+    if (name is not None and not _LIBC_LIKE.search(text)) or key in _State.seen_libraries:
+        return
+    _State.seen_libraries.add(key)
+    rt = runtime.current()
+    shielded = rt is not None and rt.layers.get("seccomp") not in (None, "off")
+    if shielded:
+        reason = f"cffi loaded {text}: its calls raise no audit event; the seccomp filter still refuses exec"
+    else:
+        reason = (f"cffi loaded {text}: its calls raise no audit event, and this kernel has no OS layers, so a "
+                  "program started through it (system, execve) is neither refused nor recorded. Use the launcher "
+                  "kernelspec (kernel-guard install-kernelspec) where that matters")
+    # nothing was refused: an alert (ECS event.kind) where nothing stands behind it, for a SIEM to see
+    _record("library-loaded", "unknown", reason, "cffi.dlopen", file={"path": text}, risk=not shielded,
+            kind="event" if shielded else "alert")
+
+
+_FIXUPS["cffi.api"] = _watch_cffi

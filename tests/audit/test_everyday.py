@@ -154,3 +154,15 @@ def test_a_probe_is_told_by_its_first_words() -> None:
     assert judged("__main__", ["git", "version"]) == "refuse"
     assert judged("joblib.externals.loky.backend.context", ["cat", "/proc/cpuinfo"]) == "probe"
     assert judged("joblib.externals.loky.backend.context", ["cat", "/etc/passwd"]) == "refuse"
+
+
+def test_a_cffi_load_of_libc_is_an_alert_in_the_extension_tier(fresh: GuardedKernel) -> None:
+    """cffi raises no audit event for its calls: in a kernel without OS layers, dlopen(None) is
+    recorded as an alert that says so and names the launcher (the threat model's row)."""
+    fresh.mark()
+    result = fresh.execute("import cffi\nffi = cffi.FFI()\nffi.cdef('int getpid(void);')\n"
+                           "print(ffi.dlopen(None).getpid() > 0)")
+    assert result.status == "ok" and result.stdout.strip() == "True", result.error_text
+    events = fresh.new_events(until=lambda evs: any(e["kernel_guard"].get("technique") == "cffi.dlopen" for e in evs))
+    (alert,) = [e for e in events if e["kernel_guard"].get("technique") == "cffi.dlopen"]
+    assert alert["event"]["kind"] == "alert" and "launcher kernelspec" in alert["event"]["reason"]
