@@ -26,7 +26,9 @@ In the extension-only route the spool lives where the kernel can write, so
 code in the kernel can delete or add to it; the streams' numbers and chain
 show it downstream.  A folder that is a link, another user's, or writable by
 others is refused; a segment found cut short, emptied, or with an offset
-inside a line is reported (``problems``), never passed over in silence.
+inside a line is reported (``problems``), never passed over in silence, with
+the number of events it lost: each segment's line count is kept beside it
+(``.count``, at most half a second behind a writer that was killed).
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ class _Segment:
     own: bool  # appended to by this process
     ack_written: float = 0.0
     ack_dirty: bool = False
+    lines: int = 0  # lines appended (or found when adopted): what an emptied segment lost
+    lines_read: int = 0  # lines handed out by read()
+    lines_acked: int = 0  # lines delivered
+    count_written: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.in_flight: Dict[int, int] = {}  # end offset of a read batch -> its lines
 
 
 class Spool:
@@ -149,7 +158,35 @@ class Spool:
                 pass
             return self._count("the spool's disk is full", count)
         segment.size += written
+        segment.lines += count
+        if time.monotonic() - segment.count_written > _ACK_EVERY:
+            self._write_count(segment)
         return 0
+
+    def _write_count(self, segment: _Segment) -> None:
+        """Persist how many lines the segment holds (``.count``, with a rename): the next
+        process that adopts it can tell an emptied or cut segment, and by how much."""
+        path = self._path(segment.name[:-6] + ".count")
+        tmp = path + f".{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(str(segment.lines))
+            os.replace(tmp, path)
+            segment.count_written = time.monotonic()
+        except OSError:
+            pass
+
+    def _cut(self, segment: _Segment) -> None:
+        """Our own segment is shorter than what we wrote into it (emptied or cut by someone
+        else): report the lines lost from what was not yet handed out, and go on from its end."""
+        size = _file_size(segment.fd)
+        lost = max(0, segment.lines - segment.lines_read)
+        self.lost_torn += lost
+        self._count("a spool segment was emptied or cut", lost)
+        self._problem(segment.name, f"it is shorter ({size} bytes) than the {segment.size} bytes written to it: "
+                                    f"{lost} undelivered events were removed from it")
+        segment.size = segment.read = segment.acked = size
+        segment.lines = segment.lines_read = 0
 
     def _active_segment(self) -> _Segment:
         """The segment appended to, rotated once it reaches ``segment_bytes``."""
@@ -176,6 +213,9 @@ class Spool:
                 segment = self._segments[name]
                 if segment.read >= segment.size:
                     continue
+                if _file_size(segment.fd) < segment.size:
+                    self._cut(segment)
+                    continue
                 want = min(max_bytes, segment.size - segment.read)
                 chunk = os.pread(segment.fd, want, segment.read)
                 end = chunk.rfind(b"\n") + 1
@@ -188,7 +228,10 @@ class Spool:
                         continue  # a torn last line; dealt with when the segment is done
                 start = segment.read
                 segment.read += end
-                return chunk[:end].splitlines(keepends=True), (name, start, start + end)
+                lines = chunk[:end].splitlines(keepends=True)
+                segment.lines_read += len(lines)
+                segment.in_flight[start + end] = len(lines)
+                return lines, (name, start, start + end)
             return None
 
     def ack(self, token: Token) -> None:
@@ -199,6 +242,7 @@ class Spool:
             if segment is None:
                 return
             segment.acked = max(segment.acked, end)
+            segment.lines_acked += segment.in_flight.pop(end, 0)
             segment.ack_dirty = True
             if not self._maybe_remove(segment) and time.monotonic() - segment.ack_written > _ACK_EVERY:
                 self._write_ack(segment)
@@ -232,7 +276,8 @@ class Spool:
         """Delete a fully delivered segment that nobody appends to any more."""
         if segment is self._active or segment.acked < segment.size:
             return False
-        for path in (self._path(segment.name), self._path(segment.name[:-6] + ".ack")):
+        for path in (self._path(segment.name), self._path(segment.name[:-6] + ".ack"),
+                     self._path(segment.name[:-6] + ".count")):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -247,7 +292,7 @@ class Spool:
         tmp = path + f".{os.getpid()}.tmp"
         try:
             with open(tmp, "w") as fh:
-                fh.write(str(segment.acked))
+                fh.write(f"{segment.acked} {segment.lines_acked}")
             os.replace(tmp, path)
             segment.ack_written = time.monotonic()
             segment.ack_dirty = False
@@ -310,19 +355,38 @@ class Spool:
             self.lost_torn += 1  # a line cut short by a crash: cannot be sent
             self._count("a line was cut short by a crash", 1)
             self._problem(name, f"its last line was cut short ({size - whole} bytes): that event cannot be sent")
-        acked = self._check_ack(name, fd, whole)
-        self._segments[name] = _Segment(name, fd, whole, acked, acked, own=False)
+        offset, delivered = self._ack_fields(name)
+        waiting = os.pread(fd, max(0, whole - offset), offset).count(b"\n") if whole > offset else 0
+        written = self._read_count(name)
+        lost = written - delivered - waiting if written else 0
+        acked = self._check_ack(name, fd, whole, counted=lost > 0)
+        if lost > 0:
+            self.lost_torn += lost
+            self._count("a spool segment was emptied or cut", lost)
+            self._problem(name, f"{delivered} of the {written} events written to it were delivered and {waiting} "
+                                f"still wait in it: {lost} were removed before they were delivered")
+        segment = _Segment(name, fd, whole, acked, acked, own=False)
+        segment.lines = waiting
+        self._segments[name] = segment
         return True
 
-    def _check_ack(self, name: str, fd: int, whole: int) -> int:
+    def _read_count(self, name: str) -> int:
+        try:
+            with open(self._path(name[:-6] + ".count")) as fh:
+                return int(fh.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _check_ack(self, name: str, fd: int, whole: int, counted: bool = False) -> int:
         """The delivered offset of an adopted segment, at a line start.  An offset past
         the end means the segment was emptied or cut after delivery began; one inside a
         line, that the offset file was changed: resend from the line's start."""
         acked = self._read_ack(name)
         if acked > whole:
-            self._count("a spool segment was shortened or emptied", 1)
-            self._problem(name, f"it is shorter ({whole} bytes) than its delivered offset ({acked}): "
-                                "undelivered events were removed from it")
+            if not counted:  # without its .count file, at least one event was lost
+                self._count("a spool segment was shortened or emptied", 1)
+                self._problem(name, f"it is shorter ({whole} bytes) than its delivered offset ({acked}): "
+                                    "undelivered events were removed from it")
             return whole
         if acked and os.pread(fd, 1, acked - 1) != b"\n":
             start = os.pread(fd, acked, 0).rfind(b"\n") + 1
@@ -334,11 +398,16 @@ class Spool:
         self.problems.append(f"spool segment {self._path(name)}: {what}")
 
     def _read_ack(self, name: str) -> int:
+        return self._ack_fields(name)[0]
+
+    def _ack_fields(self, name: str) -> tuple[int, int]:
+        """(delivered offset, delivered lines) from a segment's ``.ack`` file."""
         try:
             with open(self._path(name[:-6] + ".ack")) as fh:
-                return int(fh.read().strip() or 0)
+                fields = [int(f) for f in fh.read().split()[:2]]
         except (OSError, ValueError):
-            return 0
+            return 0, 0
+        return (fields + [0, 0])[0], (fields + [0, 0])[1]
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -351,6 +420,8 @@ class Spool:
                 if not self._maybe_remove(segment):
                     if segment.ack_dirty:
                         self._write_ack(segment)
+                    if segment.own:
+                        self._write_count(segment)
                     os.close(segment.fd)
             self._segments.clear()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from kernel_guard import testing
@@ -238,13 +240,13 @@ def test_an_offset_inside_a_line_is_reported_and_the_line_sent_again(tmp_path):
 
 def test_an_emptied_segment_is_reported_not_passed_over(tmp_path):
     name = _left_behind(tmp_path, "first", "second", "third")
-    (tmp_path / (name[:-6] + ".ack")).write_text("18")  # one line delivered
+    (tmp_path / (name[:-6] + ".ack")).write_text("18 1")  # one line (18 bytes) delivered
     os.truncate(tmp_path / name, 0)  # the rest removed by someone
     spool = Spool(str(tmp_path))
     assert _drain(spool) == []
     (problem,) = spool.problems
-    assert name in problem and "undelivered events were removed" in problem
-    assert spool.causes == {"a spool segment was shortened or emptied": 1}
+    assert name in problem and "2 were removed before they were delivered" in problem
+    assert spool.causes == {"a spool segment was emptied or cut": 2}
     spool.close()
 
 
@@ -273,3 +275,47 @@ def test_a_full_spool_still_takes_the_report_that_it_is_full(tmp_path):
     assert reports, "the report was lost to the full spool"
     assert "the spool is full (4096 bytes undelivered)" in reports[0]["event"]["reason"]
     pipe.close(timeout=0.5)
+
+
+def _numbered(n: int) -> list:
+    return [json.dumps({"event": {"action": "x", "sequence": i}}).encode() + b"\n" for i in range(n)]
+
+
+def test_an_emptied_segment_of_its_own_is_reported_with_its_count(tmp_path) -> None:
+    """A segment emptied by someone else while its events wait: the next read reports exactly the
+    undelivered events it lost, as a problem naming the file and as a cause of loss."""
+    spool = Spool(str(tmp_path / "s"))
+    assert spool.append(_numbered(66)) == 0
+    batch = spool.read(max_bytes=1000)
+    assert batch is not None
+    delivered = len(batch[0])
+    (segment,) = [n for n in os.listdir(tmp_path / "s") if n.endswith(".jsonl")]
+    os.truncate(tmp_path / "s" / segment, 0)
+    assert spool.read() is None
+    assert spool.causes == {"a spool segment was emptied or cut": 66 - delivered}
+    assert any(f"{66 - delivered} undelivered events were removed" in p for p in spool.problems)
+    spool.close()
+
+
+ABANDON = """
+import json, os, sys
+from kernel_guard.events.spool import Spool
+spool = Spool(sys.argv[1])
+spool.append([json.dumps({"n": i}).encode() + b"\\n" for i in range(66)])
+os._exit(0)  # killed: no close, the segment stays for the next process
+"""
+
+
+def test_an_emptied_segment_left_by_a_killed_process_is_reported_with_its_count(tmp_path) -> None:
+    """A process appends 66 events and dies; the segment is emptied before anyone sends it; the
+    next process that adopts it reports that 66 events were removed (not nothing, not 1)."""
+    folder = str(tmp_path / "s")
+    done = subprocess.run([sys.executable, "-c", ABANDON, folder], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (segment,) = [n for n in os.listdir(folder) if n.endswith(".jsonl")]
+    os.truncate(os.path.join(folder, segment), 0)
+    spool = Spool(folder)
+    assert spool.causes == {"a spool segment was emptied or cut": 66}
+    assert any("0 of the 66 events written to it were delivered and 0 still wait in it: 66 were removed" in p
+               for p in spool.problems)
+    spool.close()
