@@ -3,6 +3,7 @@ each way of cutting or changing it afterwards is named, and the exit status says
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -121,22 +123,29 @@ def _refuse_many(n: int) -> int:
     return n
 
 
-def test_fork_children_are_streams_of_their_own_and_flush_their_counts(tmp_path: Path) -> None:
-    """Refusals in Pool(2) workers: each worker's stream names its parent's, ends, and counts every repeat."""
+@contextlib.contextmanager
+def _as_process_pipeline(path: Path, interval: float) -> Iterator[None]:
+    """A file pipeline as this process's own for the block (repeats counted over ``interval``)."""
     from kernel_guard.events import pipeline as pipeline_module
 
-    path = tmp_path / "e.jsonl"
-    pipe = _pipeline(path, interval=60)  # repeats are only counted, summaries at exit
+    pipe = _pipeline(path, interval=interval)
     previous = pipeline_module.get_pipeline()
     pipeline_module.set_pipeline(pipe)
     try:
+        yield
+    finally:
+        pipe.close()
+        pipeline_module._current = previous
+
+
+def test_fork_children_are_streams_of_their_own_and_flush_their_counts(tmp_path: Path) -> None:
+    """Refusals in Pool(2) workers: each worker's stream names its parent's, ends, and counts every repeat."""
+    path = tmp_path / "e.jsonl"
+    with _as_process_pipeline(path, interval=60):  # repeats are only counted, summaries at exit
         with multiprocessing.get_context("fork").Pool(2) as pool:
             assert sum(pool.map(_refuse_many, [500] * 4)) == 2000
             pool.close()
             pool.join()
-    finally:
-        pipe.close()
-        pipeline_module._current = previous
     events = [json.loads(line) for line in path.read_text().splitlines()]
     (parent,) = [e["kernel_guard"]["stream"] for e in events
                  if e["event"]["action"] == "stream-started" and not e["kernel_guard"]["parent_stream"]]
@@ -159,13 +168,8 @@ def _refuse_then_wait(n: int) -> int:
 def test_terminated_pool_workers_lose_nothing_they_counted(tmp_path: Path, how: str) -> None:
     """Pool.terminate() SIGTERMs its workers: each first writes what it counted and ends its stream,
     so every refusal is in the record and verify finds it whole."""
-    from kernel_guard.events import pipeline as pipeline_module
-
     path = tmp_path / "e.jsonl"
-    pipe = _pipeline(path, interval=60)  # repeats are only counted, summaries at the end
-    previous = pipeline_module.get_pipeline()
-    pipeline_module.set_pipeline(pipe)
-    try:
+    with _as_process_pipeline(path, interval=60):  # repeats are only counted, summaries at the end
         if how.startswith("with"):
             with multiprocessing.get_context("fork").Pool(2) as pool:
                 assert sum(pool.map(_refuse_many, [500] * 4)) == 2000
@@ -175,9 +179,6 @@ def test_terminated_pool_workers_lose_nothing_they_counted(tmp_path: Path, how: 
             time.sleep(3)  # both workers counted their refusals and wait
             pool.terminate()
             pool.join()
-    finally:
-        pipe.close()
-        pipeline_module._current = previous
     events = [json.loads(line) for line in path.read_text().splitlines()]
     refusals = sum(1 for e in events if e["event"]["action"] == "exec-denied") + \
         sum(e["kernel_guard"]["aggregated"]["count"] for e in events if e["event"]["action"] == "events-aggregated")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root
+from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,12 +25,6 @@ def toolchain() -> list[str]:
     names = [gcc, *(subprocess.run([gcc, f"-print-prog-name={p}"], capture_output=True, text=True).stdout.strip()
                     for p in ("cc1", "collect2", "as", "ld"))]
     return sorted({os.path.realpath(shutil.which(n) or n) for n in names})
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[str]:
-    with unprivileged_root() as folder:
-        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,10 @@ from typing import Iterator
 
 import pytest
 import yaml
-from launcher_support import NOTEBOOK_USER, LaunchedKernel, unprivileged_root
+from launcher_support import NOTEBOOK_USER, LaunchedKernel
 
 REPO = Path(__file__).resolve().parents[2]
 VALUES = yaml.safe_load((REPO / "examples" / "helm" / "configmap-values.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[str]:
-    with unprivileged_root() as folder:
-        yield folder
 
 
 @pytest.fixture(scope="module")

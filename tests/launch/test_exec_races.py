@@ -20,7 +20,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root, wait_gone
+from launcher_support import NOTEBOOK_USER, LaunchedKernel, wait_gone
 
 from kernel_guard.cli.verify import verify
 
@@ -122,18 +122,6 @@ for name in os.listdir("."):
         os.unlink(name)
 print(marks, pys, refused, raced, tried)
 """
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[str]:
-    with unprivileged_root() as folder:
-        yield folder
-
-
-@pytest.fixture(scope="module")
-def spec(root: str) -> Iterator[str]:
-    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)) as prefix:
-        yield prefix
 
 
 @pytest.fixture()

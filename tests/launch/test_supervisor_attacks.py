@@ -18,7 +18,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import NOTEBOOK_USER, LaunchedKernel, specs_on_path, unprivileged_root
+from launcher_support import NOTEBOOK_USER, LaunchedKernel
 
 from kernel_guard.launch import landlock
 
@@ -185,18 +185,6 @@ RACE = """
         killed += os.waitpid(pid, 0)[1] == 9
     print(killed, tried)
 """
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[str]:
-    with unprivileged_root() as folder:
-        yield folder
-
-
-@pytest.fixture(scope="module")
-def spec(root: str) -> Iterator[str]:
-    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)) as prefix:
-        yield prefix
 
 
 @pytest.fixture(scope="module")
