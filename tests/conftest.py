@@ -143,3 +143,21 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
         for nodeid in _SKIPPED:
             print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[str]:
+    """A folder uid 1000 can reach, for the module's kernels (removed after it)."""
+    from launcher_support import unprivileged_root
+
+    with unprivileged_root() as folder:
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def spec(root: str) -> Iterator[str]:
+    """The guarded kernelspec (default profile) on JUPYTER_PATH; yields its prefix."""
+    from launcher_support import specs_on_path
+
+    with specs_on_path(os.path.join(root, "prefix"), ("guarded",)) as prefix:
+        yield prefix
