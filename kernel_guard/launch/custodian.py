@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 from ..events.schema import Event, make_event, to_json_line
 from ..events.streams import chain_hash
 from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
-                              Refused, check_line, split_message)
+                              Refused, check_line, split_message, valid_stream_id)
 from .seccomp_filter import proc_stat
 
 __all__ = ["Custodian"]
@@ -152,16 +152,17 @@ class Custodian:
             return
         kept = []
         own = self.own_stream()
-        for line in payload.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                event, stream, number = check_line(line, own)
-                self._claim(event, stream, number, sender)
-            except Refused as refused:
-                self._refuse(refused.reason)
-                continue
-            kept.append(line + b"\n")
+        with self._lock:  # once per message: a batch is one sender's
+            for line in payload.splitlines(keepends=True):
+                if not line.strip():
+                    continue
+                try:
+                    event, stream, number = check_line(line, own)
+                    self._claim(event, stream, number, sender)
+                except Refused as refused:
+                    self._refuse(refused.reason)
+                    continue
+                kept.append(line if line.endswith(b"\n") else line + b"\n")
         self.counts["received"] += len(kept)
         while kept and not self.pipeline.forward(kept):
             time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
@@ -183,25 +184,26 @@ class Custodian:
         self.refused[reason] += 1
 
     def _claim(self, event: dict, stream: str, number: int, sender: int) -> None:
-        """Take a checked line for its stream: the sender's own, next in order, still open."""
-        with self._lock:
-            state = self.streams.get(stream)
-            if state is None:
-                if len(self.streams) >= _MAX_STREAMS:
-                    raise Refused("stream")
-                guard = event["kernel_guard"]
-                template = {k: event[k] for k in ("user", "host") if k in event}
-                template["kernel_guard"] = {k: guard[k] for k in ("kernel_id", "notebook", "mode") if k in guard}
-                state = self.streams[stream] = _Stream(sender, _start_time(sender), template)
-            elif state.pid != sender:
+        """Take a checked line for its stream: the sender's own, next in order, still open
+        (the caller holds the lock)."""
+        state = self.streams.get(stream)
+        if state is None:
+            if len(self.streams) >= _MAX_STREAMS or not valid_stream_id(stream):
                 raise Refused("stream")
-            if state.ended:
-                raise Refused("ended")
-            if number <= state.sequence:
-                raise Refused("sequence")
-            state.sequence = number
-            state.hash = str((event["kernel_guard"].get("chain") or {}).get("hash", ""))
-            state.ended = event["event"].get("action") == "stream-ended"
+            guard = event["kernel_guard"]
+            template = {k: event[k] for k in ("user", "host") if k in event}
+            template["kernel_guard"] = {k: guard[k] for k in ("kernel_id", "notebook", "mode") if k in guard}
+            state = self.streams[stream] = _Stream(sender, _start_time(sender), template)
+        elif state.pid != sender:
+            raise Refused("stream")
+        if state.ended:
+            raise Refused("ended")
+        if number <= state.sequence:
+            raise Refused("sequence")
+        state.sequence = number
+        chain = event["kernel_guard"].get("chain")
+        state.hash = str(chain.get("hash", "")) if isinstance(chain, dict) else ""
+        state.ended = event["event"].get("action") == "stream-ended"
 
     def _tick(self) -> None:
         """Now and then: end the streams of processes that are gone, write the heads."""

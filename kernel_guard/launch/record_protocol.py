@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover - orjson is in the "fast" extra
     loads = json.loads
 
 __all__ = ["CUSTODIAN_ACTIONS", "HEADER", "MAX_LINE", "MAX_PAYLOAD", "MAX_PENDING_TOTAL", "Refused",
-           "check_line", "split_message"]
+           "check_line", "split_message", "valid_stream_id"]
 
 #: message header: kind (b"L" whole lines, b"C" a chunk of a longer line), sender pid (ignored)
 HEADER = struct.Struct("!cI")
@@ -111,10 +111,15 @@ def check_line(line: bytes, own_stream: Optional[str]) -> tuple[dict, str, int]:
     if "recorded_by" in guard:
         raise Refused("authorship")
     stream, number = guard.get("stream"), head.get("sequence")
-    if not isinstance(stream, str) or not _STREAM_ID.match(stream) or stream == own_stream:
+    if stream.__class__ is not str or stream == own_stream:  # the id's form: valid_stream_id, once per stream
         raise Refused("stream")
     if type(number) is not int or number < 1:  # noqa: E721 (bool is not a sequence number)
         raise Refused("sequence")
     if head.get("action") in CUSTODIAN_ACTIONS:
         raise Refused("action")
     return event, stream, number
+
+
+def valid_stream_id(stream: str) -> bool:
+    """A stream id as kernels make them (24 hex digits): checked when a stream is first seen."""
+    return _STREAM_ID.match(stream) is not None
