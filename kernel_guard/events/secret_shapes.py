@@ -12,6 +12,10 @@ provider patterns); this table is kernel_guard's own.  Each row is
 * ``pattern``: the token itself, redacted whole (a named group ``s``, where
   there is one, is the only part redacted).
 
+Every shape's match holds a run of 16 or more characters of ``[A-Za-z0-9_+=.~:$-]``
+holding its keyword, unless one of the gate's anchors (:data:`.secrets._ANCHORS`) names it:
+the gate looks for these keywords only in such runs (``tests/events`` checks it).
+
 Shapes that only context can tell from random text (a bare 40-character hex
 key, a UUID, a Cloudflare token) are not here: the context rules of
 :mod:`.secrets` catch them after a secret-looking name or option.
@@ -66,7 +70,7 @@ SHAPES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("planetscale token", ("pscale_",), _B + r"pscale_(?:tkn|pw|oauth)_[A-Za-z0-9=._-]{32,64}"),
     ("scalingo token", ("tk-us-",), _B + r"tk-us-[A-Za-z0-9_-]{48}"),
     ("openshift token", ("sha256~",), _B + r"sha256~[A-Za-z0-9_-]{43}"),
-    ("tailscale key", ("tskey-",), _B + r"tskey-(?:api|auth|client|scim|webhook)-[A-Za-z0-9]+-[A-Za-z0-9]+"),
+    ("tailscale key", ("tskey-",), _B + r"tskey-(?:api|auth|client|scim|webhook)-[A-Za-z0-9]{6,}-[A-Za-z0-9]{16,}"),
     ("hashicorp vault token", ("hvs.", "hvb.", "hvr."), _B + r"hv[sbr]\.[A-Za-z0-9_-]{24,}"),
     ("terraform cloud token", (".atlasv1.",), _B + r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}"),
     ("pulumi token", ("pul-",), _B + r"pul-[a-f0-9]{40}"),
@@ -113,7 +117,7 @@ SHAPES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("together key", ("tgp_v1_",), _B + r"tgp_v1_[A-Za-z0-9_-]{40,}"),
     ("cohere / mistral / kaggle / wandb key after its name",
      ("cohere", "mistral", "kaggle_key", "wandb_api_key", "co_api_key"),
-     r"(?i)(?:cohere\w*|mistral\w*|kaggle_key|wandb_api_key|co_api_key)[\"']?\s*[=:]\s*[\"']?(?P<s>[A-Za-z0-9]{32,40})"),
+     r"(?i)(?:cohere\w*|mistral\w*|kaggle_key|wandb_api_key|co_api_key)[\"']?[=:][\"']?(?P<s>[A-Za-z0-9]{32,40})"),
     ("posthog personal key", ("phx_",), _B + r"phx_[A-Za-z0-9_]{43}"),
     ("segment token", ("sgp_",), _B + r"sgp_[A-Za-z0-9_]{40,64}"),
     ("airtable token", ("pat",), _B + r"pat[A-Za-z0-9]{14}\.[a-f0-9]{64}"),
@@ -126,9 +130,9 @@ SHAPES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("mapbox secret token", ("sk.eyj",), _B + r"sk\.eyJ[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}"),
     ("maxmind key", ("_mmk",), _B + r"[A-Za-z0-9]{6}_[A-Za-z0-9]{29}_mmk"),
     # -- messaging and e-mail -------------------------------------------------------------
-    ("slack token", ("xox",), _B + r"xox[abposrce]-(?:\d-)?[A-Za-z0-9-]{10,}"),
+    ("slack token", ("xox",), _B + r"xox[abposrce]-(?:\d-)?[A-Za-z0-9-]{20,}"),
     ("slack config token", ("xoxe.",), _B + r"xoxe\.xox[bp]-\d-[A-Za-z0-9]{100,}"),
-    ("slack app token", ("xapp-",), _B + r"xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+"),
+    ("slack app token", ("xapp-",), _B + r"xapp-\d-[A-Z0-9]{8,}-\d{8,}-[a-z0-9]{32,}"),
     ("slack webhook", ("hooks.slack",), r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]+"),
     ("discord webhook", ("discord",), r"https://(?:\w+\.)?discord(?:app)?\.com/api/webhooks/\d+/(?P<s>[A-Za-z0-9_-]{20,})"),
     ("microsoft teams webhook", ("webhook.office.com", "outlook.office.com/webhook"),
@@ -143,7 +147,7 @@ SHAPES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("mailjet / brevo key", ("xkeysib-", "xsmtpsib-"), _B + r"x(?:key|smtp)sib-[a-f0-9]{64}-[A-Za-z0-9]{16}"),
     ("postmark / resend key", ("re_",), _B + r"re_[A-Za-z0-9]{8}_[A-Za-z0-9]{24}"),
     ("intercom / zendesk / pagerduty key after its name", ("intercom", "zendesk", "pagerduty"),
-     r"(?i)(?:intercom|zendesk|pagerduty)\w*[\"']?\s*[=:]\s*[\"']?(?P<s>[A-Za-z0-9+_=-]{20,})"),
+     r"(?i)(?:intercom|zendesk|pagerduty)\w*[\"']?[=:][\"']?(?P<s>[A-Za-z0-9+_=-]{20,})"),
     ("postman key", ("pmak-",), _B + r"PMAK-[a-f0-9]{24}-[a-f0-9]{34}"),
     ("atlassian token", ("atatt3", "atctt3"), _B + r"AT[AC]TT3[A-Za-z0-9_=-]{150,}"),
     # -- payments and commerce ------------------------------------------------------------
@@ -157,7 +161,7 @@ SHAPES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("easypost key", ("ezak", "eztk"), _B + r"EZ[AT]K[A-Za-z0-9]{54}"),
     ("shippo token", ("shippo_",), _B + r"shippo_(?:live|test)_[a-f0-9]{40}"),
     ("coinbase / kraken key after its name", ("coinbase", "kraken"),
-     r"(?i)(?:coinbase|kraken)\w*[\"']?\s*[=:]\s*[\"']?(?P<s>[A-Za-z0-9+/=_-]{32,})"),
+     r"(?i)(?:coinbase|kraken)\w*[\"']?[=:][\"']?(?P<s>[A-Za-z0-9+/=_-]{32,})"),
     ("facebook access token", ("eaac", "eaam"), _B + r"EAA[MC][A-Za-z0-9]{100,}"),
     ("dropbox token", ("sl.",), _B + r"sl\.[A-Za-z0-9_-]{130,}"),
     # -- keys and signed tokens -----------------------------------------------------------

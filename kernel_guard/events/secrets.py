@@ -48,7 +48,7 @@ SECRET_WORDS = (r"passw(?:or)?d|passwd|passphrase|pwd|secret|token|api[_-]?key|a
 _SECRET_KEYWORDS = ("passw", "pwd", "passphrase", "secret", "token", "key", "credential", "_pat", "cookie")
 _SECRET_NAME = r"[A-Za-z0-9_.-]{0,64}?(?:" + SECRET_WORDS + r")[A-Za-z0-9_.-]{0,64}"
 #: weaker words: a value after them is redacted only when it looks random
-_WEAK_WORDS = r"key|auth|creds?|access|sig"
+_WEAK_WORDS = r"key|auth|creds?|sig"
 
 #: the last part of a secret-looking name that says its value is not the secret
 _NOT_SECRET_PARTS = frozenset({
@@ -177,7 +177,7 @@ CONTEXT: tuple[Detector, ...] = (
              r"(?i)[\"'](?P<n>" + _SECRET_NAME + r")[\"']\s*,\s*(?:\"(?P<s>[^\"\n]+)\"|'(?P<s1>[^'\n]+)')", _named),
     Detector("named secret set on a command line", _SECRET_KEYWORDS,
              r"(?i)\b(?:set|add|modify\s+\S+|config\s+set)\s+(?P<n>" + _SECRET_NAME + r")\s+" + _VALUE, _named),
-    Detector("random value after a key-like name", ("key", "auth", "cred", "access", "sig"),
+    Detector("random value after a key-like name", ("key", "auth", "cred", "sig"),
              r"(?i)(?<![A-Za-z0-9_.-])(?P<n>[A-Za-z0-9_.-]{0,64}?(?:" + _WEAK_WORDS + r")[A-Za-z0-9_.-]{0,64})" + _SEP
              + r"(?:\"(?P<s>[^\"\s]{16,})\"|'(?P<s1>[^'\s]{16,})'|(?P<s3>[A-Za-z0-9+/=_.~-]{16,}))", _weak_named),
     Detector("secret option", _SECRET_KEYWORDS,
@@ -209,7 +209,7 @@ _SECRET_FLAG = re.compile(r"(?i)^--?" + _SECRET_NAME + "$")
 _USER_PASSWORD_TOOLS = frozenset({"curl", "wget", "lftp"})
 #: programs whose -pPASS / -p PASS is a password (elsewhere -p is often a port)
 _P_PASSWORD_TOOLS = frozenset({"mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlsh", "mariadb",
-                               "mariadb-dump", "sshpass", "mongo", "mongosh", "mongodump", "mongorestore",
+                               "sshpass", "mongo", "mongosh", "mongodump", "mongorestore",
                                "mongoexport", "mongoimport"})
 #: programs and the one flag whose value is their password
 _FLAG_PASSWORD_TOOLS = {"redis-cli": "-a", "sqlcmd": "-P", "ldapsearch": "-w", "ldapadd": "-w",
@@ -240,18 +240,20 @@ def secret_env_name(name: str) -> bool:
 
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-+=.~:$")
 _SPLIT = bytes(c if chr(c) in _WORD_CHARS else 32 for c in range(256))
+#: programs are words of letters and digits (mysql; redis of redis-cli)
+_PROGRAM_SPLIT = bytes(c if chr(c) in _WORD_CHARS and chr(c) not in "_+=.~:$-" else 32 for c in range(256))
 _LONG_WORD = 16
 #: keywords looked for anywhere (substring tests), not only in long words
-_ANCHORS = ("pass", "pwd", "secret", "token", "key", "cred", "auth", "cookie", "sig", "bearer", "private",
+_ANCHORS = ("pass", "pwd", "secret", "token", "key", "cred", "auth", "cookie", "sig", "bearer", "private", "_pat",
             "glc_", "whsec_", "absk", "fm1", "fm2_", "1//0", "twilio", "discord", "webhook", "hooks.slack")
 #: programs whose options carry passwords, looked for as words (curl -u, mysql -p ...)
 _PROGRAMS = frozenset(w.encode("ascii") for w in (
     "curl", "wget", "lftp", "http", "mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlsh", "mariadb",
-    "mariadb-dump", "sshpass", "mongo", "mongosh", "mongodump", "mongorestore", "mongoexport", "mongoimport",
-    "login", "redis-cli", "sqlcmd", "ldapsearch", "ldapadd", "ldapmodify", "ldapdelete", "ldappasswd",
+    "sshpass", "mongo", "mongosh", "mongodump", "mongorestore", "mongoexport", "mongoimport",
+    "login", "redis", "sqlcmd", "ldapsearch", "ldapadd", "ldapmodify", "ldapdelete", "ldappasswd",
     "ldapwhoami", "smbclient"))
 _PROGRAM_KEYWORD = {w: next(k for k in ("curl", "wget", "lftp", "http", "mysql", "mariadb", "sshpass", "mongo",
-                                        "login", "redis-cli", "sqlcmd", "ldap", "smbclient")
+                                        "login", "redis", "sqlcmd", "ldap", "smbclient")
                             if w.decode("ascii").startswith(k)) for w in _PROGRAMS}
 
 
@@ -308,10 +310,11 @@ def detectors_for(text: str) -> list[Detector]:
     found = set(filter(lowered.__contains__, _ANCHORS))
     if "@" in lowered and "://" in lowered:
         found.add("://")  # URL userinfo
-    words = lowered.encode("ascii").translate(_SPLIT).split()
+    raw = lowered.encode("ascii")
+    programs = _PROGRAMS.intersection(raw.translate(_PROGRAM_SPLIT).split())
+    words = raw.translate(_SPLIT).split()
     if not words:
         return _chosen(found)
-    programs = _PROGRAMS.intersection(words)
     if programs:
         found.update(_PROGRAM_KEYWORD[w] for w in programs)
     if max(map(len, words)) >= _LONG_WORD:
