@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Tuple
 
 from .. import notice
 from ..events import pipeline
+from ..events.processors import redact_and_cut
 from ..events.schema import make_event
 from ..exceptions import (
     CredentialRefused,
@@ -317,7 +318,9 @@ def _allowed(executable: str, allowed_programs: frozenset) -> bool:
 
 
 def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` for a reason: redacted whole first, then cut (a secret crossing the cut
+    would otherwise leave its first part, which no pattern recognises any more)."""
+    return redact_and_cut(text, limit)
 
 
 # -- the decision ------------------------------------------------------------

@@ -166,24 +166,9 @@ _VALUE = r"(?:\"(?P<s>[^\"\n]+)\"|'(?P<s1>[^'\n]+)'|`(?P<s2>[^`\n]+)`|(?P<s3>[^\
 _SEP = r"[\"'`]?\]?\s*(?::=|=>|==?|:)\s*"
 _PREFIX = r"(?:(?:bearer|basic|token)\s+)?"
 
+#: in order: the command-line rules before the named ones (``TOKEN=curl -u a:b`` would lose its
+#: program to a named rule first), the entropy rule before the named rules take its name
 CONTEXT: tuple[Detector, ...] = (
-    Detector("authorization header", ("authorization",),
-             r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest|negotiate|apikey"
-             r"|sso-key|dsn)\s+)?(?P<s>[^\s'\"]{4,})"),
-    Detector("bearer token", ("bearer",), r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9._~+/-]{12,}=*)"),
-    Detector("named secret", _SECRET_KEYWORDS,
-             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>" + _SECRET_NAME + r")" + _SEP + _PREFIX + _VALUE, _named),
-    Detector("named secret argument", _SECRET_KEYWORDS,
-             r"(?i)[\"'](?P<n>" + _SECRET_NAME + r")[\"']\s*,\s*(?:\"(?P<s>[^\"\n]+)\"|'(?P<s1>[^'\n]+)')", _named),
-    Detector("named secret set on a command line", _SECRET_KEYWORDS,
-             r"(?i)\b(?:set|add|modify\s+\S+|config\s+set)\s+(?P<n>" + _SECRET_NAME + r")\s+" + _VALUE, _named),
-    Detector("random value after a key-like name", ("key", "auth", "cred", "sig"),
-             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>[A-Za-z0-9_.-]{0,64}?(?:" + _WEAK_WORDS + r")[A-Za-z0-9_.-]{0,64})" + _SEP
-             + r"(?:\"(?P<s>[^\"\s]{16,})\"|'(?P<s1>[^'\s]{16,})'|(?P<s3>[A-Za-z0-9+/=_.~-]{16,}))", _weak_named),
-    Detector("secret option", _SECRET_KEYWORDS,
-             r"(?i)(?<![\w-])--?(?P<n>[\w-]{0,64}?(?:" + SECRET_WORDS + r")[\w-]{0,64})(?:=|\s+)" + _VALUE, _option),
-    Detector("requests-style auth pair", ("auth",),
-             r"(?i)auth\w*\s*[=(]\s*\(?\s*[\"'][^\"'\n]*[\"']\s*,\s*(?:\"(?P<s>[^\"\n]+)\"|'(?P<s1>[^'\n]+)')"),
     Detector("curl -u user:password", ("curl", "wget", "lftp", "http"),
              r"(?i)\b(?:curl|wget|lftp|http)\b[^\n;|&]{0,200}?\s(?:-u|--user|--proxy-user|-U)[\s=]*[\"']?[^\s:'\"]*[:,]"
              r"(?P<s>[^\s'\"]+)"),
@@ -195,9 +180,26 @@ CONTEXT: tuple[Detector, ...] = (
              r"\b(?:redis-cli\b[^\n;|&]{0,200}?\s-a|sqlcmd\b[^\n;|&]{0,200}?\s-P|ldap\w*\b[^\n;|&]{0,200}?\s-w"
              r"|smbclient\b[^\n;|&]{0,200}?\s-U\s*\S+?%)\s*(?P<s>[^\s'\"]+)"),
     Detector("openssl pass:", ("pass:",), r"(?<![\w])pass:(?P<s>[^\s'\"]+)"),
-    # scheme://user:password@host, the password possibly holding '@', the user possibly empty
     Detector("url userinfo", ("://",),
              r"(?i)\b[a-z][a-z0-9+.-]{0,32}://[^/\s:@]{0,256}:(?P<s>[^\s/]{1,256})@(?=[^@\s/]*(?:[/\s:?#'\"]|$))"),
+    Detector("random value after a key-like name", ("key", "auth", "cred", "sig"),
+             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>[A-Za-z0-9_.-]{0,64}?(?:" + _WEAK_WORDS + r")[A-Za-z0-9_.-]{0,64})" + _SEP
+             + r"(?:\"(?P<s>[^\"\s]{16,})\"|'(?P<s1>[^'\s]{16,})'|(?P<s3>[A-Za-z0-9+/=_.~-]{16,}))", _weak_named),
+    Detector("authorization header", ("authorization",),
+             r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest|negotiate|apikey"
+             r"|sso-key|dsn)\s+)?(?P<s>[^\s'\"]{4,})"),
+    Detector("bearer token", ("bearer",), r"(?i)\bbearer\s+(?P<s>[A-Za-z0-9._~+/-]{12,}=*)"),
+    Detector("named secret", _SECRET_KEYWORDS,
+             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>" + _SECRET_NAME + r")" + _SEP + _PREFIX + _VALUE, _named),
+    Detector("named secret argument", _SECRET_KEYWORDS,
+             r"(?i)[\"'](?P<n>" + _SECRET_NAME + r")[\"']\s*,\s*(?:\"(?P<s>[^\"\n]+)\"|'(?P<s1>[^'\n]+)')", _named),
+    Detector("named secret set on a command line", _SECRET_KEYWORDS,
+             r"(?i)\b(?:set|add|modify\s+\S+|config\s+set)\s+(?P<n>" + _SECRET_NAME + r")\s+" + _VALUE, _named),
+    Detector("secret option", _SECRET_KEYWORDS,
+             r"(?i)(?<![\w-])--?(?P<n>[\w-]{0,64}?(?:" + SECRET_WORDS + r")[\w-]{0,64})(?:=|\s+)" + _VALUE, _option),
+    Detector("requests-style auth pair", ("auth",),
+             r"(?i)auth\w*\s*[=(]\s*\(?\s*[\"'][^\"'\n]*[\"']\s*,\s*(?:\"(?P<s>[^\"\n]+)\"|'(?P<s1>[^'\n]+)')"),
+    # scheme://user:password@host, the password possibly holding '@', the user possibly empty
 )
 
 SHAPE_DETECTORS: tuple[Detector, ...] = tuple(Detector(name, keywords, pattern) for name, keywords, pattern in SHAPES)
