@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import List, Tuple
 
 import pytest
+from conftest import GuardedKernel
+from launcher_support import NOTEBOOK_USER, unprivileged_root
 
 from kernel_guard.events.pipeline import EventPipeline
 from kernel_guard.events.processors import AddContext, Redact, TruncateCode
@@ -322,3 +325,46 @@ def test_operators_patterns_still_apply() -> None:
     """A pattern from KernelGuard.redact_patterns redacts what the catalogue does not know."""
     event = make_event("cell-executed", outcome="success", layer="ipython", code="emp = 'EMP-123456'")
     assert "EMP-123456" not in json.dumps(Redact([r"EMP-\d{6}"], environ={})(event))
+
+
+#: secrets a notebook leaks, by route: a token, an npm token, a connection string's key, curl -u
+KERNEL_SECRETS = ["npm_" + _fake(AN, 36), "glpat-" + _fake(AN, 22, 5),
+                  "AccountKey=" + _fake(AN, 86, 7) + "==", "alice:" + _fake(AN, 14, 11)]
+KERNEL_CODE = ("import os\nos.environ['SERVICE_API_TOKEN'] = {t0!r}\nprint({t1!r})\n"
+               "try:\n    os.system('echo ' + 'y' * 30 + ' ' + {t1!r})\nexcept PermissionError:\n    pass\n"
+               "try:\n    os.execv('/bin/sh', ['sh', '-c', 'curl -u {t3} https://x; echo {t2}'])\n"
+               "except PermissionError:\n    pass\n"
+               "raise ValueError('cannot connect with ' + {t2!r})")
+
+
+def _secret_parts() -> List[str]:
+    return [KERNEL_SECRETS[0][4:20], KERNEL_SECRETS[1][6:22], KERNEL_SECRETS[2][11:27], KERNEL_SECRETS[3][6:]]
+
+
+@pytest.mark.parametrize("route", ["extension", "launcher", "launcher in audit mode"])
+def test_a_real_kernel_records_no_secret_by_any_route(route: str) -> None:
+    """A kernel as uid 1000, through the extension and the launcher (supervisor and custodian): code,
+    an environment value under a secret name, output, a refused command cut in its reason, a raw exec
+    and an error message carry secrets; the record holds none of them and still names the refusals."""
+    code = KERNEL_CODE.format(t0=KERNEL_SECRETS[0], t1=KERNEL_SECRETS[1], t2=KERNEL_SECRETS[2],
+                              t3=KERNEL_SECRETS[3])
+    argv = None
+    if route.startswith("launcher"):
+        argv = [sys.executable, "-I", "-m", "kernel_guard.launch", "-f", "{connection_file}"]
+    # audit mode: the audit layer records and lets the exec go on to the supervisor, which refuses it
+    env = {"KERNEL_GUARD_MODE": "audit"} if route.endswith("audit mode") else None
+    with unprivileged_root() as root:
+        kernel = GuardedKernel(os.path.join(root, "k"), argv=argv, env=env, user=NOTEBOOK_USER).start()
+        try:
+            kernel.execute(code)
+            kernel.execute("1 + 1", user_expressions={"out": repr(KERNEL_SECRETS[1])})
+            kernel.new_events(until=lambda evs: sum(e["event"]["action"] == "cell-executed" for e in evs) >= 2)
+        finally:
+            kernel.shutdown()
+        with open(kernel.sink, encoding="utf-8") as fh:
+            text = fh.read()
+    leaked = [part for part in _secret_parts() if part in text]
+    assert not leaked, leaked
+    layers = {e["kernel_guard"]["layer"] for e in map(json.loads, text.splitlines())
+              if e["event"]["action"] in ("exec-denied", "exec-attempt")}
+    assert "[REDACTED]" in text and layers >= ({"seccomp"} if route.endswith("audit mode") else {"audit"}), layers
