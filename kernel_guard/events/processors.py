@@ -147,20 +147,24 @@ class Redact:
                 guard["files"] = [one(str(v)) for v in guard["files"]]
 
 
+#: object -> its user-text fields (strings, lists or dicts of strings)
+_FIELDS_BY_OBJECT: dict[str, frozenset[str]] = {}
+for _outer, _inner in Redact.TEXT_FIELDS + Redact.TEXT_COLLECTIONS:
+    _FIELDS_BY_OBJECT[_outer] = _FIELDS_BY_OBJECT.get(_outer, frozenset()) | {_inner}
+
+
 def _user_texts(event: Event, fields: tuple, collections: tuple) -> list[str]:
     """The event's user-text values, for one gate pass over all of them."""
-    texts = []
-    for outer, inner in fields:
+    texts: list[str] = []
+    for outer, names in _FIELDS_BY_OBJECT.items():
         node = event.get(outer)
-        if node is not None:
-            value = node.get(inner)
+        if node is None:
+            continue
+        for inner in names.intersection(node):  # only the fields the event has
+            value = node[inner]
             if value.__class__ is str:
                 texts.append(value)
-    for outer, inner in collections:
-        node = event.get(outer)
-        if node is not None:
-            value = node.get(inner)
-            if isinstance(value, list):
+            elif isinstance(value, list):
                 texts.extend(v if isinstance(v, str) else str(v) for v in value)
             elif isinstance(value, dict):
                 texts.extend(str(v) for v in value.values())
