@@ -17,7 +17,7 @@ from .config import KernelGuard, load_config
 from .events import pipeline as _pipeline
 from .events.aggregate import Aggregate
 from .events.pipeline import EventPipeline
-from .events.processors import AddContext, Redact, Sequence, TruncateCode
+from .events.processors import AddContext, Redact, Sequence, TruncateCode, set_process_redactor
 from .events.schema import Event, KernelContext, make_event
 from .events.streams import StreamChain
 from .events.sinks import Sink, SinkOptions, describe_url, open_sink
@@ -119,8 +119,10 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     # aggregate before numbering and redacting: repeats cost no regex work and
     # leave no holes in event.sequence; redaction runs on the writer thread
     # (deferred), not in the cell
+    redact = Redact(guard.redact_patterns)
+    set_process_redactor(redact)  # text cut before it is queued (a reason quoting a command) is redacted first
     processors = [AddContext(context), Aggregate(guard.aggregate_interval), Sequence(),
-                  Redact(guard.redact_patterns), TruncateCode(), StreamChain()]
+                  redact, TruncateCode(), StreamChain()]
     pipe = EventPipeline(opened, processors, queue_size=guard.queue_size,
                          spool_dir=guard.spool_dir, spool_max_bytes=guard.spool_max_bytes, start=threads)
     _pipeline.set_pipeline(pipe)

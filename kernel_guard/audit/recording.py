@@ -62,10 +62,9 @@ def _argv(value: Any) -> list[str]:
 def _short(text: str, limit: int = 60) -> str:
     """``text`` for a refusal's reason: redacted first, then cut, so that no part of a
     secret that straddles the cut reaches the record."""
-    from ..events.secrets import redact_text
+    from ..events.processors import redact_and_cut
 
-    text = redact_text(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return redact_and_cut(text, limit)
 
 
 def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: str, technique: str,

@@ -18,10 +18,13 @@ import threading
 from typing import Callable, Iterable
 
 from .schema import Event, KernelContext
-from .secrets import REDACTED, redact_argv, redact_text, secret_env_name
+from .secrets import REDACTED, detectors_for, redact_argv, redact_text, redact_with, secret_env_name
+from .secrets import _aws_candidate
+from .secrets import redact_and_cut as _secrets_cut
 from .streams import new_stream_id
 
-__all__ = ["AddContext", "Processor", "Redact", "Sequence", "TruncateCode", "redact_argv", "redact_text"]
+__all__ = ["AddContext", "Processor", "Redact", "Sequence", "TruncateCode", "redact_and_cut", "redact_argv",
+           "redact_text", "set_process_redactor"]
 
 #: A processor: ``event -> event`` (may mutate and return the same dict).
 Processor = Callable[[Event], Event]
@@ -68,36 +71,129 @@ class AddContext:
 
 
 class Redact:
-    """Remove secrets from commands, arguments, code and reasons."""
+    """Remove secrets from every field that can hold text from the user.
+
+    Only those fields: the event's own structure (``event.id``, ``@timestamp``,
+    ``event.sequence``, the chain's hashes, ids and counts) is never touched.
+    The gate (:func:`.secrets.detectors_for`) runs once over all of an event's
+    user text; an event without a candidate costs that one pass.
+    """
 
     deferred = True  # on the writer thread: every event passes through it before any sink
 
-    _TEXT_FIELDS = (("process", "command_line"), ("process", "executable"), ("kernel_guard", "code"),
-                    ("kernel_guard", "target"), ("kernel_guard", "notebook"), ("kernel_guard", "value"),
-                    ("event", "reason"), ("file", "path"))
+    #: (object, field) pairs whose string values are user text
+    TEXT_FIELDS = (("event", "reason"), ("process", "command_line"), ("process", "executable"),
+                   ("process", "name"), ("process", "title"), ("process", "working_directory"),
+                   ("file", "path"), ("file", "target_path"), ("file", "name"),
+                   ("kernel_guard", "code"), ("kernel_guard", "target"), ("kernel_guard", "notebook"),
+                   ("kernel_guard", "value"), ("kernel_guard", "prompt"), ("kernel_guard", "target_name"),
+                   ("kernel_guard", "error_name"), ("kernel_guard", "error"), ("kernel_guard", "output"),
+                   ("kernel_guard", "stderr"), ("kernel_guard", "path"), ("kernel_guard", "setting"))
+    #: (object, field) pairs whose values are lists or dicts of user text
+    TEXT_COLLECTIONS = (("process", "args"), ("kernel_guard", "user_expressions"), ("kernel_guard", "files"))
 
     def __init__(self, extra_patterns: Iterable[str] = (), environ: dict[str, str] | None = None) -> None:
         self.literals = _secret_env_values(environ)
         self.extra = [re.compile(p) for p in extra_patterns]
 
-    def _text(self, text: str) -> str:
+    def text(self, text: str) -> str:
+        """One text redacted as an event's field would be (literals, catalogue, operators' patterns)."""
         text = redact_text(text, self.literals)
         for pattern in self.extra:
             text = pattern.sub(REDACTED, text)
         return text
 
+    def cut(self, text: str, limit: int) -> str:
+        """``text`` redacted whole, then cut to ``limit`` characters (never the other way round)."""
+        text = self.text(text)
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
     def __call__(self, event: Event) -> Event:
-        for outer, inner in self._TEXT_FIELDS:
+        texts = _user_texts(event, self.TEXT_FIELDS, self.TEXT_COLLECTIONS)
+        if not texts:
+            return event
+        joined = "\n".join(texts)
+        detectors = detectors_for(joined)
+        literal = any(literal in joined for literal in self.literals)
+        extra = [p for p in self.extra if p.search(joined)]
+        if not (detectors or literal or extra or _aws_candidate(joined)):
+            return event
+        self._redact(event, detectors, extra)
+        return event
+
+    def _redact(self, event: Event, detectors: list, extra: list) -> None:
+        """Redact each user-text field with the detectors the gate chose for the event."""
+        literals = self.literals
+
+        def one(text: str) -> str:
+            for literal in literals:
+                if literal in text:
+                    text = text.replace(literal, REDACTED)
+            text = redact_with(detectors, text)
+            for pattern in extra:
+                text = pattern.sub(REDACTED, text)
+            return text
+
+        for outer, inner in self.TEXT_FIELDS:
             node = event.get(outer)
             if isinstance(node, dict) and isinstance(node.get(inner), str):
-                node[inner] = self._text(node[inner])
+                node[inner] = one(node[inner])
         proc = event.get("process")
         if isinstance(proc, dict) and isinstance(proc.get("args"), list):
-            proc["args"] = [self._text(a) for a in redact_argv(proc["args"], self.literals)]
+            proc["args"] = redact_argv(proc["args"], redact=one)
         guard = event.get("kernel_guard")
-        if isinstance(guard, dict) and isinstance(guard.get("user_expressions"), dict):
-            guard["user_expressions"] = {k: self._text(str(v)) for k, v in guard["user_expressions"].items()}
-        return event
+        if isinstance(guard, dict):
+            if isinstance(guard.get("user_expressions"), dict):
+                guard["user_expressions"] = {k: one(str(v)) for k, v in guard["user_expressions"].items()}
+            if isinstance(guard.get("files"), list):
+                guard["files"] = [one(str(v)) for v in guard["files"]]
+
+
+#: object -> its user-text fields (strings, lists or dicts of strings)
+_FIELDS_BY_OBJECT: dict[str, frozenset[str]] = {}
+for _outer, _inner in Redact.TEXT_FIELDS + Redact.TEXT_COLLECTIONS:
+    _FIELDS_BY_OBJECT[_outer] = _FIELDS_BY_OBJECT.get(_outer, frozenset()) | {_inner}
+
+
+def _user_texts(event: Event, fields: tuple, collections: tuple) -> list[str]:
+    """The event's user-text values, for one gate pass over all of them."""
+    texts: list[str] = []
+    for outer, names in _FIELDS_BY_OBJECT.items():
+        node = event.get(outer)
+        if node is None:
+            continue
+        for inner in names.intersection(node):  # only the fields the event has
+            value = node[inner]
+            if value.__class__ is str:
+                texts.append(value)
+            elif isinstance(value, list):
+                texts.extend(v if isinstance(v, str) else str(v) for v in value)
+            elif isinstance(value, dict):
+                texts.extend(str(v) for v in value.values())
+    return texts
+
+
+#: the process's redactor (set by the runtime): what text cut before it is queued goes through
+_process_redactor: "Redact | None" = None
+
+
+def set_process_redactor(redactor: "Redact | None") -> None:
+    """Make ``redactor`` the one :func:`redact_and_cut` uses (the runtime's, with its settings)."""
+    global _process_redactor
+    _process_redactor = redactor
+
+
+def redact_and_cut(text: str, limit: int) -> str:
+    """Redact ``text`` whole (with the process's literals and operators' patterns), then cut it.
+
+    For every place that shortens user text before it is queued (a refusal's
+    reason quotes the command): cutting first would let the part of a secret
+    before the cut through, where no pattern can recognise it any more.
+    """
+    redactor = _process_redactor
+    if redactor is not None:
+        return redactor.cut(text, limit)
+    return _secrets_cut(text, limit)
 
 
 class TruncateCode:

@@ -20,6 +20,7 @@ import json
 from typing import Any, Callable
 
 from .. import runtime
+from ..events.processors import redact_and_cut
 from ..events.schema import make_event
 from .cells import code_fields
 
@@ -99,7 +100,7 @@ def _wrap_input(kernel: Any) -> None:
                                        value_length=len(value), reason="a password was typed at getpass()"))
         else:
             _record(functools.partial(_code_event, "input-received", "a reply to input()", value,
-                                      prompt=str(prompt)[:200], password=False))
+                                      prompt=redact_and_cut(str(prompt), 200), password=False))
         return value
 
     _input_request._kernel_guard = True  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from .. import notice, runtime
 from ..config import KernelGuard
+from ..events.processors import redact_and_cut
 from ..events.schema import make_event
 from ..exceptions import GuardTampering, ShellRefused
 
@@ -89,7 +90,7 @@ def refuse(route: str, command: str | None = None, *, tampering: bool = False,
     """
     command = (command or "").strip()
     first = command.splitlines()[0] if command else ""
-    short = first if len(first) <= 60 else first[:59] + "…"
+    short = redact_and_cut(first, 60)  # redacted before it is cut: no part of a secret stays
     if route in ("!", "!!"):
         what = f"`{route}{short}`"
     else:
@@ -362,7 +363,7 @@ def _revert_trait(owner: Any, trait: str) -> None:
             return
         setattr(owner, trait, saved["value"])
         try:
-            refuse(f"setting {type(owner).__name__}.{trait}", repr(change["new"])[:200], tampering=True)
+            refuse(f"setting {type(owner).__name__}.{trait}", redact_and_cut(repr(change["new"]), 200), tampering=True)
         except GuardTampering:
             pass  # an observer cannot refuse; the value is already restored
 
