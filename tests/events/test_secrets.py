@@ -302,7 +302,7 @@ def test_a_secret_crossing_the_cut_leaves_none_of_its_characters() -> None:
 
 def test_the_audit_layers_reason_is_redacted_before_it_is_cut() -> None:
     """The audit hook's reason (a command cut to 60 characters) holds no prefix of a secret at the cut."""
-    from kernel_guard.audit.hook import _short
+    from kernel_guard.audit.recording import _short
 
     secret = "npm_" + _fake(AN, 36)
     shown = _short("curl https://registry.example/x " + "y" * 15 + " " + secret)
