@@ -53,7 +53,7 @@ def _env_list(name: str) -> list[str]:
 
 #: numeric settings -> (lowest, highest or None, unit), checked by one validator
 _RANGES: dict[str, tuple[float, float | None, str]] = {
-    "code_max_chars": (0, None, "characters"),
+    "code_max_chars": (0, 10_000_000, "characters"),
     "queue_size": (100, 10_000_000, "events"),
     "spool_max_bytes": (1 << 20, 1 << 40, "bytes"),
     "aggregate_interval": (0, 3600, "seconds"),
@@ -337,12 +337,21 @@ class KernelGuard(Configurable):
     @validate(*_RANGES)
     def _validate_range(self, proposal: Any) -> Any:
         """Numeric settings stay within sane bounds; the message names the setting and the unit."""
-        name, value = proposal["trait"].name, proposal["value"]
-        low, high, unit = _RANGES[name]
-        if value != value or value < low or (high is not None and value > high):  # value != value: NaN
-            bounds = f"{low:,} or more" if high is None else f"between {low:,} and {high:,}"
-            raise TraitError(f"KernelGuard.{name} must be {bounds} {unit}")
-        return value
+        _check_range(proposal["trait"].name, proposal["value"])
+        return proposal["value"]
+
+
+def _check_range(name: str, value: Any) -> None:
+    """Raise TraitError naming the setting, its bounds and unit, for a number outside them
+    (checked before traitlets converts it: a 10**400 overflows a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return  # traitlets reports a value of the wrong type
+    low, high, unit = _RANGES[name]
+    if value != value or value < low or (high is not None and value > high):  # value != value: NaN
+        bounds = f"{low:,} or more" if high is None else f"between {low:,} and {high:,}"
+        if name == "code_max_chars":  # the cap is a sanity bound, not a setting people aim at
+            bounds = f"{low:,} or more (at most {high:,})"
+        raise TraitError(f"KernelGuard.{name} must be {bounds} {unit}")
 
 # -- where settings come from ------------------------------------------------
 
@@ -391,6 +400,30 @@ WEAKENS: dict[str, Callable[[Any, Any], bool]] = {
 }
 #: traits where an untrusted file may add entries but not remove them
 ADDITIVE = ("sinks", "redact_patterns", "extra_persistence_paths", "extra_protected_env")
+
+
+#: ordinary commands and code: a redaction pattern that matches any of them would blank
+#: the fields an investigation reads (process.args, the cell's code), not hide a secret
+_ORDINARY = ("ls", "sh -c 'ls -la /tmp'", "/usr/bin/python3", "import os\nos.system('true')",
+             "print(1)", "analysis.ipynb", "x = df.head()")
+
+
+def _blanks_the_record(pattern: Any, ignored: list, files: list[str]) -> bool:
+    """Report and return True for a redaction pattern from a user-writable file that
+    removes information from the record: it matches nothing at all ('' matches), or
+    ordinary commands and code (``'.'``, ``'(?s).*'``).  Weakening, so ignored there."""
+    try:
+        compiled = re.compile(pattern)
+        sample = next((text for text in ("", *_ORDINARY) if compiled.search(text)), None)
+    except Exception:
+        return False  # not a regular expression: _apply reports it as invalid
+    if sample is None:
+        return False
+    ignored.append({"setting": "KernelGuard.redact_patterns", "value": _shown(pattern), "files": files,
+                    "reason": f"weakening setting from a user-writable config file ignored: the pattern matches "
+                              f"ordinary commands and code (here {sample!r}) and would blank the record; "
+                              "set it in a root-owned config file if it is meant"})
+    return True
 
 
 def trusted_file(path: str) -> bool:
@@ -476,20 +509,63 @@ def load_config(merged: Config | None = None, app: Application | None = None) ->
     return guard, ignored
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a report, at most 200 characters (a 10**5000 has no repr at all)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_text(name: str, value: Any) -> None:
+    """Text settings are UTF-8 without NUL: a byte that is not UTF-8 (a lone surrogate)
+    or a NUL fails later, in a path or a socket call, where it could stop the guard."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if not isinstance(item, str):
+            continue
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{item[:80]!r} holds a byte that is not UTF-8 text: write KernelGuard.{name} "
+                              "in UTF-8") from None
+        if "\0" in item:
+            raise ConfigError(f"{item[:80]!r} holds a NUL character: remove it from KernelGuard.{name}")
+
+
 def _apply(guard: KernelGuard, name: str, value: Any, ignored: list, source: str) -> None:
-    """Set one trait; an invalid value is reported and the default kept."""
+    """Set one trait; an invalid value is reported and the current value kept.  Any
+    error counts as invalid (a 10**400 overflows a float): one bad value never takes
+    the other settings, and the sinks among them, with it."""
     if not guard.has_trait(name):
-        ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value),
+        ignored.append({"setting": f"KernelGuard.{name}", "value": _shown(value),
                         "reason": f"unknown setting from {source}"})
         return
     try:
         if isinstance(value, DeferredConfigString):
             # --KernelGuard.x=... arrives as text: kernel apps don't list our class
             value = _from_command_line(value, name, guard)
+        if name == "sinks" and isinstance(value, (list, tuple)):
+            value = _good_sinks(value, ignored, source) or list(guard.sinks)
+        _check_text(name, value)
+        if name in _RANGES:
+            _check_range(name, value)
         setattr(guard, name, value)
-    except (TraitError, ConfigError) as exc:
-        ignored.append({"setting": f"KernelGuard.{name}", "value": repr(value),
-                        "reason": f"invalid, kept {getattr(guard, name)!r}: {exc}"})
+    except Exception as exc:
+        ignored.append({"setting": f"KernelGuard.{name}", "value": _shown(value),
+                        "reason": f"invalid, kept {_shown(getattr(guard, name))}: {exc}"})
+
+
+def _good_sinks(urls: Any, ignored: list, source: str) -> list[str]:
+    """The sink URLs that are valid; each bad one is reported and left out alone."""
+    good = []
+    for url in urls:
+        try:
+            good.append(validate_sink_url(url))
+        except ConfigError as exc:
+            ignored.append({"setting": "KernelGuard.sinks", "value": _shown(url),
+                            "reason": f"{exc}; sink left out (from {source}), the others kept"})
+    return good
 
 
 #: list settings whose items never contain a comma: `--KernelGuard.sinks=a,b` is two items
@@ -524,7 +600,10 @@ def _apply_untrusted(guard: KernelGuard, name: str, value: Any, ignored: list, f
             pass
     if name in ADDITIVE and isinstance(value, (list, tuple)):
         current = list(getattr(guard, name))
-        _apply(guard, name, current + [v for v in value if v not in current], ignored, "user config")
+        added = [v for v in value if v not in current]
+        if name == "redact_patterns":
+            added = [v for v in added if not _blanks_the_record(v, ignored, files)]
+        _apply(guard, name, current + added, ignored, "user config")
         return
     if name in WEAKENS and guard.has_trait(name):
         try:
