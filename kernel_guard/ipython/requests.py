@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .. import runtime
 from ..events.schema import make_event
-from .cells import code_fields
+from .code_record import code_fields
 
 __all__ = ["install"]
 
