@@ -14,6 +14,8 @@ and ``emit`` may block and raise as the network does; it may also offer
 ``emit_lines(lines)`` to take the spool's JSON lines without decoding them.
 :func:`open_sink` maps a URL scheme to a sink class; new schemes register in
 ``SCHEMES``.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """
 
 from __future__ import annotations
