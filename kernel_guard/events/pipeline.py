@@ -42,8 +42,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
-from .losses import LossReports
-from .losses import stderr_line as _stderr_line
+from .losses import LossReports, stderr_line as _stderr_line
 from .processors import Processor, Sequence
 from .schema import Event, make_event, to_json, to_json_line
 from .sinks import Sink
@@ -54,7 +53,6 @@ __all__ = ["EventPipeline", "emit", "get_pipeline", "set_pipeline"]
 
 _BATCH = 1024
 _META = ("events-dropped", "sink-error", "sink-recovered")
-
 
 #: the writer's tick (s): routine events are written within it
 _TICK = 0.1
