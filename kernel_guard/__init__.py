@@ -8,6 +8,8 @@ seccomp filter and the exec supervisor before the kernel starts.
 Each layer is a folder: :mod:`.ipython`, :mod:`.audit`, :mod:`.launch`,
 :mod:`.events`, :mod:`.server` (the jupyter_server extension) and :mod:`.cli`
 (the ``kernel-guard`` command); the modules beside them are shared.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """
 
 from __future__ import annotations

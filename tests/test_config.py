@@ -157,3 +157,33 @@ def test_list_settings_on_the_command_line_are_split_on_commas() -> None:
     guard, ignored = load_config(config)
     assert guard.sinks == ["stderr://", "logging://kg"] and guard.extra_protected_env == ["A", "B"]
     assert guard.redact_patterns == ["x{1,3}"] and ignored == []
+
+
+def test_one_bad_value_never_takes_the_other_settings_with_it(tmp_path):
+    """A bad sink URL, a NUL and a 10**400 from a trusted source: each is reported by name,
+    the good sinks and every other setting stay."""
+    config = Config()
+    good = [f"file://{tmp_path}/a.jsonl", f"file://{tmp_path}/b.jsonl"]
+    config.KernelGuard.sinks = [good[0], "ftp://x", "http://collector\udcff:80/", good[1]]
+    config.KernelGuard.aggregate_interval = 10**400
+    config.KernelGuard.spool_dir = "/var/spool/kernel\0guard"
+    config.KernelGuard.code_policy = "full"
+    guard, ignored = load_config(config)
+    assert guard.sinks == good and guard.code_policy == "full" and guard.aggregate_interval == 5.0
+    reasons = {(item["setting"], item["reason"].split(":")[0]) for item in ignored}
+    assert ("KernelGuard.aggregate_interval", "invalid, kept 5.0") in reasons
+    assert sum(item["setting"] == "KernelGuard.sinks" for item in ignored) == 2
+    assert any(item["setting"] == "KernelGuard.spool_dir" and "NUL" in item["reason"] for item in ignored)
+
+
+@pytest.mark.parametrize("pattern", [".", "(?s).*", "", "s"])
+def test_a_redaction_pattern_that_blanks_the_record_is_weakening(pattern):
+    """From a user-writable file, a pattern matching ordinary commands and code is ignored and
+    reported; a pattern for a secret is added."""
+    from kernel_guard.config import _apply_untrusted
+
+    guard, ignored = KernelGuard(), []
+    _apply_untrusted(guard, "redact_patterns", [pattern, r"tok_[0-9a-f]{32}"], ignored, ["/home/u/cfg.py"])
+    assert guard.redact_patterns == [r"tok_[0-9a-f]{32}"]
+    assert [item["setting"] for item in ignored] == ["KernelGuard.redact_patterns"]
+    assert "user-writable" in ignored[0]["reason"] and ignored[0]["files"] == ["/home/u/cfg.py"]

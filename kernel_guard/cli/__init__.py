@@ -12,6 +12,8 @@ start or cannot see in ``/proc`` is beyond it.  Each subcommand lives in
 the module of its concern and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``; this module only wires them together, so
 ``kernel-guard --help`` is the table of contents.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -12,4 +12,6 @@ refuses: what is stopped is stopped by the other layers.  Events written from
 inside the kernel can be suppressed by code that defeats the in-process
 layers, which is why, under the launcher, the supervisor writes them
 (:mod:`kernel_guard.launch.custodian`) and the chain shows what changed after.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """

@@ -27,7 +27,8 @@ def stderr_line(text: str) -> None:
     """A line on the process's real stderr (the server log), never raising."""
     try:
         fd = getattr(sys.stderr, "_original_stdstream_copy", None)
-        os.write(fd if isinstance(fd, int) and fd >= 0 else 2, (text + "\n").encode())
+        # backslashreplace: a byte that is not UTF-8 (a lone surrogate) in a URL must not raise here
+        os.write(fd if isinstance(fd, int) and fd >= 0 else 2, (text + "\n").encode("utf-8", "backslashreplace"))
     except OSError:
         pass
 

@@ -66,7 +66,7 @@ def default_spool_root() -> str:
 def sink_key(url: str) -> str:
     """A directory name for a sink URL (readable, and unique by a hash of the URL)."""
     readable = re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://", 1)[-1]).strip("_")[:60]
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{url.split('://', 1)[0]}-{readable}-{digest}"
 
 
@@ -524,6 +524,8 @@ def open_spool(root: str, url: str, max_bytes: int) -> "Spool | MemorySpool":
             return Spool(os.path.join(root, sink_key(url)), max_bytes=max_bytes)
         except OSError as exc:
             refused = str(exc) if isinstance(exc, SpoolRefused) else f"{exc.strerror or exc}"
+        except ValueError as exc:  # a NUL or an unencodable byte in the path: no folder, not no guard
+            refused = f"the spool folder {root!r} cannot be used ({exc}): fix KernelGuard.spool_dir"
     memory = MemorySpool(max_bytes=min(max_bytes, 16 << 20))
     memory.refused = refused
     return memory

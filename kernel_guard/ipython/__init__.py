@@ -9,4 +9,6 @@ every execute request as a ``cell-executed`` event (:mod:`.cells`) and adds
 ``subprocess``, ``os`` and ``ctypes`` reach the operating system without
 IPython, which the audit hook and, from outside the kernel's Python, the
 launcher's seccomp filter are there to stop.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """

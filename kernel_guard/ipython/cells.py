@@ -17,22 +17,9 @@ from typing import Any
 from .. import notice, runtime
 from ..events.schema import _now as _events_now
 from ..events.schema import make_event
+from .code_record import code_fields
 
 __all__ = ["code_fields", "install"]
-
-
-def code_fields(code: str, policy: str, max_chars: int) -> dict[str, Any]:
-    """The code as the policy allows: full, truncated, or hash only (hash always)."""
-    fields: dict[str, Any] = {"code_sha256": hashlib.sha256(code.encode("utf-8", "replace")).hexdigest(),
-                              "code_length": len(code)}
-    if policy == "full":
-        fields["code"] = code
-    elif policy == "truncated":
-        # cut on the writer thread after redaction (events.processors.TruncateCode)
-        fields["code"] = code
-        fields["code_limit"] = max_chars
-        fields["code_truncated"] = len(code) > max_chars
-    return fields
 
 
 def _cell_event(code: str, *, silent: bool, reply: Any, duration: float, cell_id: str | None,

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .. import runtime
 from ..events.processors import redact_and_cut
 from ..events.schema import make_event
-from .cells import code_fields
+from .code_record import code_fields
 
 __all__ = ["install"]
 

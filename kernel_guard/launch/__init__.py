@@ -19,6 +19,8 @@ sockets), and they give no short refusal and see no cell: the IPython layer,
 the audit hook and the events do.  Landlock is best effort by kernel ABI.
 Nor can it stop a user from starting a kernelspec that does not use it: the
 server layer does.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """
 
 # Nothing is imported here: ``python -m`` imports this package before it runs

@@ -307,8 +307,12 @@ def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config
     env["KERNEL_GUARD_MODE"] = guard.mode
     if config is not None and "KernelGuard" in config:
         # the trusted settings (root-owned files, the kernelspec's command line): it
-        # opens the sinks with them; passed in its environment, which only it can read
-        env["KERNEL_GUARD_TRUSTED_CONFIG"] = json.dumps(dict(config.KernelGuard), default=str)
+        # opens the sinks with them; passed in its environment, which only it can read.
+        # The values as this process's guard took them: a command line's list arrives as
+        # text ("a,b"), and the supervisor must not read it as one sink; a value the guard
+        # refused (and reported) is not handed on
+        trusted = {name: getattr(guard, name) for name in config.KernelGuard if guard.has_trait(name)}
+        env["KERNEL_GUARD_TRUSTED_CONFIG"] = json.dumps(trusted, default=str)
     try:
         return supervisor_handle.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile),
                                        scoped)

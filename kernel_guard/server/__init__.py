@@ -16,6 +16,8 @@ start is exactly as guarded as its kernelspec's launcher; notebook code
 cannot read the server's token (the extension makes the server process
 non-dumpable), but a server whose user can change its config files can be
 configured without it (the report names such files).
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """
 
 from __future__ import annotations

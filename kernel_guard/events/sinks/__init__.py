@@ -14,6 +14,8 @@ and ``emit`` may block and raise as the network does; it may also offer
 ``emit_lines(lines)`` to take the spool's JSON lines without decoding them.
 :func:`open_sink` maps a URL scheme to a sink class; new schemes register in
 ``SCHEMES``.
+
+The layers, the path of an event and of an exec, who may write what: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -150,11 +152,27 @@ def describe_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
+def _check_url_text(url: str) -> None:
+    """A URL is UTF-8 text without control characters: a byte that is not UTF-8 (the
+    environment hands it over as a lone surrogate) or a NUL would fail later, in the
+    spool's name or the socket call, where it could take the guard down with it."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"sink URL {url[:100]!r} holds a byte that is not UTF-8 text: write the URL in "
+                          "UTF-8, with anything else percent-encoded (%FF)") from None
+    bad = next((c for c in url if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"sink URL {url[:100]!r} holds the control character {bad!r}: "
+                          "remove it (percent-encode it in a path)")
+
+
 def validate_sink_url(url: str) -> str:
     """Check a sink URL's form; return it, or raise ConfigError naming the fix (never
     anything else: a URL the parser cannot even split is a ConfigError too)."""
     if not isinstance(url, str):
         raise ConfigError(f"a sink URL must be text, not {type(url).__name__} {url!r}"[:200])
+    _check_url_text(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:

@@ -73,6 +73,9 @@ class FileSink(Sink):
             # O_NOFOLLOW: in a shared folder another user's symlink must not redirect the record
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
                          | os.O_NONBLOCK, 0o600)
+        except ValueError as exc:  # a NUL (or %00) in the path: no file can have that name
+            raise SinkError(f"cannot write events to {path!r}: {exc}. Remove it from the file sink's "
+                            "path in KERNEL_GUARD_SINKS or c.KernelGuard.sinks.") from exc
         except OSError as exc:
             why = {errno.ELOOP: "it is a symbolic link, which the file sink does not follow",
                    errno.ENXIO: "it is a FIFO or socket, not a file"}.get(exc.errno or 0, exc.strerror)
