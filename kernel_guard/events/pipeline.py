@@ -33,62 +33,30 @@ its own, which the parent (or the next kernel) sends when the child is gone.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional
 
 from .losses import LossReports, stderr_line as _stderr_line
 from .processors import Processor, Sequence
-from .schema import Event, make_event, to_json, to_json_line
+from .schema import Event, make_event, to_json
 from .sinks import Sink
 from .spool import MemorySpool, default_spool_root, open_spool
 from .workers import SinkWorker
+from .writer import _Deferred, _FlushMarker, _Lines, _build, _run_processors, _Writer
 
 __all__ = ["EventPipeline", "emit", "get_pipeline", "set_pipeline"]
 
-_BATCH = 1024
-_META = ("events-dropped", "sink-error", "sink-recovered")
 
-#: the writer's tick (s): routine events are written within it
-_TICK = 0.1
 #: queued events that wake the writer before its tick
 _WAKE_AT = 256
 
 
-class _FlushMarker:
-    """Placed in the queue; the writer sets it once everything before is written."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-class _Lines:
-    """Serialised events from another process, written as they are."""
-
-    __slots__ = ("lines",)
-
-    def __init__(self, lines: List[bytes]) -> None:
-        self.lines = lines
-
-
-class _Deferred:
-    """An event to be built on the writer thread (see ``emit_later``)."""
-
-    __slots__ = ("build", "sequence")
-
-    def __init__(self, build: Callable[[], Event], sequence: Optional[int]) -> None:
-        self.build = build
-        self.sequence = sequence  # reserved when it was queued
-
-
-class EventPipeline:
+class EventPipeline(_Writer):
     """Process, queue and write events without blocking the caller."""
 
     def __init__(
@@ -220,11 +188,6 @@ class EventPipeline:
         """Run the caller's processors from index ``start``; None if one swallowed the event."""
         return _run_processors(self._on_caller[start:], event)
 
-    def _finish(self, event: Event) -> Optional[Event]:
-        """Run the writer's processors (redaction) just before writing."""
-        with self._finishing:
-            return _run_processors(self._on_writer, event)
-
     def _enqueue(self, event: Event) -> None:
         if self._closed:
             # after shutdown the sinks are gone: the server log still gets it
@@ -248,136 +211,9 @@ class EventPipeline:
                 event["event"].get("outcome") == "failure" or len(self._queue) >= _WAKE_AT):
             self._wake.set()
 
-    def _expire_aggregates(self, force: bool = False) -> None:
-        """Feed the aggregators' summaries of ended intervals back in after them."""
-        for index, processor in enumerate(self._on_caller):
-            expire = getattr(processor, "expire", None)
-            if expire is None:
-                continue
-            try:
-                summaries = expire(force=force)
-            except Exception:
-                continue
-            for summary in summaries:
-                with self._order:
-                    summary = self._process(summary, index + 1)
-                    if summary is not None:
-                        self._enqueue(summary)
 
     # -- writing ----------------------------------------------------------
-    def start(self) -> None:
-        """Start the writer and the network senders (once)."""
-        if self._thread is not None:
-            return
-        self._start_writer()
-        for worker in self._workers.values():
-            worker.start()
 
-    def _start_writer(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kernel-guard-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        """Writer loop: drain the queue in batches until closed."""
-        while True:
-            self._wake.wait(_TICK)
-            self._wake.clear()
-            self._expire_aggregates()
-            self._drain()
-            if self._closed and not self._queue:
-                return
-
-    def _drain(self) -> None:
-        """Write everything queued, honouring flush markers in order."""
-        queue = self._queue
-        while queue:
-            batch: List[Event] = []
-            lines: List[bytes] = []
-            while queue and len(batch) < _BATCH:
-                item = queue.popleft()
-                if isinstance(item, _FlushMarker):
-                    self._write(batch, lines)
-                    batch, lines = [], []
-                    self._flush_sinks()
-                    item.done.set()
-                    continue
-                if isinstance(item, _Lines):
-                    self._write(batch, lines)
-                    batch, lines = [], []
-                    self._write_lines(item.lines)
-                    continue
-                if isinstance(item, _Deferred):
-                    event = _build(item.build)
-                    if item.sequence is not None:
-                        event["event"]["sequence"] = item.sequence
-                    with self._order:
-                        item = self._process(event, 0)
-                    if item is None:
-                        continue
-                item = self._finish(item)
-                if item is not None:
-                    batch.append(item)
-                    # serialised now, as it was hashed: nothing the batch's later events
-                    # share with it can change what is written after its hash
-                    lines.append(to_json_line(item))
-            self._write(batch, lines)
-        self._report_dropped()
-        self._report_losses()
-
-    def _report_dropped(self) -> None:
-        self.losses.queue_full(self.dropped, self.queue_size)
-
-    def _report_losses(self, force: bool = False) -> None:
-        self.losses.report(self._workers, force)
-
-    def _write(self, batch: List[Event], lines: Optional[List[bytes]] = None) -> None:
-        """Give a batch (serialised once: ``lines``) to every local sink and every
-        network sink's spool."""
-        if not batch:
-            return
-        if lines is None:
-            lines = [to_json_line(e) for e in batch]
-        for sink in self._direct:
-            try:
-                sink.emit_lines(lines)
-            except Exception as exc:
-                lost = sum(1 for e in batch if not _about(e, sink.url)) - getattr(exc, "kept", 0)
-                self.losses.count(sink.url, max(lost, 0))
-                self._sink_failed(sink, exc)
-            else:
-                self._sink_ok(sink)
-        if self._workers:
-            for reports, run in _runs(batch, lines):
-                for worker in self._workers.values():
-                    worker.accept(run, reports)
-        self.written += len(batch)
-
-    def _write_lines(self, lines: List[bytes]) -> None:
-        """Serialised events to every local sink and every network sink's spool."""
-        for sink in self._direct:
-            try:
-                sink.emit_lines(lines)
-            except Exception as exc:
-                self.losses.count(sink.url, len(lines) - getattr(exc, "kept", 0))
-                self._sink_failed(sink, exc)
-            else:
-                self._sink_ok(sink)
-        for worker in self._workers.values():
-            worker.accept(lines)
-        self.written += len(lines)
-
-    def _sink_failed(self, sink: Sink, exc: BaseException) -> None:
-        self.losses.sink_failed(sink, exc, spooled=sink.url in self._workers)
-
-    def _sink_ok(self, sink: Sink) -> None:
-        self.losses.sink_ok(sink)
-
-    def _flush_sinks(self) -> None:
-        for sink in self._direct:
-            try:
-                sink.flush()
-            except Exception as exc:
-                self._sink_failed(sink, exc)
 
     # -- control ----------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> bool:
@@ -463,46 +299,6 @@ class EventPipeline:
         }
 
 
-#: the pipeline's reports of its own losses: a full spool still takes them (a little room is kept)
-_REPORTS = frozenset({"events-dropped", "sink-error", "sink-recovered"})
-
-
-def _runs(batch: List[Event], lines: List[bytes]) -> List[Tuple[bool, List[bytes]]]:
-    """Lines in order, cut into runs of reports and of other events (reports may use the room)."""
-    runs: List[Tuple[bool, List[bytes]]] = []
-    for event, line in zip(batch, lines):
-        report = event["event"].get("action") in _REPORTS and event["kernel_guard"].get("layer") == "pipeline"
-        if runs and runs[-1][0] == report:
-            runs[-1][1].append(line)
-        else:
-            runs.append((report, [line]))
-    return runs
-
-
-def _build(build: Callable[[], Event]) -> Event:
-    """The event ``build`` makes; a ``guard-error`` event in its place if it raises."""
-    try:
-        return build()
-    except Exception as exc:  # a bug in building must not lose the record that something happened
-        return make_event("guard-error", outcome="failure", layer="pipeline",
-                          reason=f"an event could not be built: {exc!r}")
-
-
-def _run_processors(processors: List[Processor], event: Event) -> Optional[Event]:
-    """``event`` through ``processors``; None if one swallowed it; a failing one is noted, not fatal."""
-    try:
-        for processor in processors:
-            event = processor(event)
-            if event is None:
-                return None
-    except Exception as exc:  # a processor bug must not lose the event
-        event.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
-    return event
-
-
-def _about(event: Event, url: str) -> bool:
-    """Whether ``event`` reports on sink ``url`` itself (not counted as its loss)."""
-    return event["event"].get("action") in _META and event.get("kernel_guard", {}).get("sink") == url
 
 
 _pipelines: "weakref.WeakSet[EventPipeline]" = weakref.WeakSet()

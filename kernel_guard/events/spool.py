@@ -91,77 +91,25 @@ class _Segment:
         self.in_flight: Dict[int, int] = {}  # end offset of a read batch -> its lines
 
 
-class Spool:
-    """Segments of JSON lines in one directory, appended and read in order."""
+class _SegmentBooks:
+    """The spool's bookkeeping of segments: offsets and line counts kept beside each,
+    segments other processes left behind adopted (``scan``), and damage found in them
+    reported with what it cost.  :class:`Spool` appends and reads; this keeps the books."""
 
-    def __init__(self, directory: str, max_bytes: int = 64 << 20, segment_bytes: int = 1 << 20) -> None:
-        self.directory = directory
-        self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
-        self.lost_torn = 0  # partial lines found in segments of killed processes
-        #: events not kept, by cause (cumulative), and problems found, each naming its file
-        self.causes: Dict[str, int] = {}
-        self.problems: Deque[str] = deque(maxlen=100)
-        self._lock = threading.Lock()
-        self._segments: Dict[str, _Segment] = {}
-        self._active: Optional[_Segment] = None
-        self._foreign_bytes = 0  # undelivered bytes in segments other live processes hold
-        self._scanned = 0.0
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        _check_folder(directory)
-        self.scan(force=True)
+    directory: str
+    lost_torn: int
+    problems: Deque[str]
+    _lock: threading.Lock
+    _segments: Dict[str, _Segment]
+    _active: Optional[_Segment]
+    _foreign_bytes: int
+    _scanned: float
 
-    def _count(self, cause: str, n: int) -> int:
-        if n:
-            self.causes[cause] = self.causes.get(cause, 0) + n
-        return n
+    def _count(self, cause: str, n: int) -> int:  # provided by Spool
+        raise NotImplementedError
 
-    # -- appending (the pipeline's writer thread) -------------------------
-    def append(self, lines: List[bytes], reports: bool = False) -> int:
-        """Append whole lines (each ending in a newline); return how many were not kept.
-        ``reports``: the pipeline's own loss reports, which may use a little room beyond
-        ``max_bytes`` (a report that the spool is full must not be lost to it being full)."""
-        if not lines:
-            return 0
-        data = b"".join(lines)
-        with self._lock:
-            limit = self.max_bytes + (_REPORT_ROOM if reports else 0)
-            if self._pending() + len(data) > limit:
-                self._scan()  # other processes may have delivered meanwhile
-            room = limit - self._pending()
-            if len(data) > room:
-                kept = 0
-                size = 0
-                for line in lines:
-                    if size + len(line) > room:
-                        break
-                    size += len(line)
-                    kept += 1
-                full = self._count(f"the spool is full ({self.max_bytes} bytes undelivered)", len(lines) - kept)
-                if not kept:
-                    return full
-                return self._write(b"".join(lines[:kept]), kept) + full
-            return self._write(data, len(lines))
-
-    def _write(self, data: bytes, count: int) -> int:
-        """One write(2) to the active segment; 0, or ``count`` if it failed."""
-        try:
-            segment = self._active_segment()
-            written = os.write(segment.fd, data)
-        except OSError as exc:
-            return self._count(f"the spool could not be written ({exc.strerror})", count)
-        if written != len(data):
-            # disk full: take the partial line back so no torn record remains
-            try:
-                os.ftruncate(segment.fd, segment.size)
-            except OSError:
-                pass
-            return self._count("the spool's disk is full", count)
-        segment.size += written
-        segment.lines += count
-        if time.monotonic() - segment.count_written > _ACK_EVERY:
-            self._write_count(segment)
-        return 0
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
 
     def _write_count(self, segment: _Segment) -> None:
         """Persist how many lines the segment holds (``.count``, with a rename): the next
@@ -188,90 +136,6 @@ class Spool:
         segment.size = segment.read = segment.acked = size
         segment.lines = segment.lines_read = 0
 
-    def _active_segment(self) -> _Segment:
-        """The segment appended to, rotated once it reaches ``segment_bytes``."""
-        active = self._active
-        if active is not None and active.size < self.segment_bytes:
-            return active
-        self._active = None
-        if active is not None:
-            self._maybe_remove(active)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
-        fd = os.open(os.path.join(self.directory, name),
-                     os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        segment = _Segment(name, fd, 0, 0, 0, own=True)
-        self._segments[name] = segment
-        self._active = segment
-        return segment
-
-    # -- reading (the sink's sender thread) -------------------------------
-    def read(self, max_bytes: int = 512 * 1024) -> Optional[Tuple[List[bytes], Token]]:
-        """The next unsent whole lines of the oldest segment, or None when all is sent."""
-        with self._lock:
-            for name in sorted(self._segments):
-                segment = self._segments[name]
-                if segment.read >= segment.size:
-                    continue
-                if _file_size(segment.fd) < segment.size:
-                    self._cut(segment)
-                    continue
-                want = min(max_bytes, segment.size - segment.read)
-                chunk = os.pread(segment.fd, want, segment.read)
-                end = chunk.rfind(b"\n") + 1
-                if end == 0:
-                    if len(chunk) < segment.size - segment.read:
-                        # one line longer than max_bytes: read it whole
-                        chunk = os.pread(segment.fd, segment.size - segment.read, segment.read)
-                        end = chunk.rfind(b"\n") + 1
-                    if end == 0:
-                        continue  # a torn last line; dealt with when the segment is done
-                start = segment.read
-                segment.read += end
-                lines = chunk[:end].splitlines(keepends=True)
-                segment.lines_read += len(lines)
-                segment.in_flight[start + end] = len(lines)
-                return lines, (name, start, start + end)
-            return None
-
-    def ack(self, token: Token) -> None:
-        """Record that the lines of ``token`` were delivered."""
-        name, _start, end = token
-        with self._lock:
-            segment = self._segments.get(name)
-            if segment is None:
-                return
-            segment.acked = max(segment.acked, end)
-            segment.lines_acked += segment.in_flight.pop(end, 0)
-            segment.ack_dirty = True
-            if not self._maybe_remove(segment) and time.monotonic() - segment.ack_written > _ACK_EVERY:
-                self._write_ack(segment)
-
-    def rewind(self) -> None:
-        """Forget what was read but not acknowledged: it will be read again."""
-        with self._lock:
-            for segment in self._segments.values():
-                segment.read = segment.acked
-
-    def pending_bytes(self) -> int:
-        """Undelivered bytes in this spool (ours and other live processes')."""
-        with self._lock:
-            return self._pending()
-
-    def _pending(self) -> int:
-        return self._foreign_bytes + sum(s.size - s.acked for s in self._segments.values())
-
-    def unread(self) -> bool:
-        """Whether read() has something to return."""
-        with self._lock:
-            return any(s.read < s.size for s in self._segments.values())
-
-    def empty(self) -> bool:
-        """Whether everything this process holds has been delivered."""
-        with self._lock:
-            return all(s.acked >= s.size for s in self._segments.values())
-
-    # -- bookkeeping ----------------------------------------------------------
     def _maybe_remove(self, segment: _Segment) -> bool:
         """Delete a fully delivered segment that nobody appends to any more."""
         if segment is self._active or segment.acked < segment.size:
@@ -409,8 +273,163 @@ class Spool:
             return 0, 0
         return (fields + [0, 0])[0], (fields + [0, 0])[1]
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
+
+class Spool(_SegmentBooks):
+    """Segments of JSON lines in one directory, appended and read in order."""
+
+    def __init__(self, directory: str, max_bytes: int = 64 << 20, segment_bytes: int = 1 << 20) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.lost_torn = 0  # partial lines found in segments of killed processes
+        #: events not kept, by cause (cumulative), and problems found, each naming its file
+        self.causes: Dict[str, int] = {}
+        self.problems: Deque[str] = deque(maxlen=100)
+        self._lock = threading.Lock()
+        self._segments: Dict[str, _Segment] = {}
+        self._active: Optional[_Segment] = None
+        self._foreign_bytes = 0  # undelivered bytes in segments other live processes hold
+        self._scanned = 0.0
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _check_folder(directory)
+        self.scan(force=True)
+
+    def _count(self, cause: str, n: int) -> int:
+        if n:
+            self.causes[cause] = self.causes.get(cause, 0) + n
+        return n
+
+    # -- appending (the pipeline's writer thread) -------------------------
+    def append(self, lines: List[bytes], reports: bool = False) -> int:
+        """Append whole lines (each ending in a newline); return how many were not kept.
+        ``reports``: the pipeline's own loss reports, which may use a little room beyond
+        ``max_bytes`` (a report that the spool is full must not be lost to it being full)."""
+        if not lines:
+            return 0
+        data = b"".join(lines)
+        with self._lock:
+            limit = self.max_bytes + (_REPORT_ROOM if reports else 0)
+            if self._pending() + len(data) > limit:
+                self._scan()  # other processes may have delivered meanwhile
+            room = limit - self._pending()
+            if len(data) > room:
+                kept = 0
+                size = 0
+                for line in lines:
+                    if size + len(line) > room:
+                        break
+                    size += len(line)
+                    kept += 1
+                full = self._count(f"the spool is full ({self.max_bytes} bytes undelivered)", len(lines) - kept)
+                if not kept:
+                    return full
+                return self._write(b"".join(lines[:kept]), kept) + full
+            return self._write(data, len(lines))
+
+    def _write(self, data: bytes, count: int) -> int:
+        """One write(2) to the active segment; 0, or ``count`` if it failed."""
+        try:
+            segment = self._active_segment()
+            written = os.write(segment.fd, data)
+        except OSError as exc:
+            return self._count(f"the spool could not be written ({exc.strerror})", count)
+        if written != len(data):
+            # disk full: take the partial line back so no torn record remains
+            try:
+                os.ftruncate(segment.fd, segment.size)
+            except OSError:
+                pass
+            return self._count("the spool's disk is full", count)
+        segment.size += written
+        segment.lines += count
+        if time.monotonic() - segment.count_written > _ACK_EVERY:
+            self._write_count(segment)
+        return 0
+
+    def _active_segment(self) -> _Segment:
+        """The segment appended to, rotated once it reaches ``segment_bytes``."""
+        active = self._active
+        if active is not None and active.size < self.segment_bytes:
+            return active
+        self._active = None
+        if active is not None:
+            self._maybe_remove(active)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        fd = os.open(os.path.join(self.directory, name),
+                     os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        segment = _Segment(name, fd, 0, 0, 0, own=True)
+        self._segments[name] = segment
+        self._active = segment
+        return segment
+
+    # -- reading (the sink's sender thread) -------------------------------
+    def read(self, max_bytes: int = 512 * 1024) -> Optional[Tuple[List[bytes], Token]]:
+        """The next unsent whole lines of the oldest segment, or None when all is sent."""
+        with self._lock:
+            for name in sorted(self._segments):
+                segment = self._segments[name]
+                if segment.read >= segment.size:
+                    continue
+                if _file_size(segment.fd) < segment.size:
+                    self._cut(segment)
+                    continue
+                want = min(max_bytes, segment.size - segment.read)
+                chunk = os.pread(segment.fd, want, segment.read)
+                end = chunk.rfind(b"\n") + 1
+                if end == 0:
+                    if len(chunk) < segment.size - segment.read:
+                        # one line longer than max_bytes: read it whole
+                        chunk = os.pread(segment.fd, segment.size - segment.read, segment.read)
+                        end = chunk.rfind(b"\n") + 1
+                    if end == 0:
+                        continue  # a torn last line; dealt with when the segment is done
+                start = segment.read
+                segment.read += end
+                lines = chunk[:end].splitlines(keepends=True)
+                segment.lines_read += len(lines)
+                segment.in_flight[start + end] = len(lines)
+                return lines, (name, start, start + end)
+            return None
+
+    def ack(self, token: Token) -> None:
+        """Record that the lines of ``token`` were delivered."""
+        name, _start, end = token
+        with self._lock:
+            segment = self._segments.get(name)
+            if segment is None:
+                return
+            segment.acked = max(segment.acked, end)
+            segment.lines_acked += segment.in_flight.pop(end, 0)
+            segment.ack_dirty = True
+            if not self._maybe_remove(segment) and time.monotonic() - segment.ack_written > _ACK_EVERY:
+                self._write_ack(segment)
+
+    def rewind(self) -> None:
+        """Forget what was read but not acknowledged: it will be read again."""
+        with self._lock:
+            for segment in self._segments.values():
+                segment.read = segment.acked
+
+    def pending_bytes(self) -> int:
+        """Undelivered bytes in this spool (ours and other live processes')."""
+        with self._lock:
+            return self._pending()
+
+    def _pending(self) -> int:
+        return self._foreign_bytes + sum(s.size - s.acked for s in self._segments.values())
+
+    def unread(self) -> bool:
+        """Whether read() has something to return."""
+        with self._lock:
+            return any(s.read < s.size for s in self._segments.values())
+
+    def empty(self) -> bool:
+        """Whether everything this process holds has been delivered."""
+        with self._lock:
+            return all(s.acked >= s.size for s in self._segments.values())
+
+    # -- bookkeeping ----------------------------------------------------------
 
     def close(self) -> None:
         """Persist offsets and release the locks; undelivered segments stay for the next start."""

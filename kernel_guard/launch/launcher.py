@@ -40,7 +40,8 @@ blocked for good.  Ending the kernel instead would lose the user's work and
 still race a forked child; the loss is recorded (event and stderr).
 
 ``python -m kernel_guard.launch`` runs this module's :func:`main` from the
-package's ``__main__``.  It keeps no state; the state lives in
+package's ``__main__``.  The supervisor's steps are in :mod:`.supervisor_steps`,
+what adapts the standard library in :mod:`.python_adaptations`.  It keeps no state; the state lives in
 :mod:`runtime`, :mod:`supervisor`, :mod:`status` and the audit hook.
 """
 
@@ -48,14 +49,16 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
-import re
 import sys
-import time
 from typing import Any, NoReturn, Optional
 
-__all__ = ["DEFAULT_SCRUB", "build_parser", "kernel_argv", "launch", "main"]
+from .python_adaptations import _adapt_python, _drop_cwd_from_path, _restore_user_paths, _warm_up, user_site_wanted
+from .supervisor_steps import (_allow_supervisor_to_read, _exclude_from_children, _hand_record_to_custodian,
+                               _on_supervisor_lost, _on_supervisor_resumed, _on_supervisor_stalled, _outer_domain,
+                               _spawn_supervisor, _start_supervisor)
+
+__all__ = ["DEFAULT_SCRUB", "build_parser", "kernel_argv", "launch", "main", "user_site_wanted"]
 
 #: environment variables that let notebook code act as the server or the hub
 DEFAULT_SCRUB = (
@@ -109,50 +112,6 @@ def kernel_argv(connection_file: str, extra: list[str]) -> list[str]:
 
 
 # -- step 1: record, prepare ----------------------------------------------------
-
-def _drop_cwd_from_path() -> Optional[str]:
-    """``-m`` puts the notebook directory first on sys.path: nothing may be imported
-    from there before the filter (a user ``json.py`` would run unguarded)."""
-    if sys.flags.safe_path or not sys.path:
-        return None
-    if os.path.abspath(sys.path[0] or ".") == os.getcwd():
-        return sys.path.pop(0)
-    return None
-
-
-def _restore_user_paths(dropped: Optional[str], folders: Any) -> None:
-    """Once the guard is up, what a plain kernel has on sys.path: the notebook
-    folder first, ``PYTHONPATH``, the user site (``pip install --user``), which
-    ``-I`` or the dropped working directory kept out until now.  Modules found
-    there run inside every layer when imported; the user site's ``.pth`` code
-    lines, which would run at every start, do not run."""
-    import site
-
-    from .start_folders import add_user_site
-
-    if dropped is not None or sys.flags.safe_path:  # -I implies safe_path
-        sys.path.insert(0, dropped if dropped is not None else os.getcwd())
-    if sys.flags.isolated:
-        sys.path[1:1] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-        user_site = site.getusersitepackages()
-        if user_site_wanted() and os.path.isdir(user_site):
-            add_user_site(user_site, folders)
-
-
-def user_site_wanted() -> bool:
-    """Whether a plain (not isolated) start of this interpreter would use the user
-    site-packages: not with ``PYTHONNOUSERSITE``, set-id, or in a virtual environment
-    without system site-packages (as :mod:`site` decides)."""
-    if os.environ.get("PYTHONNOUSERSITE") or os.geteuid() != os.getuid() or os.getegid() != os.getgid():
-        return False
-    if sys.prefix == sys.base_prefix:
-        return True
-    try:
-        with open(os.path.join(sys.prefix, "pyvenv.cfg"), encoding="utf-8") as fh:
-            cfg = fh.read()
-    except OSError:
-        return False
-    return re.search(r"^include-system-site-packages\s*=\s*true\s*$", cfg, re.M | re.I) is not None
 
 
 def _trusted_config(extra: list[str]) -> Any:
@@ -214,150 +173,7 @@ def _blank_initial_environ(names: list[str]) -> None:
         os.close(fd)
 
 
-def _ldconfig_cache() -> dict[str, str]:
-    """``ldconfig -p`` read once while exec works: library name -> soname for this ABI."""
-    import platform
-    import subprocess
-
-    tag = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), "")
-    # a user's PATH often lacks the sbin folders (Debian's does): look where ctypes does
-    ldconfig = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), "ldconfig")
-    try:
-        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10,
-                             env={**os.environ, "LC_ALL": "C", "LANG": "C"}).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    cache: dict[str, str] = {}
-    for match in re.finditer(r"^\s+(lib(\S+?)\.so(?:\.\S*)?) \(([^)]*)\)", out, re.M):
-        soname, name, flags = match.groups()
-        if (tag in flags) if tag else True:
-            cache.setdefault(name, soname)
-    return cache
-
-
-def _cached_find_library(cache: dict[str, str]) -> None:
-    """``ctypes.util.find_library`` runs ldconfig/gcc, which the filter refuses: answer
-    from the snapshot taken before it, and fall back to the original otherwise."""
-    import ctypes.util
-
-    original = ctypes.util.find_library
-
-    def find_library(name: str) -> Optional[str]:
-        return cache.get(name) or original(name)
-
-    find_library.__doc__ = original.__doc__
-    find_library.__wrapped__ = original  # type: ignore[attr-defined]
-    ctypes.util.find_library = find_library
-
-
-def _warm_up() -> dict[str, str]:
-    """Everything that needs exec, done while exec still works."""
-    import platform
-
-    from . import seccomp_filter
-
-    seccomp_filter.bindings()  # pyseccomp runs find_library -> ldconfig at import
-    platform.uname()
-    platform.processor()  # `uname -p`, cached for debugpy and friends
-    cache = _ldconfig_cache()
-    # ipykernel, zmq, tornado and jupyter_client are imported once the Landlock domain
-    # is in force: what runs before it is kept to what the guard itself needs
-    _create_profile_dir()
-    return cache
-
-
-def _create_profile_dir() -> None:
-    """IPython writes its profile skeleton (startup/README) on first start: do it now,
-    before the audit hook refuses writes under the IPython directory."""
-    try:
-        from IPython.core.profiledir import ProfileDir
-        from IPython.paths import get_ipython_dir
-
-        ProfileDir.create_profile_dir_by_name(get_ipython_dir(), "default")
-    except Exception:
-        pass  # a read-only home: IPython copes, as in a plain kernel
-
-
 # -- step 2: supervisor ---------------------------------------------------------
-
-def _outer_domain() -> bool:
-    """A signal-scoped Landlock domain around the kernel and its supervisor (the
-    kernel's own domain nests inside it): from the supervisor, the processes it can
-    signal are then exactly the kernel's, so those a cell leaves running when the
-    kernel ends can be found and ended (survivors.py).  False where it cannot be."""
-    from . import landlock, seccomp_filter
-
-    try:
-        seccomp_filter.set_no_new_privs()  # Landlock needs it; the filter will too
-        return landlock.restrict_outer()
-    except OSError:
-        return False
-
-
-def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config: Any = None,
-                      scoped: bool = False) -> Any:
-    """Start the supervisor's process in step 1, once the environment is scrubbed and
-    before the kernel's domain and the guard's threads exist: its interpreter starts
-    while the warm-up runs; step 2 waits until it is ready.
-    Returns the pending handle, or the exception that prevented the start (raised in step 2)."""
-    from . import supervisor_handle
-
-    env = dict(os.environ)
-    env["KERNEL_GUARD_SINKS"] = ",".join(guard.sinks)
-    env["KERNEL_GUARD_MODE"] = guard.mode
-    if config is not None and "KernelGuard" in config:
-        # the trusted settings (root-owned files, the kernelspec's command line): it
-        # opens the sinks with them; passed in its environment, which only it can read.
-        # The values as this process's guard took them: a command line's list arrives as
-        # text ("a,b"), and the supervisor must not read it as one sink; a value the guard
-        # refused (and reported) is not handed on
-        trusted = {name: getattr(guard, name) for name in config.KernelGuard if guard.has_trait(name)}
-        env["KERNEL_GUARD_TRUSTED_CONFIG"] = json.dumps(trusted, default=str)
-    try:
-        return supervisor_handle.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile),
-                                       scoped)
-    except Exception as exc:
-        return exc
-
-
-def _hand_record_to_custodian(rt: Any, pending: Any) -> bool:
-    """The kernel's sinks: the custodian (its supervisor) when one was started, else
-    its own, opened now, before the Landlock domain (their files may lie outside it).
-    True when the custodian keeps the record."""
-    from .. import runtime
-    from .custodian_sink import CustodianSink
-
-    def own_sinks() -> list:
-        sinks, failures = runtime.guard_sinks(rt.guard)
-        runtime.report_sink_failures(rt.pipeline, failures)
-        return sinks
-
-    events = getattr(pending, "events", None)
-    if events is not None:
-        rt.pipeline.set_sinks([CustodianSink(events, own_sinks)])
-        return True
-    rt.pipeline.set_sinks(own_sinks())
-    return False
-
-
-def _supervisor_spool(guard: Any, profile: Any) -> Optional[str]:
-    """The spool root the supervisor may use: the configured one when it lies outside
-    the kernel's writable roots, else ``""`` (memory only: a spool the kernel could
-    write, it could empty)."""
-    root = guard.spool_dir
-    networked = any(url.split(":", 1)[0] not in ("file", "stderr", "logging") for url in guard.sinks)
-    if not root or profile.landlock is None or not networked:
-        return root
-    writable, _ = profile.landlock.expand(os.path.expanduser("~"), os.getcwd(), sys.executable)
-    real = os.path.realpath(root)
-    for folder in writable:
-        top = os.path.realpath(folder)
-        if real == top or real.startswith(top.rstrip("/") + "/"):
-            print(f"kernel_guard: the spool folder {root} lies in the kernel's writable roots: the supervisor "
-                  "keeps undelivered events in memory (set KernelGuard.spool_dir to a folder outside them)",
-                  file=sys.stderr)
-            return ""
-    return root
 
 
 def _apply_landlock(profile: Any, guard: Any, own_spools: bool = True) -> Any:
@@ -383,15 +199,6 @@ def _apply_landlock(profile: Any, guard: Any, own_spools: bool = True) -> Any:
         return landlock.restrict(landlock.Domain(writable, real, min_abi=settings.min_abi))
     except OSError as exc:
         return exc
-
-
-def _start_supervisor(pending: Any, timeout: float) -> Any:
-    """Step 2: the supervisor spawned in step 1, once it is ready."""
-    from . import supervisor_handle
-
-    if isinstance(pending, BaseException):
-        raise pending
-    return supervisor_handle.wait_ready(pending, timeout)
 
 
 # -- step 3: filter ---------------------------------------------------------------
@@ -451,110 +258,6 @@ def _enforce(rt: Any, handle: Any, allowed: tuple[str, ...] = ()) -> None:
                   extra_env=guard.extra_protected_env,
                   protected_pids=[handle.pid] if handle is not None else [], allowed_programs=allowed)
     rt.layers["audit"] = audit.installed_mode() or "off"
-
-
-def _allow_supervisor_to_read(pid: int) -> None:
-    """Under Yama ptrace_scope=1 only ancestors may read a process's memory; the
-    supervisor is our child.  PR_SET_PTRACER names it, here and in every Python-level
-    fork (children of native forks stay unreadable there: recorded as such)."""
-    from . import seccomp_filter
-
-    if not seccomp_filter.allow_ptracer(pid):
-        return  # no Yama: nothing to do
-    prctl = seccomp_filter._libc().prctl  # looked up now: no ctypes events in the child
-    os.register_at_fork(after_in_child=lambda: prctl(seccomp_filter.PR_SET_PTRACER, pid, 0, 0, 0))
-
-
-def _on_supervisor_lost(handle: Any) -> None:
-    from .. import runtime, status
-    from ..events import pipeline
-    from ..events.schema import make_event
-
-    reason = (f"the exec supervisor (pid {handle.pid}) {handle.lost_reason}: exec stays blocked for good "
-              "(ENOSYS; the filter refuses any new listener), but attempts are no longer recorded from "
-              "outside the kernel")
-    status.note_supervisor_lost(reason)
-    pipeline._stderr_line(f"kernel_guard: {reason}")
-    runtime.emit(make_event("supervisor-lost", outcome="failure", layer="supervisor", reason=reason,
-                            supervisor_pid=handle.pid, exit_status=handle.exit_status))
-
-
-def _on_supervisor_stalled(handle: Any, seconds: float) -> None:
-    from .. import runtime
-    from ..events import pipeline
-    from ..events.schema import make_event
-
-    reason = (f"the exec supervisor (pid {handle.pid}) has been stopped for {seconds:.0f} s: every exec waits "
-              "until it resumes (none is let through), and this kernel's events queue behind it")
-    pipeline._stderr_line(f"kernel_guard: {reason}")
-    runtime.emit(make_event("supervisor-stalled", outcome="failure", layer="supervisor", reason=reason,
-                            supervisor_pid=handle.pid, stopped_s=round(seconds, 1)))
-
-
-def _on_supervisor_resumed(handle: Any, seconds: float) -> None:
-    from .. import runtime
-    from ..events import pipeline
-    from ..events.schema import make_event
-
-    reason = f"the exec supervisor (pid {handle.pid}) runs again after {seconds:.1f} s stopped"
-    pipeline._stderr_line(f"kernel_guard: {reason}")
-    runtime.emit(make_event("supervisor-resumed", outcome="success", layer="supervisor", reason=reason,
-                            supervisor_pid=handle.pid, stopped_s=round(seconds, 1)))
-
-
-def _guard_multiprocessing(enforce_exec: bool) -> None:
-    """Fork is the start method that works without exec; spawn/forkserver get a clear error."""
-    import multiprocessing
-    import multiprocessing.util as mp_util
-
-    multiprocessing.set_start_method("fork", force=True)
-    if not enforce_exec or getattr(mp_util.spawnv_passfds, "_kernel_guard", False):
-        return
-    from ..exceptions import ExecRefused
-
-    original = mp_util.spawnv_passfds
-
-    def spawnv_passfds(path: Any, args: Any, passfds: Any) -> int:
-        pid = original(path, args, passfds)  # the exec is attempted, refused and recorded
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:  # a child whose exec failed exits at once
-            done, _status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                raise ExecRefused(
-                    "starting a new Python interpreter for multiprocessing ('spawn'/'forkserver')",
-                    hint="The 'spawn' and 'forkserver' start methods exec a new interpreter, which this "
-                         "kernel cannot do. Use 'fork' (the default here): multiprocessing.get_context('fork'), "
-                         "or ProcessPoolExecutor(mp_context=multiprocessing.get_context('fork')).",
-                    layer="seccomp")
-            time.sleep(0.005)
-        return pid
-
-    spawnv_passfds._kernel_guard = True  # type: ignore[attr-defined]
-    mp_util.spawnv_passfds = spawnv_passfds
-
-
-def _disable_debugger() -> None:
-    """debugpy evaluates arbitrary code through debug_request, outside cell events.
-
-    ipykernel decides whether it has a debugger when ``ipykernel.debugger`` is
-    imported, by importing debugpy's server (pydevd: about 0.1 s of start-up).
-    Imported here first with that import failing, the kernel has no debugger
-    and does not load one; user code can still import debugpy afterwards.
-    """
-    if "ipykernel.debugger" not in sys.modules:
-        blocked = "debugpy.server"
-        saved = sys.modules.get(blocked)
-        sys.modules[blocked] = None  # type: ignore[assignment]  (makes its import raise ImportError)
-        try:
-            import ipykernel.debugger  # noqa: F401
-        finally:
-            if saved is None:
-                del sys.modules[blocked]
-            else:
-                sys.modules[blocked] = saved
-    import ipykernel.debugger
-
-    ipykernel.debugger._is_debugpy_available = False
 
 
 # -- failing ---------------------------------------------------------------------
@@ -728,14 +431,6 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
         return None, None, seccomp_filter.proc_status()
 
 
-def _adapt_python(enforce_exec: bool, ld_cache: dict[str, str], allow_debugger: bool) -> None:
-    """Make the standard library live with the filter: fork, find_library, no debugpy."""
-    _guard_multiprocessing(enforce_exec)
-    _cached_find_library(ld_cache)
-    if not allow_debugger:
-        _disable_debugger()
-
-
 def _record_start(rt: Any, profile: Any, handle: Any, loaded: Any, proc_status: dict[str, str],
                   scrubbed: list[str], debugger: bool, scope: Any, folders: Any) -> None:
     """What was set up, for status and for the kernel-started event."""
@@ -773,17 +468,6 @@ def _run_kernel(connection_file: str, extra: list[str], handle: Any, profile_pat
         _exclude_from_children(app.kernel, handle.pid)
     app.start()
     raise SystemExit(0)
-
-
-def _exclude_from_children(kernel: Any, pid: int) -> None:
-    """ipykernel terminates its process-group children at shutdown; the supervisor
-    leaves by itself when the kernel exits (PDEATHSIG, listener hang-up)."""
-    original = kernel._process_children
-
-    def _process_children() -> list:
-        return [p for p in original() if p.pid != pid]
-
-    kernel._process_children = _process_children
 
 
 def main(argv: Optional[list[str]] = None) -> NoReturn:
