@@ -9,7 +9,10 @@ renames, removals and mode changes of start-up and config files, reads of
 ``/proc/*/environ`` and ``/proc/*/mem`` and links made to them, foreign audit
 hooks and subinterpreters, whatever Python route reaches them.  Paths given
 relative to a directory descriptor (``dir_fd=``) are judged where they land
-(:mod:`.dirfd`).
+(:mod:`.dirfd`).  Its parts: :mod:`.processes` (starting programs),
+:mod:`.persistence` (writes that would run at the next start), :mod:`.probes`
+(everyday libraries' probes and each refusal's fix), :mod:`.recording`.
+See docs/architecture.md.
 
 It is in-process, and these limits are known:
 
