@@ -31,9 +31,9 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-__all__ = ["LIBRARIES", "Library", "install_fixups", "judge", "libraries_on_stack", "missing_program", "physical_cores"]
+__all__ = ["LIBRARIES", "Library", "install_fixups", "judge", "libraries_on_stack", "missing_program", "physical_cores", "probed_by"]
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,21 @@ def judge(executable: str, argv: list[str], depth: int = 3) -> tuple[str, Option
     if missing_program(executable):
         return "missing", None
     libraries = libraries_on_stack(depth + 1)
+    library = probed_by(executable, argv, libraries)
+    if library is not None:
+        return "probe", library
+    with_fix = [library for library in libraries if library.fix]
+    return "refuse", with_fix[-1] if with_fix else None
+
+
+def probed_by(executable: str, argv: list[str], libraries: Iterable[Library] = LIBRARIES) -> Optional[Library]:
+    """The first of ``libraries`` whose probe the command is (by the program's path or
+    the name in ``argv[0]``, and the first arguments)."""
     commands = [[executable, *argv[1:]], argv] if argv else [[executable]]
     for library in libraries:
         if any(library.probes_for(command) for command in commands):
-            return "probe", library
-    with_fix = [library for library in libraries if library.fix]
-    return "refuse", with_fix[-1] if with_fix else None
+            return library
+    return None
 
 
 def missing_program(executable: str) -> bool:

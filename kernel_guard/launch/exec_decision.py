@@ -36,7 +36,7 @@ from typing import Any, Optional
 from .notifications import (AT_EMPTY_PATH, AT_FDCWD, EXEC_SYSCALLS, Notification, TargetMemory, id_valid,
                             respond, signed)
 
-__all__ = ["CONFIRM_WITHIN", "ExecDecider", "caller", "read_exec", "recordable", "target_path"]
+__all__ = ["CONFIRM_WITHIN", "ExecDecider", "caller", "exe_of", "read_exec", "recordable", "target_path"]
 
 _MAX_PATH = 4096
 _MAX_ARG = 1024
@@ -116,16 +116,13 @@ def _probe_of(info: dict[str, Any]) -> Optional[str]:
     """The library whose probe an exec's command line reads as (joblib's ``lscpu``,
     ``platform``'s ``uname -p`` ...), for the record's label and an ENOENT answer: both
     refuse, so a command line that only claims to be a probe gains nothing."""
-    from ..audit.probes import LIBRARIES
+    from ..audit.probes import probed_by
 
     argv = info.get("args") or []
     if not info.get("readable") or not argv:
         return None
-    command = [info.get("executable") or argv[0], *argv[1:]]
-    for library in LIBRARIES:
-        if library.probes_for(command) or library.probes_for(argv):
-            return library.name
-    return None
+    library = probed_by(info.get("executable") or argv[0], argv)
+    return library.name if library is not None else None
 
 
 def caller(pid: int, **fields: Any) -> dict[str, Any]:
@@ -147,7 +144,7 @@ def _tgid(pid: int) -> Optional[int]:
     return int(tgid) if tgid.isdigit() else None
 
 
-def _exe(pid: int) -> Optional[str]:
+def exe_of(pid: int) -> Optional[str]:
     try:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
@@ -220,10 +217,12 @@ class ExecDecider:
     def _missing(info: dict[str, Any]) -> bool:
         """The path names nothing (as read): the OS would answer ENOENT.  Either
         answer refuses; this one lets ``execvp`` try the next ``PATH`` entry."""
+        from ..audit.probes import missing_program
+
         exe = info.get("executable")
         if not info.get("readable") or info.get("by_fd") or not exe or not exe.startswith("/"):
             return False
-        return not exe.startswith("/proc/") and not os.path.lexists(exe)
+        return not exe.startswith("/proc/") and missing_program(exe)
 
     def _hold(self, notif: Notification, info: dict[str, Any]) -> list[dict]:
         """Keep an exec let through until its image reaches the gate."""
@@ -233,7 +232,7 @@ class ExecDecider:
             out.append(self._unconfirmed(self.pending.pop(tgid)))
         while len(self.pending) >= _MAX_PENDING:
             out.append(self._unconfirmed(self.pending.popitem(last=False)[1]))
-        self.pending[tgid] = _Pending(info, notif.pid, tgid, _exe(tgid))
+        self.pending[tgid] = _Pending(info, notif.pid, tgid, exe_of(tgid))
         return out
 
     # -- the image gate --------------------------------------------------------------
@@ -242,7 +241,7 @@ class ExecDecider:
         """A new image's first call: run it when its executable is an allowed program;
         otherwise (the loader started as a program after a path changed under our
         reading) kill it before it maps anything."""
-        exe = _exe(notif.pid)
+        exe = exe_of(notif.pid)
         if not id_valid(self.listener, notif.id):
             return []  # gone, or a recycled pid: nothing of it runs any more
         pending = self.pending.pop(notif.pid, None)
@@ -274,7 +273,7 @@ class ExecDecider:
         failed (Landlock refused the file it opened, or it vanished), or the program
         makes no such call.  Either way the kernel's domain decided; say what /proc shows."""
         self.counts["unconfirmed"] += 1
-        now = _exe(held.tgid)
+        now = exe_of(held.tgid)
         if now is not None and now != held.before:
             seen = f"the process now runs {recordable(now)}"
         elif now is not None:

@@ -64,7 +64,7 @@ def _pidfd_target(pid: int, fd: int) -> Optional[int]:
         return None
 
 
-def _common(notif: Notification, syscall: str, abi: str, kernel_pid: int, mode: str) -> dict[str, Any]:
+def _common(syscall: str, abi: str, kernel_pid: int, mode: str) -> dict[str, Any]:
     return {"technique": syscall, "syscall": syscall, "abi": abi, "mode": mode,
             "supervisor_pid": os.getpid(), "kernel_pid": kernel_pid}
 
@@ -76,7 +76,7 @@ def protection_event(notif: Notification, syscall: str, abi: str, kernel_pid: in
     if syscall in SCHEDULING_SYSCALLS:
         return scheduling_event(notif, syscall, abi, kernel_pid, mode)
     process = caller(notif.pid, name=_comm(notif.pid))
-    fields = _common(notif, syscall, abi, kernel_pid, mode)
+    fields = _common(syscall, abi, kernel_pid, mode)
     if syscall == "seccomp":
         return make_event("listener-denied", outcome="failure", layer="seccomp", process=process, **fields,
                           reason="a new seccomp notification listener was refused: with one, the kernel "
@@ -103,7 +103,7 @@ def scheduling_event(notif: Notification, syscall: str, abi: str, kernel_pid: in
     """``sched-denied``: a change of the supervisor's (or witness's) scheduling."""
     from ..events.schema import make_event
 
-    fields = _common(notif, syscall, abi, kernel_pid, mode)
+    fields = _common(syscall, abi, kernel_pid, mode)
     which_arg = SCHEDULING_SYSCALLS[syscall]
     if which_arg is None:
         kind, target = "process", signed(notif.args[0], 4)

@@ -85,10 +85,6 @@ class Supervisor:
         self.other_syscalls = other_syscall_table((*PROTECTED_SYSCALLS, *IMAGE_GATE_SYSCALLS,
                                                    *TRUNCATION_SYSCALLS, *MEMFD_SYSCALLS))
 
-    @property
-    def allowed(self) -> frozenset:
-        return self.execs.allowed
-
     def all_counts(self) -> dict[str, int]:
         return {**self.counts, **self.execs.counts, **self.memfds.counts}
 

@@ -24,7 +24,7 @@ import os
 import signal
 from typing import Any
 
-from .exec_decision import recordable
+from .exec_decision import exe_of, recordable
 from .seccomp_filter import proc_stat
 
 __all__ = ["describe", "end", "find"]
@@ -53,10 +53,9 @@ def find(exclude: set[int]) -> list[int]:
 def describe(pid: int) -> dict[str, Any]:
     """ECS ``process`` fields of a survivor, read before it is ended."""
     out: dict[str, Any] = {"pid": pid}
-    try:
-        out["executable"] = recordable(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        pass
+    executable = exe_of(pid)
+    if executable is not None:
+        out["executable"] = recordable(executable)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             args = [os.fsdecode(a) for a in fh.read(8192).split(b"\0") if a]
