@@ -43,7 +43,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional
 
 from .losses import LossReports, stderr_line as _stderr_line
 from .processors import Processor, Sequence
-from .schema import Event, make_event, to_json
+from .schema import Event, make_event, to_json_line
 from .sinks import Sink
 from .spool import MemorySpool, default_spool_root, open_spool
 from .workers import SinkWorker
@@ -78,6 +78,11 @@ class EventPipeline(_Writer):
                      len(self.processors))
         self._on_caller = self.processors[:split]
         self._on_writer = self.processors[split:]
+        # the last writer processor may also serialise (the chain: one serialisation
+        # both hashed and written); else each event is serialised as it is
+        self._serialise: Callable[[Event], bytes] = to_json_line
+        if self._on_writer and hasattr(self._on_writer[-1], "serialise"):
+            self._serialise = self._on_writer.pop().serialise
         # reserves numbers for events built later (emit_later)
         self._numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
         self._finishing = threading.Lock()
@@ -193,12 +198,12 @@ class EventPipeline(_Writer):
             # after shutdown the sinks are gone: the server log still gets it
             finished = self._finish(event)
             if finished is not None:
-                _stderr_line(to_json(finished))
+                _stderr_line(finished[1][:-1].decode("utf-8", "replace"))
             return
         if self._sync:
             finished = self._finish(event)
             if finished is not None:
-                self._write([finished])
+                self._write([finished[0]], [finished[1]])
             return
         if len(self._queue) >= self.queue_size:
             self.dropped += 1

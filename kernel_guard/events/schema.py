@@ -29,6 +29,7 @@ __all__ = [
     "KernelContext",
     "make_event",
     "to_json",
+    "escape_line_breaks",
     "to_json_line",
     "validate_event",
 ]
@@ -203,10 +204,10 @@ def to_json_line(event: Event) -> bytes:
     if orjson is not None:
         try:
             line = orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
-            return _escape_line_breaks(line)
+            return escape_line_breaks(line)
         except TypeError:  # orjson.JSONEncodeError
             pass
-    return _escape_line_breaks((_ENCODER.encode(event) + "\n").encode("utf-8", "replace"))
+    return escape_line_breaks((_ENCODER.encode(event) + "\n").encode("utf-8", "replace"))
 
 
 #: characters valid unescaped in JSON that Python's str.splitlines (and readers
@@ -214,7 +215,7 @@ def to_json_line(event: Event) -> bytes:
 _LINE_BREAKS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
 
 
-def _escape_line_breaks(line: bytes) -> bytes:
+def escape_line_breaks(line: bytes) -> bytes:
     """Escape them, so one event stays one line for every reader."""
     if b"\xe2\x80" in line or b"\xc2\x85" in line:
         for raw, escaped in _LINE_BREAKS:

@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any, Optional
 
-from .schema import Event
+from .schema import Event, escape_line_breaks, to_json_line
 
 try:
     import orjson
@@ -103,7 +103,13 @@ def hash_matches(event: Event) -> bool:
 
 class StreamChain:
     """Writer-side processor: link each event of this process's streams to the one
-    written before it.  Runs last (after redaction), on one thread, in write order."""
+    written before it.  Runs last (after redaction), on one thread, in write order.
+
+    The pipeline calls :meth:`serialise`, which chains the event and writes its line
+    from one serialisation: the canonical bytes are hashed and, with the hash put
+    in, are the line.  What is written is exactly what was hashed, so nothing else
+    holding a part of the event (its emitter, a later event) can change one
+    without the other, and no copy of the event is needed."""
 
     deferred = True
 
@@ -115,16 +121,60 @@ class StreamChain:
         self.heads = {}
 
     def __call__(self, event: Event) -> Optional[Event]:
-        if not (event.get("kernel_guard") or {}).get("stream"):
+        """Chain a copy of ``event`` (for a caller that serialises it later itself)."""
+        stream = _stream_of(event)
+        if stream is None:
             return event
-        # chained and written from a copy of its own: whatever else holds a part of
-        # the event (its emitter, a later event) cannot change what the hash covers
+        # a copy of its own: whatever else holds a part of the event cannot change what the hash covers
         event = _copy(event)
         guard = event["kernel_guard"]
-        stream = guard["stream"]
-        _, prev = self.heads.get(stream, (0, GENESIS))
-        guard["chain"] = {"prev": prev}
-        digest = _digest(event)  # before the hash is in it: no copy on the writer thread
+        guard["chain"] = {"prev": self._prev(stream)}
+        digest = _digest(event)
         guard["chain"]["hash"] = digest
-        self.heads[stream] = (int(event["event"].get("sequence") or 0), digest)
+        self._advance(stream, event, digest)
         return event
+
+    def serialise(self, event: Event) -> bytes:
+        """Chain ``event`` and return its line (the pipeline's serialiser)."""
+        stream = _stream_of(event)
+        if stream is None:
+            return to_json_line(event)
+        prev = self._prev(stream)
+        chain: dict = {"prev": prev}
+        event["kernel_guard"]["chain"] = chain
+        line = _hashed_line(event, prev) if orjson is not None else None
+        if line is None:  # what orjson refuses, or a marker that is not unique: the copying path
+            return to_json_line(self(event))
+        text, digest = line
+        chain["hash"] = digest
+        self._advance(stream, event, digest)
+        return text
+
+    def _prev(self, stream: str) -> str:
+        return self.heads.get(stream, (0, GENESIS))[1]
+
+    def _advance(self, stream: str, event: Event, digest: str) -> None:
+        self.heads[stream] = (int(event["event"].get("sequence") or 0), digest)
+
+
+def _stream_of(event: Event) -> Optional[str]:
+    guard = event.get("kernel_guard")
+    stream = guard.get("stream") if isinstance(guard, dict) else None
+    return stream or None
+
+
+def _hashed_line(event: Event, prev: str) -> Optional[tuple[bytes, str]]:
+    """(line, hash) from one canonical serialisation, the hash spliced into the chain
+    object; None when that cannot be done exactly."""
+    try:
+        body = _canonical_fast(event)
+    except TypeError:
+        return None
+    digest = hashlib.sha256(body).hexdigest()
+    # JSON escapes every quote inside a string, so this text can only be structure;
+    # it must be there once (the chain object holding just "prev") to be spliced
+    marker = b'"chain":{"prev":"' + prev.encode("ascii") + b'"}'
+    if body.count(marker) != 1:
+        return None
+    line = body.replace(marker, marker[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}', 1)
+    return escape_line_breaks(line + b"\n"), digest

@@ -108,6 +108,7 @@ class _Writer:
     _sync: bool
     _thread: Optional[threading.Thread]
     _on_writer: List[Processor]
+    _serialise: Callable[[Event], bytes]
     _finishing: Any
     _direct: List[Sink]
     _workers: Dict[str, Any]
@@ -116,10 +117,18 @@ class _Writer:
     dropped: int
     queue_size: int
 
-    def _finish(self, event: Event) -> Optional[Event]:
-        """Run the writer's processors (redaction) just before writing."""
+    def _finish(self, event: Event) -> Optional[Tuple[Event, bytes]]:
+        """Run the writer's processors (redaction) just before writing, then serialise
+        the event (chained, when the last processor chains): (event, its line), or None."""
         with self._finishing:
-            return _run_processors(self._on_writer, event)
+            finished = _run_processors(self._on_writer, event)
+            if finished is None:
+                return None
+            try:
+                return finished, self._serialise(finished)
+            except Exception as exc:  # a serialiser bug must not lose the event
+                finished.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
+                return finished, to_json_line(finished)
 
     def _expire_aggregates(self, force: bool = False) -> None:
         """Feed the aggregators' summaries of ended intervals back in after them."""
@@ -186,12 +195,12 @@ class _Writer:
                         item = self._process(event, 0)
                     if item is None:
                         continue
-                item = self._finish(item)
-                if item is not None:
-                    batch.append(item)
+                finished = self._finish(item)
+                if finished is not None:
                     # serialised now, as it was hashed: nothing the batch's later events
                     # share with it can change what is written after its hash
-                    lines.append(to_json_line(item))
+                    batch.append(finished[0])
+                    lines.append(finished[1])
             self._write(batch, lines)
         self._report_dropped()
         self._report_losses()
