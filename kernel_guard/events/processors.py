@@ -18,7 +18,7 @@ import threading
 from typing import Callable, Iterable
 
 from .schema import Event, KernelContext
-from .secrets import REDACTED, detectors_for, redact_argv, redact_text, redact_with, secret_env_name
+from .secrets import REDACTED, clean, detectors_for, native_gate, redact_argv, redact_text, redact_with, secret_env_name
 from .secrets import _aws_candidate
 from .secrets import redact_and_cut as _secrets_cut
 from .streams import new_stream_id
@@ -95,6 +95,7 @@ class Redact:
     def __init__(self, extra_patterns: Iterable[str] = (), environ: dict[str, str] | None = None) -> None:
         self.literals = _secret_env_values(environ)
         self.extra = [re.compile(p) for p in extra_patterns]
+        self._gate = native_gate(self.literals)
 
     def text(self, text: str) -> str:
         """One text redacted as an event's field would be (literals, catalogue, operators' patterns)."""
@@ -109,8 +110,10 @@ class Redact:
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def __call__(self, event: Event) -> Event:
-        texts = _user_texts(event, self.TEXT_FIELDS, self.TEXT_COLLECTIONS)
-        if not texts:
+        if self._gate is not None and not self.extra and self._gate.clean_fields(event, _PAIRS):
+            return event  # most events: the native scan's one pass over the fields, literals too
+        texts = _user_texts(event)
+        if not texts or (clean(texts) and not self._literal_or_extra(texts)):
             return event
         joined = "\n".join(texts)
         detectors = detectors_for(joined)
@@ -120,6 +123,14 @@ class Redact:
             return event
         self._redact(event, detectors, extra)
         return event
+
+    def _literal_or_extra(self, texts: list[str]) -> bool:
+        """Whether a secret value from the environment or an operator's pattern is in ``texts``."""
+        if not (self.literals or self.extra):
+            return False
+        joined = "\n".join(texts)  # neither a literal nor a pattern of one line spans the joint
+        return any(literal in joined for literal in self.literals) or any(p.search(t) for p in self.extra
+                                                                             for t in texts)
 
     def _redact(self, event: Event, detectors: list, extra: list) -> None:
         """Redact each user-text field with the detectors the gate chose for the event."""
@@ -155,15 +166,20 @@ for _outer, _inner in Redact.TEXT_FIELDS + Redact.TEXT_COLLECTIONS:
     _FIELDS_BY_OBJECT[_outer] = _FIELDS_BY_OBJECT.get(_outer, frozenset()) | {_inner}
 
 
-def _user_texts(event: Event, fields: tuple, collections: tuple) -> list[str]:
+_OBJECTS = tuple(_FIELDS_BY_OBJECT.items())
+_PAIRS = Redact.TEXT_FIELDS + Redact.TEXT_COLLECTIONS
+
+
+def _user_texts(event: Event) -> list[str]:
     """The event's user-text values, for one gate pass over all of them."""
     texts: list[str] = []
-    for outer, names in _FIELDS_BY_OBJECT.items():
+    for outer, names in _OBJECTS:
         node = event.get(outer)
-        if node is None:
+        if not node.__class__ is dict:
             continue
-        for inner in names.intersection(node):  # only the fields the event has
-            value = node[inner]
+        for inner, value in node.items():  # an object has a few fields: fewer tests than the names
+            if inner not in names:
+                continue
             if value.__class__ is str:
                 texts.append(value)
             elif isinstance(value, list):

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .secret_shapes import SHAPES
 
-__all__ = ["DETECTORS", "REDACTED", "Detector", "detectors_for", "redact_and_cut", "redact_argv", "redact_text",
+__all__ = ["DETECTORS", "NATIVE_GATE", "REDACTED", "Detector", "clean", "detectors_for", "native_gate", "redact_and_cut", "redact_argv", "redact_text",
            "redact_with", "secret_env_name"]
 
 REDACTED = "[REDACTED]"
@@ -303,6 +303,41 @@ def _aws_secret(match: "re.Match[str]") -> str:
     return token
 
 
+try:
+    from ._gate import Gate as _NativeGate
+except ImportError:  # built optionally (setup.py): without it the Python gate answers alone
+    _NativeGate = None
+
+#: the longest run of base64 characters that cannot hold a bare AWS secret key
+_AWS_RUN = 40
+
+
+def native_gate(literals: Iterable[str] = ()) -> Optional[Any]:
+    """The one-pass scan (``_gate.c``) with this module's tables (keywords that only
+    word characters make are looked for in long words, the others anywhere), and
+    ``literals`` (secret values) looked for anywhere, case-insensitively; None
+    without the native part, or when a literal is not ASCII."""
+    literals = tuple(literal.lower() for literal in literals if literal)
+    if _NativeGate is None or not all(literal.isascii() for literal in literals):
+        return None
+    in_words = tuple(k for k in _KEYWORDS if set(k) <= _WORD_CHARS)
+    anywhere = tuple(sorted(set(_ANCHORS) | {"://"} | {k for k in _KEYWORDS if not set(k) <= _WORD_CHARS}
+                            | set(literals)))
+    return _NativeGate(anywhere, in_words, tuple(sorted(w.decode("ascii") for w in _PROGRAMS)),
+                       "".join(sorted(_WORD_CHARS)), "abcdefghijklmnopqrstuvwxyz0123456789", _LONG_WORD, _AWS_RUN)
+
+
+#: None without the native part
+NATIVE_GATE = native_gate()
+
+
+def clean(texts: Sequence[str]) -> bool:
+    """Whether no detector could match in any of ``texts`` and no bare AWS key is there
+    (the native scan, conservative: it may call a text a candidate that is not).
+    False without the native part: then :func:`detectors_for` decides."""
+    return NATIVE_GATE is not None and NATIVE_GATE.clean(texts)
+
+
 def detectors_for(text: str) -> list[Detector]:
     """The detectors whose keywords ``text`` holds, in catalogue order."""
     lowered = text.lower()
@@ -347,6 +382,8 @@ def redact_text(text: str, literals: Iterable[str] = ()) -> str:
     for literal in literals:
         if literal in text:
             text = text.replace(literal, REDACTED)
+    if clean((text,)):
+        return text
     return redact_with(detectors_for(text), text)
 
 
