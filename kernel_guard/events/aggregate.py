@@ -88,7 +88,7 @@ class Aggregate:
 
     def __call__(self, event: Event) -> Optional[Event]:
         """The event itself, or None when it was counted into an aggregate."""
-        if self.interval <= 0 or event.get("event", {}).get("action") in NEVER_AGGREGATED:
+        if self.interval <= 0 or (event.get("event") or {}).get("action") in NEVER_AGGREGATED:
             return event
         try:
             key = _key(event)

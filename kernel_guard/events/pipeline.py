@@ -191,7 +191,7 @@ class EventPipeline(_Writer):
 
     def _process(self, event: Event, start: int) -> Optional[Event]:
         """Run the caller's processors from index ``start``; None if one swallowed the event."""
-        return _run_processors(self._on_caller[start:], event)
+        return _run_processors(self._on_caller[start:] if start else self._on_caller, event)
 
     def _enqueue(self, event: Event) -> None:
         if self._closed:

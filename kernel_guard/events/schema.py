@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from typing import Any, Dict
 
@@ -135,13 +136,38 @@ def _now() -> str:
     return f"{cached[1]}.{int((now - second) * 1e6):06d}Z"
 
 
+#: random bytes are read in blocks, one block per thread: a getrandom call per event was
+#: half of an id's cost.  A forked child starts a new generation (its parent's blocks are
+#: not its own: ids would repeat).
+_RANDOM_BLOCK = 16 * 256
+_random = threading.local()
+_generation = 0
+
+
+def _new_generation() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_new_generation)
+#: the RFC 4122 variant's first hex digit (10xx) for any random one
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def _random_hex32() -> str:
+    """32 random hex digits from this thread's block (read anew when used up or after a fork)."""
+    local = _random
+    if getattr(local, "generation", -1) != _generation or local.pos >= _RANDOM_BLOCK:
+        local.block, local.pos, local.generation = os.urandom(_RANDOM_BLOCK).hex(), 0, _generation
+    pos = local.pos
+    local.pos = pos + 16
+    return local.block[2 * pos:2 * pos + 32]
+
+
 def _event_id() -> str:
-    """A random (version 4) UUID as text, without building a ``uuid.UUID`` (2x cheaper)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID as text, without building a ``uuid.UUID`` (3x cheaper)."""
+    h = _random_hex32()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def make_event(

@@ -59,6 +59,13 @@ class _Stream:
         self.checkpointed = 0
         self.template = template  # user, host, kernel of its events, for the end we may write
 
+    def advance(self, event: dict, number: int) -> None:
+        """Take ``event`` (checked, numbered ``number``) as the stream's head."""
+        self.sequence = number
+        chain = event["kernel_guard"].get("chain")
+        self.hash = str(chain.get("hash", "")) if isinstance(chain, dict) else ""
+        self.ended = event["event"].get("action") == "stream-ended"
+
 
 def _start_time(pid: int) -> Optional[str]:
     """When a live process started (None once it is gone or a zombie): with the pid,
@@ -152,17 +159,23 @@ class Custodian:
             return
         kept = []
         own = self.own_stream()
+        streams = self.streams
         with self._lock:  # once per message: a batch is one sender's
             for line in payload.splitlines(keepends=True):
-                if not line.strip():
-                    continue
                 try:
                     event, stream, number = check_line(line, own)
-                    self._claim(event, stream, number, sender)
+                    state = streams.get(stream)
+                    if state is not None and state.pid == sender and not state.ended and number > state.sequence:
+                        state.advance(event, number)  # the common case, inline: the next line of a known stream
+                    else:
+                        self._claim(event, stream, number, sender)
                 except Refused as refused:
-                    self._refuse(refused.reason)
+                    if line.strip():  # blank lines are no lines (checked only here: it is rare)
+                        self._refuse(refused.reason)
                     continue
-                kept.append(line if line.endswith(b"\n") else line + b"\n")
+                kept.append(line)
+        if kept and not kept[-1].endswith(b"\n"):  # only the last line can lack its end
+            kept[-1] += b"\n"
         self.counts["received"] += len(kept)
         while kept and not self.pipeline.forward(kept):
             time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
@@ -200,10 +213,7 @@ class Custodian:
             raise Refused("ended")
         if number <= state.sequence:
             raise Refused("sequence")
-        state.sequence = number
-        chain = event["kernel_guard"].get("chain")
-        state.hash = str(chain.get("hash", "")) if isinstance(chain, dict) else ""
-        state.ended = event["event"].get("action") == "stream-ended"
+        state.advance(event, number)
 
     def _tick(self) -> None:
         """Now and then: end the streams of processes that are gone, write the heads."""

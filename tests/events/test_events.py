@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import hashlib
 
 from conftest import assert_schema_valid
@@ -191,3 +192,34 @@ def test_line_separators_inside_values_are_escaped() -> None:
     code = "a\u2028b\u2029c\u0085d"
     line = to_json_line(make_event("cell-executed", outcome="success", layer="ipython", code=code)).decode()
     assert len(line.splitlines()) == 1 and json.loads(line)["kernel_guard"]["code"] == code
+
+
+def test_event_ids_are_unique_across_threads_and_forks() -> None:
+    """Ids come from per-thread blocks of random bytes: a forked child must not reuse
+    its parent's block, nor two threads one another's."""
+    import threading
+    import uuid
+
+    from kernel_guard.events.schema import _event_id
+
+    _event_id()  # the parent's block is read before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, "".join(_event_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    os.close(write_end)
+    parent = "".join(_event_id() for _ in range(10))
+    assert len(child) == len(parent) == 360
+    assert not {child[i:i + 36] for i in range(0, 360, 36)} & {parent[i:i + 36] for i in range(0, 360, 36)}
+    found: list = []
+    threads = [threading.Thread(target=lambda: found.extend(_event_id() for _ in range(5000))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(found)) == 20_000
+    assert all(uuid.UUID(i).version == 4 for i in found[:100])
