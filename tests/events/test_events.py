@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 
 from conftest import assert_schema_valid
 from kernel_guard.cli.verify import verify
