@@ -42,6 +42,11 @@ def _secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+#: this process's pid: os.getpid() is a system call (0.6 us) and every event names it
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
 class AddContext:
     """Add user, host, kernel and mode from a :class:`KernelContext`."""
 
@@ -53,7 +58,8 @@ class AddContext:
         event.setdefault("user", {"name": ctx.user})
         event.setdefault("host", {"hostname": ctx.hostname})
         proc = event.setdefault("process", {})
-        proc.setdefault("pid", os.getpid())
+        if "pid" not in proc:
+            proc["pid"] = _pid[0]
         guard = event.setdefault("kernel_guard", {})
         guard.setdefault("mode", ctx.mode)
         if ctx.author:

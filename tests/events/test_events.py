@@ -223,3 +223,21 @@ def test_event_ids_are_unique_across_threads_and_forks() -> None:
         thread.join()
     assert len(set(found)) == 20_000
     assert all(uuid.UUID(i).version == 4 for i in found[:100])
+
+
+def test_a_forked_childs_events_name_its_own_pid() -> None:
+    from kernel_guard.events.processors import AddContext
+    from kernel_guard.events.schema import KernelContext
+
+    add = AddContext(KernelContext(kernel_id="k"))
+    assert add(make_event("cell-executed", outcome="success", layer="ipython"))["process"]["pid"] == os.getpid()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        named = add(make_event("cell-executed", outcome="success", layer="ipython"))["process"]["pid"]
+        os.write(write_end, str(named).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert int(os.read(read_end, 64)) == pid
+    os.close(read_end)
+    os.close(write_end)
