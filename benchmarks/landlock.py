@@ -7,6 +7,9 @@ first ``joblib.Parallel(n_jobs=2)`` call (loky starts its workers by exec of the
 interpreter, which the supervisor lets through: the exec round trip is in it),
 and a ``ProcessPoolExecutor`` round trip with two workers.  The extension
 alone has no Landlock and refuses every exec: it is timed on files only.
+And, in fresh processes, what any filter and domain add to an open for reading
+against what the launcher's add (:mod:`.open_floor`): the floor under the
+launcher's open.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 if __package__:
+    from . import open_floor
     from .kernels import CONFIGS, GUARDED, BenchKernel
     from .stats import all_met, interleaved, median, ratio, rounded
 
@@ -105,8 +109,14 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[
             rows.append({"metric": label, "config": config, "plain": rounded(results["plain"][metric], 2),
                          "guarded": rounded(results[config][metric], 2), "ratio": rounded(r, 3),
                          "target": f"<= {target}", "met": r is not None and r <= target})
+    added = open_floor.floor(repetitions, n * 5)
+    rows.append({"metric": "open a file for reading: us added, the launcher's filter and domain vs "
+                           "a one-rule filter and a write-only domain", "config": "floor",
+                 "plain": rounded(added["minimal"], 3), "guarded": rounded(added["launcher"], 3),
+                 "ratio": rounded(ratio(added["launcher"], added["minimal"]), 3), "target": "info", "met": None})
     return {
         "title": "files and parallel work in the Landlock domain",
+        "floor": {v: rounded(x, 3) for v, x in added.items()},
         "unit": "us per file operation, ms per parallel call",
         "repetitions": repetitions,
         "results": {c: {k: rounded(v, 3) for k, v in r.items()} for c, r in results.items()},

@@ -44,6 +44,7 @@ def test_quick_run_writes_json_with_all_eight_scenarios_and_the_documented_keys(
     assert set(doc["scenarios"]["syscalls"]["floor"]["guard"]) == {"getppid", "stat"}
     assert {"write", "open_read", "stat", "joblib_first", "pool_round_trip"} <= set(
         doc["scenarios"]["landlock"]["ratios"]["launcher"])
+    assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "launcher"}
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
 
 

@@ -10,9 +10,22 @@
  * The policy stays in Python: for an interesting event this hook calls the
  * Python callback it was given, with an interned name and the event's argument
  * tuple; an exception from the callback aborts the audited operation, as it
- * does from a Python hook.  The one decision taken here is the common
- * "reading a file" case of the open event, which hook.py's _check_open would
- * answer the same way (a str path outside /proc/, opened without write flags).
+ * does from a Python hook.  Two decisions are taken here, both the answer
+ * persistence.py's _check_open gives, and both only ever "allowed, nothing to
+ * record" (anything else goes to the policy):
+ *
+ * - reading a file: a str path not named like a process's environ or mem,
+ *   opened without write flags;
+ * - writing an ordinary file: a str path, not named like environ or mem, whose
+ *   absolute form is not a persistence path (the policy's own folders, files and
+ *   segment-aware glob pattern, given to add_hook) and whose components hold no
+ *   symbolic link, so the path the kernel resolves is the one judged.  One
+ *   openat2(RESOLVE_NO_SYMLINKS) answers that where the system call is allowed,
+ *   else an lstat of each component does, as realpath(3) would (see no_links).
+ *
+ * A filter added as record-only (the launcher's first hook) passes only the
+ * events it names for that case once an enforcing filter is added after it:
+ * from then on the enforcing one records everything.
  *
  * Runtime hooks cannot be removed and hold their callback in C, out of reach
  * of Python code; the callback's own function object is guarded by the policy
@@ -27,8 +40,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define MAX_NAMES 64
+#define MAX_FILTERS 16
+
+/* What makes a write-open a persistence write: the policy's (dirs, globs, files). */
+typedef struct {
+    PyObject *dirs;   /* tuple of str, each ending with "/" */
+    PyObject *match;  /* the compiled glob pattern's bound match() */
+    PyObject *files;  /* frozenset of str */
+} writes_t;
 
 typedef struct {
     PyInterpreterState *interp;  /* the interpreter whose objects the callback is */
@@ -37,7 +60,15 @@ typedef struct {
     const char *names[MAX_NAMES];  /* UTF-8 of the interned strings below */
     PyObject *interned[MAX_NAMES];
     int seen_check;              /* set by the install-time check event */
+    writes_t writes;             /* dirs == NULL: every write-open goes to the callback */
+    int record_only;             /* quieted once an enforcing filter is added after it */
+    int quiet;
+    unsigned long long keep;     /* bit i: names[i] still passes once quiet */
 } filter_t;
+
+/* every filter added, for the record-only ones an enforcing filter quiets */
+static filter_t *filters[MAX_FILTERS];
+static int filter_count;
 
 static const char CHECK_EVENT[] = "kernel_guard.audit._filter.check";
 
@@ -109,6 +140,235 @@ may_be_credential(PyObject *path)
     return 0;
 }
 
+/* -- opening a file for writing ------------------------------------------------ */
+
+/* texts the persistence check compares names with, made once by add_hook */
+static PyObject *pth_suffix, *site_prefix, *user_prefix;
+
+/* Whether an open event writes: a mode with "w", "a", "x" or "+", or (os.open's
+ * event, mode None) write flags.  *relative_ok is 0 for os.open, whose event
+ * leaves out dir_fd: the policy judges a relative path against every open folder. */
+static int
+opens_for_writing(PyObject *mode, PyObject *flags, int *relative_ok)
+{
+    if (PyUnicode_CheckExact(mode)) {
+        const char *m = PyUnicode_AsUTF8(mode);
+        if (m == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        *relative_ok = 1;
+        return strpbrk(m, "wax+") != NULL;
+    }
+    if (mode == Py_None && PyLong_CheckExact(flags)) {
+        long f = PyLong_AsLong(flags);
+        if (f == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        *relative_ok = 0;
+        return (f & WRITE_FLAGS) != 0;
+    }
+    return 0;
+}
+
+/* Whether the absolute path s has the form os.path.normpath gives it: one leading
+ * slash, no "//", "/./" or "/../", no trailing "/", "/." or "/..".  Then
+ * os.path.abspath leaves it as it is and, without links, so does realpath. */
+static int
+normal_form(const char *s, size_t len)
+{
+    if (len < 2 || s[0] != '/' || s[len - 1] == '/') {
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        const char *next = s + i + 1;
+        if (s[i] == '/' && (next[0] == '/'
+                            || (next[0] == '.' && (next[1] == '/' || next[1] == '\0'))
+                            || (next[0] == '.' && next[1] == '.' && (next[2] == '/' || next[2] == '\0')))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The str os.path.abspath makes of path (p: its file-system bytes), when that is
+ * already in normal form; NULL, no error set, when not (then the policy decides).
+ * A relative path is joined to getcwd(2)'s answer, as os.getcwd() decodes it: the
+ * kernel's own name for the folder, built from its entries, so no component of it
+ * is a link and only the relative part needs the link test. */
+static PyObject *
+absolute_form(PyObject *path, const char *p, size_t len)
+{
+    if (p[0] == '/') {
+        return normal_form(p, len) ? Py_NewRef(path) : NULL;
+    }
+    char joined[PATH_MAX];
+    /* a deleted working folder fails here, as os.getcwd() fails in the policy */
+    if (getcwd(joined, sizeof joined) == NULL || joined[0] != '/') {
+        return NULL;
+    }
+    size_t cwdlen = strlen(joined) == 1 ? 0 : strlen(joined);  /* "/" joins as "" */
+    if (cwdlen + 1 + len >= PATH_MAX) {
+        return NULL;
+    }
+    joined[cwdlen] = '/';
+    memcpy(joined + cwdlen + 1, p, len + 1);
+    if (!normal_form(joined, cwdlen + 1 + len)) {
+        return NULL;
+    }
+    PyObject *absolute = PyUnicode_DecodeFSDefaultAndSize(joined, (Py_ssize_t)(cwdlen + 1 + len));
+    if (absolute == NULL) {
+        PyErr_Clear();
+    }
+    return absolute;
+}
+
+/* str.startswith for one prefix: a compare of the two strings' storage when they
+ * share a kind (nearly always: ASCII paths and folders). */
+static int
+starts_with(PyObject *s, PyObject *prefix)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(prefix);
+    int kind = PyUnicode_KIND(s);
+    if (kind != PyUnicode_KIND(prefix)) {
+        return PyUnicode_Tailmatch(s, prefix, 0, PyUnicode_GET_LENGTH(s), -1) != 0;
+    }
+    return n <= PyUnicode_GET_LENGTH(s) && memcmp(PyUnicode_DATA(s), PyUnicode_DATA(prefix), (size_t)n * kind) == 0;
+}
+
+/* Whether the absolute path a is a persistence path as is_persistence_path judges
+ * one spelling: a .pth, sitecustomize.* or usercustomize.* name, a protected file,
+ * a path beneath a protected folder, or a match of the segment-aware glob pattern
+ * (the policy's own compiled pattern).  An error counts as "yes": the policy decides. */
+static int
+persistence_name(const writes_t *w, PyObject *a)
+{
+    Py_ssize_t len = PyUnicode_GET_LENGTH(a);
+    Py_ssize_t name = PyUnicode_FindChar(a, '/', 0, len, -1) + 1;
+    int found = name <= 0
+        || PyUnicode_Tailmatch(a, pth_suffix, name, len, 1) != 0
+        || PyUnicode_Tailmatch(a, site_prefix, name, len, -1) != 0
+        || PyUnicode_Tailmatch(a, user_prefix, name, len, -1) != 0
+        || PySet_Contains(w->files, a) != 0;
+    for (Py_ssize_t k = 0; !found && k < PyTuple_GET_SIZE(w->dirs); k++) {
+        found = starts_with(a, PyTuple_GET_ITEM(w->dirs, k));
+    }
+    if (!found) {
+        PyObject *m = PyObject_CallOneArg(w->match, a);
+        found = m != Py_None;
+        Py_XDECREF(m);
+    }
+    PyErr_Clear();
+    return found;
+}
+
+/* Without openat2, or where a seccomp filter refuses it: an lstat of each leading
+ * part of path, the test realpath(3) makes. */
+static int
+no_links_walk(const char *path, size_t len)
+{
+    char part[PATH_MAX];
+    memcpy(part, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (i < len && part[i] != '/') {
+            continue;
+        }
+        struct stat st;
+        char kept = part[i];
+        part[i] = '\0';
+        int failed = lstat(part, &st);
+        part[i] = kept;
+        if (failed) {
+            return errno == ENOENT;  /* the rest is missing: realpath keeps it as written */
+        }
+        if (S_ISLNK(st.st_mode)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* cleared for good once openat2 fails as an unknown or forbidden call */
+static int openat2_usable = 1;
+
+struct open_how_v0 {
+    unsigned long long flags, mode, resolve;
+};
+#define RESOLVE_NO_SYMLINKS_FLAG 0x04
+
+/* Whether no component of path (absolute, or relative to the working folder, whose
+ * getcwd(2) name holds no link) is a symbolic link; components after a missing
+ * one count as plain, as realpath keeps them.  One system call: the kernel's own
+ * path walk, told to fail on any link (the last component's included); for a
+ * single component an lstat is that call, and cheaper. */
+static int
+no_links(const char *path, size_t len)
+{
+#ifdef SYS_openat2
+    if (openat2_usable && strchr(path + 1, '/') != NULL) {
+        struct open_how_v0 how = {O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS_FLAG};
+        long fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+        if (fd >= 0) {
+            close((int)fd);
+            return 1;
+        }
+        if (errno == ENOENT) {
+            return 1;
+        }
+        if (errno != ENOSYS && errno != EPERM && errno != EINVAL && errno != E2BIG) {
+            return 0;  /* ELOOP: a link; ENOTDIR, EACCES ...: the policy decides */
+        }
+        openat2_usable = 0;  /* the launcher's filter: openat2 hides flags it must see */
+    }
+#endif
+    return no_links_walk(path, len);
+}
+
+/* Whether an open event writes an ordinary file: not a persistence path, however
+ * the kernel resolves it, and not named like a process's environ or mem. */
+static int
+ordinary_write(const filter_t *f, PyObject *args)
+{
+    PyObject *path = PyTuple_GET_ITEM(args, 0);
+    int relative_ok = 0;
+    if (f->writes.dirs == NULL || !PyUnicode_CheckExact(path)
+            || !opens_for_writing(PyTuple_GET_ITEM(args, 1), PyTuple_GET_ITEM(args, 2), &relative_ok)
+            || may_be_credential(path)) {
+        return 0;
+    }
+    PyObject *encoded = PyUnicode_EncodeFSDefault(path);
+    if (encoded == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *p = PyBytes_AS_STRING(encoded);
+    size_t len = (size_t)PyBytes_GET_SIZE(encoded);
+    int ordinary = 0;
+    if (len > 0 && len < PATH_MAX && strlen(p) == len && (p[0] == '/' || relative_ok)) {
+        PyObject *absolute = absolute_form(path, p, len);
+        if (absolute != NULL) {
+            ordinary = !persistence_name(&f->writes, absolute) && no_links(p, len);
+            Py_DECREF(absolute);
+        }
+    }
+    Py_DECREF(encoded);
+    return ordinary;
+}
+
+/* Whether the policy would let this open event pass and record nothing. */
+static int
+open_needs_no_policy(const filter_t *f, PyObject *args)
+{
+    if (args == NULL || !PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 3) {
+        return 0;
+    }
+    if (plain_read(args)) {
+        return !may_be_credential(PyTuple_GET_ITEM(args, 0));
+    }
+    return ordinary_write(f, args);
+}
+
 static int
 filter_hook(const char *event, PyObject *args, void *data)
 {
@@ -126,6 +386,9 @@ filter_hook(const char *event, PyObject *args, void *data)
         }
         return 0;
     }
+    if (f->quiet && !((f->keep >> i) & 1)) {
+        return 0;  /* an enforcing filter records this event */
+    }
     /* Runtime hooks run for every interpreter; the callback belongs to one.
      * Creating another interpreter is refused by the policy, so this is only
      * reached for one that existed before the guard. */
@@ -137,8 +400,7 @@ filter_hook(const char *event, PyObject *args, void *data)
     if (tstate == NULL || PyThreadState_GetInterpreter(tstate) != f->interp) {
         return 0;
     }
-    if (strcmp(event, "open") == 0 && args != NULL && plain_read(args)
-            && !may_be_credential(PyTuple_GET_ITEM(args, 0))) {
+    if (strcmp(event, "open") == 0 && open_needs_no_policy(f, args)) {
         return 0;
     }
     /* as CPython does for Python hooks: no tracer or profiler runs inside the
@@ -155,47 +417,39 @@ filter_hook(const char *event, PyObject *args, void *data)
 }
 
 PyDoc_STRVAR(add_hook_doc,
-"add_hook(names, callback, /)\n--\n\n"
+"add_hook(names, callback, writes=None, record_only=None, /)\n--\n\n"
 "Add a runtime audit hook that calls ``callback(event, args)`` for the events in\n"
-"``names`` (an iterable of str) and ignores all others, except that an ``open``\n"
-"event that only reads a str path outside /proc/ is allowed without a call.\n"
+"``names`` (an iterable of str) and ignores all others, except an ``open`` event\n"
+"that only reads a str path not named like a process's environ or mem, and, when\n"
+"``writes`` is given, one that writes an ordinary file: ``writes`` is the policy's\n"
+"(folders, compiled glob pattern, files) of persistence paths, and a str path whose\n"
+"absolute form none of them names and whose components hold no symbolic link\n"
+"passes without a call.\n"
+"``record_only``: None for a filter whose callback enforces; adding one narrows\n"
+"every record-only filter added before it (in this interpreter) to the names its\n"
+"``record_only`` iterable keeps.\n"
 "The hook cannot be removed.  Raises RuntimeError when an existing hook\n"
 "prevented adding it.");
 
-static PyObject *
-add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Fill f's event names from the iterable obj. */
+static int
+set_names(filter_t *f, PyObject *obj)
 {
-    (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "add_hook(names, callback) takes exactly 2 arguments");
-        return NULL;
-    }
-    PyObject *callback = args[1];
-    if (!PyCallable_Check(callback)) {
-        PyErr_SetString(PyExc_TypeError, "add_hook: callback must be callable");
-        return NULL;
-    }
-    PyObject *names = PySequence_Tuple(args[0]);
+    PyObject *names = PySequence_Tuple(obj);
     if (names == NULL) {
-        return NULL;
+        return -1;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(names);
     if (n > MAX_NAMES) {
         Py_DECREF(names);
         PyErr_Format(PyExc_ValueError, "add_hook: at most %d event names", MAX_NAMES);
-        return NULL;
-    }
-    /* never freed: the hook lives as long as the process */
-    filter_t *f = PyMem_RawCalloc(1, sizeof(filter_t));
-    if (f == NULL) {
-        Py_DECREF(names);
-        return PyErr_NoMemory();
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *name = PyTuple_GET_ITEM(names, i);
         if (!PyUnicode_Check(name)) {
             PyErr_SetString(PyExc_TypeError, "add_hook: event names must be str");
-            goto fail;
+            break;
         }
         Py_INCREF(name);
         PyUnicode_InternInPlace(&name);
@@ -205,40 +459,139 @@ add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_ValueError, "add_hook: empty event name");
             }
-            goto fail;
+            break;
         }
         f->interned[i] = name;
         f->names[i] = utf8;
         f->count = i + 1;
     }
     Py_DECREF(names);
-    names = NULL;
-    Py_INCREF(callback);
-    f->callback = callback;
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* Keep the persistence data (folders, pattern, files) the write check compares with. */
+static int
+set_writes(filter_t *f, PyObject *obj)
+{
+    if (obj == Py_None) {
+        return 0;
+    }
+    PyObject *dirs, *pattern, *files;
+    if (!PyTuple_Check(obj) || !PyArg_ParseTuple(obj, "O!OO!", &PyTuple_Type, &dirs, &pattern,
+                                                  &PyFrozenSet_Type, &files)) {
+        PyErr_SetString(PyExc_TypeError, "add_hook: writes must be (tuple of folders, pattern, frozenset)");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(dirs); k++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(dirs, k))) {
+            PyErr_SetString(PyExc_TypeError, "add_hook: persistence folders must be str");
+            return -1;
+        }
+    }
+    PyObject *match = PyObject_GetAttrString(pattern, "match");
+    if (match == NULL) {
+        return -1;
+    }
+    if (pth_suffix == NULL) {
+        pth_suffix = PyUnicode_InternFromString(".pth");
+        site_prefix = PyUnicode_InternFromString("sitecustomize.");
+        user_prefix = PyUnicode_InternFromString("usercustomize.");
+        if (pth_suffix == NULL || site_prefix == NULL || user_prefix == NULL) {
+            Py_DECREF(match);
+            return -1;
+        }
+    }
+    f->writes.dirs = Py_NewRef(dirs);
+    f->writes.match = match;
+    f->writes.files = Py_NewRef(files);
+    return 0;
+}
+
+/* A record-only filter keeps these names once an enforcing filter follows it. */
+static int
+set_record_only(filter_t *f, PyObject *obj)
+{
+    if (obj == Py_None) {
+        return 0;
+    }
+    PyObject *kept = PySequence_Tuple(obj);
+    if (kept == NULL) {
+        return -1;
+    }
+    f->record_only = 1;
+    for (Py_ssize_t i = 0; i < f->count; i++) {
+        int r = PySequence_Contains(kept, f->interned[i]);
+        if (r < 0) {
+            Py_DECREF(kept);
+            return -1;
+        }
+        f->keep |= (unsigned long long)r << i;
+    }
+    Py_DECREF(kept);
+    return 0;
+}
+
+/* An enforcing filter records every event from now on: the record-only filters
+ * added before it in this interpreter pass only the names they keep. */
+static void
+register_filter(filter_t *f)
+{
+    for (int k = 0; !f->record_only && k < filter_count; k++) {
+        if (filters[k]->record_only && filters[k]->interp == f->interp) {
+            filters[k]->quiet = 1;
+        }
+    }
+    if (filter_count < MAX_FILTERS) {
+        filters[filter_count++] = f;
+    }
+}
+
+static PyObject *
+add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "add_hook(names, callback, writes=None, record_only=None)");
+        return NULL;
+    }
+    if (!PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "add_hook: callback must be callable");
+        return NULL;
+    }
+    /* never freed: the hook lives as long as the process */
+    filter_t *f = PyMem_RawCalloc(1, sizeof(filter_t));
+    if (f == NULL) {
+        return PyErr_NoMemory();
+    }
+    if (set_names(f, args[0]) < 0 || set_writes(f, nargs > 2 ? args[2] : Py_None) < 0
+            || set_record_only(f, nargs > 3 ? args[3] : Py_None) < 0) {
+        goto fail;
+    }
+    f->callback = Py_NewRef(args[1]);
     f->interp = PyInterpreterState_Get();
     if (PySys_AddAuditHook(filter_hook, f) < 0) {
-        goto fail_added;
+        return NULL;  /* the entry may be in the runtime's list: keep its data alive */
     }
     /* PySys_AddAuditHook reports success when an existing hook vetoed the
      * addition with a RuntimeError: check that the hook really runs. */
     if (PySys_Audit(CHECK_EVENT, NULL) < 0) {
-        goto fail_added;
+        return NULL;
     }
     if (!f->seen_check) {
         PyErr_SetString(PyExc_RuntimeError,
                         "add_hook: the audit hook was not added (another audit hook refused it)");
-        goto fail_added;
+        return NULL;
     }
+    register_filter(f);
     Py_RETURN_NONE;
 
-fail_added:
-    /* the entry may be in the runtime's list: keep its data alive */
-    return NULL;
 fail:
-    Py_XDECREF(names);
     for (Py_ssize_t i = 0; i < f->count; i++) {
         Py_DECREF(f->interned[i]);
     }
+    Py_XDECREF(f->writes.dirs);
+    Py_XDECREF(f->writes.match);
+    Py_XDECREF(f->writes.files);
     PyMem_RawFree(f);
     return NULL;
 }

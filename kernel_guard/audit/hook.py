@@ -15,7 +15,9 @@ the launcher exists for those.
 Speed: the hook is added through the native filter (``_filter.c``, imported
 here as ``_audit_filter``) when it is built, a runtime hook that calls the
 Python policy only for the events in ``INTERESTING_EVENTS`` (and not for
-plain file reads), so the rest of the interpreter's events cost a few string
+plain file reads, nor for writes of ordinary files: a path that is no
+persistence path as written and holds no symbolic link, which the filter
+asks the kernel), so the rest of the interpreter's events cost a few string
 compares instead of a Python call.
 Without it (no compiler at install time) the same policy runs as a Python
 hook; ``filter_kind()`` says which.
@@ -226,7 +228,7 @@ def install(mode: str, **policy_options: Any) -> bool:
     hook.__defaults__ = (INTERESTING_EVENTS, policy[:6] + (protected,) + policy[7:], _decide, str)
     _State.adding_own_hook = True
     try:
-        _add_hook(hook)
+        _add_hook(hook, policy)
     finally:
         _State.adding_own_hook = False
     if mode == "enforce" and "audit" in _State.installed:
@@ -237,10 +239,15 @@ def install(mode: str, **policy_options: Any) -> bool:
     return True
 
 
-def _add_hook(hook: Callable[[str, tuple], None]) -> None:
-    """Add ``hook`` behind the native filter when it is built, else as a Python hook."""
+def _add_hook(hook: Callable[[str, tuple], None], policy: Policy) -> None:
+    """Add ``hook`` behind the native filter when it is built, else as a Python hook.
+
+    The filter gets the persistence paths, to let an ordinary write pass in C as
+    ``_check_open`` would; a record-only filter is told what it keeps once an
+    enforcing one records everything (as ``_State.quiet_record_hook`` does here)."""
     if _audit_filter is not None:
-        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook)
+        record_only = None if policy[0] else sorted(_SELF_PROTECTION)
+        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook, policy[1:4], record_only)
         _State.kind = "native"
     else:
         sys.addaudithook(hook)

@@ -97,6 +97,13 @@ MFD_EXEC = 0x10
 #: interpreter or as a program itself
 IMAGE_GATE_SYSCALLS = ("brk",)
 F_SETOWN = 8
+#: frequent calls whose rules read their arguments: the kernel's constant-action
+#: cache (Linux 5.11+) answers every call whose action never depends on them
+#: (measured: a cached call costs the same under a 1-rule and a 200-rule filter),
+#: so these are the calls the BPF program runs for.  libseccomp puts them first
+#: in it: measured, an ``openat`` then costs 55 ns in the filter, not 100 ns
+#: behind sixty other tests (its ``O_TRUNC`` rule: :func:`truncation_rules`)
+HOT_SYSCALLS = ("openat", "brk", "fcntl")
 #: pid_t is 32 bits: compare the low half only, so high garbage cannot dodge a rule
 _PID_MASK = 0xFFFFFFFF
 
@@ -218,9 +225,11 @@ def truncation_rules(notify: bool = True) -> tuple[Rule, ...]:
     write access (Linux truncates then) go to the supervisor, which refuses (EPERM) and
     records them (``notify``; else EPERM at once).  The Landlock domain confines the
     files a kernel may open for writing and leaves truncation alone (it costs every
-    open a path walk), so truncating goes through a file opened for writing.
-    ``openat2`` hides its flags in a struct the filter cannot read: ENOSYS (glibc and
-    Python use ``openat``)."""
+    open a path walk, more than this rule: :func:`.landlock.write_rights`), so
+    truncating goes through a file opened for writing.  The ``openat`` rule keeps the
+    kernel's constant-action cache from answering for ``openat``: the program is
+    built to test it first (``HOT_SYSCALLS``).  ``openat2`` hides its flags in a struct
+    the filter cannot read: ENOSYS (glibc and Python use ``openat``)."""
     read_only_trunc = O_ACCMODE | O_TRUNC
     origin = "launcher (Landlock writes)"
     action = "SCMP_ACT_NOTIFY" if notify else "SCMP_ACT_ERRNO"
@@ -280,6 +289,7 @@ def build_filter(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> Any:
         # libseccomp probes the kernel: no KILL_PROCESS or TSYNC means no usable seccomp here
         raise SeccompUnavailable(f"libseccomp cannot set up the filter on this system ({exc.strerror}): "
                                  "the kernel lacks seccomp(2), SECCOMP_RET_KILL_PROCESS or TSYNC") from exc
+    ruled: set[str] = set()
     for rule in (*profile.rules, *extra_rules):
         action = _action(sc, rule.action, rule.errno_ret)
         if action == default:
@@ -293,7 +303,16 @@ def build_filter(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> Any:
                 raise ProfileError(f"seccomp profile {profile.path}: field {rule.field}.names[{i}]: "
                                    f"libseccomp rejected the rule for {name!r}: {reason} "
                                    "(conflicting or inexpressible rule?)") from exc
+            ruled.add(name)
+    _put_first(filt, [name for name in HOT_SYSCALLS if name in ruled])
     return filt
+
+
+def _put_first(filt: Any, names: list[str]) -> None:
+    """Test ``names`` first in the BPF program, in this order (libseccomp: the higher
+    priority, the earlier)."""
+    for rank, name in enumerate(names):
+        filt.syscall_priority(name, 255 - rank)
 
 
 def notify_fd(filt: Any) -> int:

@@ -118,3 +118,17 @@ def test_build_filter_skips_rules_equal_to_the_default() -> None:
         {"names": ["read"], "action": "SCMP_ACT_ALLOW"}, {"names": ["write"], "action": "SCMP_ACT_ERRNO"}]},
         "inline.json")
     assert seccomp_filter.build_filter(profile) is not None
+
+
+def test_the_calls_whose_rules_read_arguments_come_first_in_the_program(tmp_path: Path) -> None:
+    """With the launcher's truncation and image-gate rules, the BPF program tests openat, then brk,
+    before any other call of the native ABI: every other call's action is constant, so the kernel's
+    cache answers for it and the program runs for these only."""
+    profile = profiles.load_profile("default")
+    extra = seccomp_filter.truncation_rules() + seccomp_filter.image_gate_rules()
+    with open(tmp_path / "filter.pfc", "w+") as fh:
+        seccomp_filter.build_filter(profile, extra).export_pfc(fh)
+        fh.seek(0)
+        native = fh.read().split("# filter for arch")[1]
+    tested = [line.split('"')[1] for line in native.splitlines() if "filter for syscall" in line]
+    assert tested[:2] == ["openat", "brk"], tested[:5]
