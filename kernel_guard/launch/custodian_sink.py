@@ -40,6 +40,13 @@ class CustodianSink(Sink):
         self._fallback: Optional[List[Sink]] = None
         #: why the custodian takes no lines now: None (it does), "stalled" (it may again), "gone"
         self._away: Optional[str] = None
+        #: the launcher saw the supervisor start: before that, a lost custodian is the
+        #: launcher's to report (it says why the supervisor failed, once)
+        self._confirmed = False
+
+    def confirm(self) -> None:
+        """The supervisor started: from now on, losing it is said here."""
+        self._confirmed = True
 
     def emit(self, events: List[Event]) -> None:
         self.emit_lines([to_json_line(e) for e in events])
@@ -117,6 +124,9 @@ class CustodianSink(Sink):
 
         stalled = isinstance(exc, socket.timeout)
         self._away = "stalled" if stalled else "gone"
+        if not self._confirmed:  # the supervisor did not start: the launcher reports it
+            self._open_fallback()
+            return
         why = (f"it has taken nothing for {SEND_TIMEOUT:.0f} s (stopped?)" if stalled
                else f"{exc.strerror or exc}")
         until = "until it answers again" if stalled else "from here on"

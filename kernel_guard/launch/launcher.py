@@ -412,6 +412,8 @@ def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,
     try:
         if profile.uses_notify:
             handle = _start_supervisor(pending, timeout)  # step 2
+            for sink in rt.pipeline.sinks:  # it started: losing it later is the custodian sink's to say
+                getattr(sink, "confirm", lambda: None)()
         step = "filter"
         loaded = _load_filter(profile, handle, allowed, truncation)  # step 3
         step = "verify"

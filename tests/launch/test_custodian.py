@@ -194,6 +194,7 @@ def test_the_custodian_takes_the_sender_from_the_kernel_and_bounds_what_it_holds
     and a line cut in chunks cannot grow without bound."""
     module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MAX_STREAMS=3, MAX_LINE=1000)
     sender = CustodianSink(ours, lambda: [])
+    sender.confirm()
     sender.emit_lines([_line(A, 1), _line(OWN, 1), _line(B, 1, recorded_by="custodian"),
                        _line(C, 1), _line(D, 1), _line(E, 1)])
     ours.sendall(HEADER.pack(b"C", 1) + b"x" * 900)
@@ -228,6 +229,7 @@ def test_the_custodian_decodes_every_line_and_writes_only_what_the_sender_may_cl
     lines after a stream's end too; the sender's own valid lines in between are written."""
     module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch)
     sender = CustodianSink(ours, lambda: [])
+    sender.confirm()
     forged = [line + b"\n" for line in FORGED]
     sender.emit_lines([_line(A, 1), *forged, _line(A, 2), _line(A, 2), _line(A, 1)])
     keeper.take(*keeper._receive())  # one message: the batch
@@ -281,6 +283,7 @@ def test_a_custodian_that_ends_anyway_is_recorded_and_the_kernel_hears_it(monkey
     keeper._thread.join(5)
     own = MemorySinkFor()
     sender = CustodianSink(ours, lambda: [own])
+    sender.confirm()  # the supervisor had started
     sender.emit_lines([_line(A, 1)])
     pipe.flush()
     lost = [e for e in sink.events if e["event"]["action"] == "custodian-lost"]
@@ -299,3 +302,18 @@ class MemorySinkFor:
 
     def emit_lines(self, lines: list[bytes]) -> None:
         self.lines += lines
+
+
+def test_a_supervisor_that_never_started_is_reported_once_by_the_launcher(capfd) -> None:
+    """Before the launcher saw the supervisor start, a send that fails goes to the kernel's
+    own sinks without a second message: the launcher says why the supervisor failed."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.close()
+    own = MemorySinkFor()
+    sender = CustodianSink(ours, lambda: [own])
+    sender.emit_lines([_line(A, 1)])
+    assert [json.loads(line)["event"]["action"] for line in own.lines] == ["cell-executed"]
+    assert "custodian" not in capfd.readouterr().err
+    ours.close()
