@@ -66,13 +66,9 @@ def _digest(event: Any) -> str:
 
 
 def _copy(event: Event) -> Event:
-    """A deep copy with JSON's types (what a reader of the line will parse)."""
-    if orjson is not None:
-        try:
-            return orjson.loads(orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS))
-        except TypeError:
-            pass
-    return json.loads(json.dumps(event, default=repr))
+    """A deep copy with JSON's types: what a reader of the line will parse, made from the
+    line itself (a lone surrogate, which no UTF-8 line can hold, is what the line holds)."""
+    return json.loads(to_json_line(event))
 
 
 def _without_hash(event: Event) -> Event:
@@ -139,16 +135,17 @@ class StreamChain:
         stream = _stream_of(event)
         if stream is None:
             return to_json_line(event)
-        prev = self._prev(stream)
+        head = self.heads.get(stream)
+        prev = head[1] if head is not None else GENESIS
         chain: dict = {"prev": prev}
         event["kernel_guard"]["chain"] = chain
-        line = _hashed_line(event, prev) if orjson is not None else None
-        if line is None:  # what orjson refuses, or a marker that is not unique: the copying path
+        hashed = _hashed_line(event, prev) if orjson is not None else None
+        if hashed is None:  # what orjson refuses, or a marker that is not unique: the copying path
             return to_json_line(self(event))
-        text, digest = line
+        line, digest = hashed
         chain["hash"] = digest
-        self._advance(stream, event, digest)
-        return text
+        self.heads[stream] = (event["event"].get("sequence") or 0, digest)
+        return line
 
     def _prev(self, stream: str) -> str:
         return self.heads.get(stream, (0, GENESIS))[1]
@@ -174,7 +171,9 @@ def _hashed_line(event: Event, prev: str) -> Optional[tuple[bytes, str]]:
     # JSON escapes every quote inside a string, so this text can only be structure;
     # it must be there once (the chain object holding just "prev") to be spliced
     marker = b'"chain":{"prev":"' + prev.encode("ascii") + b'"}'
-    if body.count(marker) != 1:
+    at = body.find(marker)
+    if at < 0 or body.find(marker, at + 1) >= 0:
         return None
-    line = body.replace(marker, marker[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}', 1)
-    return escape_line_breaks(line + b"\n"), digest
+    cut = at + len(marker) - 1  # before the chain object's closing brace
+    line = b"".join((body[:cut], b',"hash":"', digest.encode("ascii"), b'"', body[cut:], b"\n"))
+    return escape_line_breaks(line), digest

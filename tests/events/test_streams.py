@@ -185,3 +185,24 @@ def test_terminated_pool_workers_lose_nothing_they_counted(tmp_path: Path, how: 
     assert refusals == 2000, refusals
     out = _verify(str(path))
     assert out.returncode == 0, out.stdout
+
+
+def test_every_kind_of_content_verifies_whole(tmp_path) -> None:
+    """The line is the hashed serialisation with the hash spliced in: text that looks like
+    the chain object, line separators, and what only the copying path can write (a lone
+    surrogate, an integer key) all verify, and the events keep their content."""
+    path = tmp_path / "events.jsonl"
+    pipe = _pipeline(path)
+    forged = '"chain":{"prev":"' + "0" * 64 + '"}'
+    odd = [forged, "line\u2028separator\u2029and\x85next", "lone \udcff surrogate", "plain"]
+    for text in odd:
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=text))
+    pipe.emit(make_event("cell-executed", outcome="success", layer="ipython", user_expressions={1: "int key"}))
+    pipe.close()
+    lines = path.read_text().splitlines()
+    reasons = [json.loads(line)["event"].get("reason") for line in lines]
+    assert forged in reasons and "plain" in reasons
+    assert any(r and r.startswith("line\u2028") for r in reasons)
+    assert all(line.count('"hash":') == 1 for line in lines)
+    result = _verify(str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
