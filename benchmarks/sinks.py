@@ -369,7 +369,9 @@ def run(repetitions: int, quick: bool, kernel: BenchKernel, launcher: "BenchKern
                     "complete": complete, "throughput_runs": runs, "flood": flood_result,
                     "launcher_flood": launcher_flood},
         "ratios": {},
-        "target": f">= {TARGET_EVENTS_PER_S} events/s written to the file sink; "
+        "target": f">= {TARGET_EVENTS_PER_S} events/s through the pipeline and the file sink; emit() <= "
+                  f"{TARGET_EMIT_US:g} us; writer <= {TARGET_WRITER_US:g} us/event; custodian >= "
+                  f"{TARGET_CUSTODIAN_EVENTS_PER_S} events/s; every distinct refusal written; "
                   f"RSS growth <= {TARGET_FLOOD_MB:g} MB under the flood",
         "met": all_met(rows),
         "rows": rows,
