@@ -18,7 +18,8 @@ import threading
 from typing import Callable, Iterable
 
 from .schema import Event, KernelContext
-from .secrets import NATIVE_GATE, REDACTED, clean, detectors_for, native_gate, redact_argv, redact_text, redact_with, secret_env_name
+from .secrets import (NATIVE_GATE, REDACTED, clean, detectors_for, native_gate, redact_argv, redact_text, redact_with,
+                      secret_env_name)
 from .secrets import _aws_candidate
 from .secrets import redact_and_cut as _secrets_cut
 from .streams import new_stream_id

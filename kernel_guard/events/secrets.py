@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .secret_shapes import SHAPES
 
-__all__ = ["DETECTORS", "NATIVE_GATE", "REDACTED", "Detector", "clean", "detectors_for", "native_gate", "redact_and_cut", "redact_argv", "redact_text",
-           "redact_with", "secret_env_name"]
+__all__ = ["DETECTORS", "NATIVE_GATE", "REDACTED", "Detector", "clean", "detectors_for", "native_gate",
+           "redact_and_cut", "redact_argv", "redact_text", "redact_with", "secret_env_name"]
 
 REDACTED = "[REDACTED]"
 
@@ -308,7 +308,7 @@ try:
 except ImportError:  # built optionally (setup.py): without it the Python gate answers alone
     _NativeGate = None
 
-#: the longest run of base64 characters that cannot hold a bare AWS secret key
+#: a run of this many base64 characters may be a bare AWS secret access key
 _AWS_RUN = 40
 
 
@@ -323,8 +323,12 @@ def native_gate(literals: Iterable[str] = ()) -> Optional[Any]:
     in_words = tuple(k for k in _KEYWORDS if set(k) <= _WORD_CHARS)
     anywhere = tuple(sorted(set(_ANCHORS) | {"://"} | {k for k in _KEYWORDS if not set(k) <= _WORD_CHARS}
                             | set(literals)))
-    return _NativeGate(anywhere, in_words, tuple(sorted(w.decode("ascii") for w in _PROGRAMS)),
-                       "".join(sorted(_WORD_CHARS)), "abcdefghijklmnopqrstuvwxyz0123456789", _LONG_WORD, _AWS_RUN)
+    try:
+        return _NativeGate(anywhere, in_words, tuple(sorted(w.decode("ascii") for w in _PROGRAMS)),
+                           "".join(sorted(_WORD_CHARS)), "abcdefghijklmnopqrstuvwxyz0123456789", _LONG_WORD,
+                           _AWS_RUN)
+    except ValueError:  # more secret values than its table holds: the Python gate decides
+        return None
 
 
 #: None without the native part
