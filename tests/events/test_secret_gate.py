@@ -111,5 +111,6 @@ def test_a_bad_table_is_refused_where_it_enters() -> None:
 def test_many_secret_values_fall_back_to_the_python_gate() -> None:
     environ = {f"SERVICE_{i}_TOKEN": f"value-{i:04d}-unremarkable" for i in range(600)}
     redact = Redact(environ=environ)
-    event = redact(make_event("cell-executed", outcome="success", layer="ipython", code="x = 'value-0599-unremarkable'"))
+    code = "x = 'value-0599-unremarkable'"
+    event = redact(make_event("cell-executed", outcome="success", layer="ipython", code=code))
     assert "value-0599-unremarkable" not in event["kernel_guard"]["code"]
