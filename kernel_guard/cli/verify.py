@@ -116,6 +116,7 @@ def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, Stream
     duplicates: list[str] = []
     unnumbered = 0
     checkpoints: dict[str, tuple[int, str]] = {}
+    superseded: dict[str, dict[str, Any]] = {}  # a custodian's end that the process's own events outrank
     for event in events:
         if event is FILE_BOUNDARY:
             highest = {}
@@ -130,7 +131,13 @@ def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, Stream
         if not isinstance(stream, str) or not isinstance(number, int):
             unnumbered += 1
             continue
-        by_stream.setdefault(stream, {})[number] = event
+        numbered = by_stream.setdefault(stream, {})
+        if number in numbered and _keeps_place(numbered[number], event):
+            superseded.setdefault(stream, event)
+            continue
+        if number in numbered:
+            superseded.setdefault(stream, numbered[number])
+        numbered[number] = event
         if number < highest.get(stream, 0):
             late.setdefault(stream, []).append(number)
         highest[stream] = max(number, highest.get(stream, 0))
@@ -142,10 +149,31 @@ def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, Stream
     reports = {name: _check_stream(name, numbered, checkpoints.get(name)) for name, numbered in by_stream.items()}
     for name, numbers in late.items():
         reports[name].out_of_order = numbers
+    for name, end in superseded.items():
+        _own_sinks_continued(reports[name], end)
     for name, (number, _) in checkpoints.items():
         if name not in reports:  # a whole stream gone
             reports[name] = StreamReport(name, gaps=[[1, number]], short_of_checkpoint=number)
     return reports, duplicates, unnumbered
+
+
+def _custodian_end(event: dict[str, Any]) -> bool:
+    guard = event.get("kernel_guard") or {}
+    return event["event"].get("action") == "stream-ended" and guard.get("recorded_by") == "custodian"
+
+
+def _keeps_place(held: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Of two events with one stream and number, whether ``held`` stays: the process's own
+    event outranks an end the custodian wrote because it saw no more (while it was
+    stalled, the kernel went on in its own sinks); otherwise the one read last."""
+    return _custodian_end(other) and not _custodian_end(held)
+
+
+def _own_sinks_continued(report: "StreamReport", end: dict[str, Any]) -> None:
+    """The stream went on past the custodian's end, in the kernel's own sinks: judged on
+    the events; if its process wrote no end there either, it is still cut short."""
+    if _custodian_end(end) and not report.ended:
+        report.ended, report.ended_by, report.cut_short = True, "custodian", report.last
 
 
 def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional[tuple[int, str]]) -> StreamReport:

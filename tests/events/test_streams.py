@@ -206,3 +206,43 @@ def test_every_kind_of_content_verifies_whole(tmp_path) -> None:
     assert all(line.count('"hash":') == 1 for line in lines)
     result = _verify(str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _custodian_end_after(line: str) -> str:
+    """The end a custodian writes for a stream whose last event it received is ``line``."""
+    import socket
+
+    from kernel_guard.launch.custodian import Custodian, _Stream
+    from kernel_guard.events.schema import to_json
+
+    event = json.loads(line)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        keeper = Custodian(theirs, None, lambda: None, lambda _e: None)
+        state = _Stream(12345, None, {"kernel_guard": {}})
+        state.sequence, state.hash = event["event"]["sequence"], event["kernel_guard"]["chain"]["hash"]
+        return to_json(keeper._end_event(event["kernel_guard"]["stream"], state, gone=True))
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("order", ["custodian first", "own sinks first"])
+def test_a_stream_continued_in_the_kernels_own_sinks_has_one_end(tmp_path, order: str) -> None:
+    """The custodian stalled, the kernel wrote on in its own sinks and ended there; the
+    custodian, seeing its process gone, wrote an end after the last line it had.  Read
+    together, the two records hold one stream with one end: whole."""
+    lines = _record(tmp_path / "all.jsonl")  # 1 start, 2-6 refusals, 7 end
+    custodian = tmp_path / "custodian.jsonl"
+    own = tmp_path / "own.jsonl"
+    custodian.write_text("\n".join(lines[:3] + [_custodian_end_after(lines[2])]) + "\n")
+    own.write_text("\n".join(lines[3:]) + "\n")
+    files = [str(custodian), str(own)] if order == "custodian first" else [str(own), str(custodian)]
+    together = _verify(*files)
+    assert together.returncode == 0, together.stdout
+    alone = _verify(str(custodian))
+    assert alone.returncode == 3 and "CUT SHORT" in alone.stdout, alone.stdout
+    # the kernel died in the stall, after its own sinks had event 5: cut short, not changed
+    own.write_text("\n".join(lines[3:5]) + "\n")
+    died = _verify(str(custodian), str(own))
+    assert died.returncode == 3 and "CUT SHORT" in died.stdout and "NOT WHOLE" not in died.stdout, died.stdout
