@@ -24,6 +24,7 @@ are lost inside it (the end it writes says after which number).
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -33,7 +34,7 @@ from typing import Any, Callable, Optional
 from ..events.schema import Event, make_event, to_json_line
 from ..events.streams import chain_hash
 from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
-                              Refused, check_line, split_message, valid_stream_id)
+                              Claims, Refused, check_line, split_message, valid_stream_id)
 from .seccomp_filter import proc_stat
 
 __all__ = ["Custodian"]
@@ -59,12 +60,24 @@ class _Stream:
         self.checkpointed = 0
         self.template = template  # user, host, kernel of its events, for the end we may write
 
-    def advance(self, event: dict, number: int) -> None:
-        """Take ``event`` (checked, numbered ``number``) as the stream's head."""
-        self.sequence = number
-        chain = event["kernel_guard"].get("chain")
-        self.hash = str(chain.get("hash", "")) if isinstance(chain, dict) else ""
-        self.ended = event["event"].get("action") == "stream-ended"
+    def advance(self, claims: Claims) -> None:
+        """Take a checked line as the stream's head."""
+        self.sequence = claims.sequence
+        self.hash = claims.hash
+        self.ended = claims.action == "stream-ended"
+
+
+def _template(line: bytes) -> dict:
+    """User, host and kernel of a stream's first line (decoded whole: once per stream),
+    for the end the custodian may write for it."""
+    try:
+        event = json.loads(line)  # the standard library's: it takes what the check took (1e999 ...)
+    except ValueError:
+        raise Refused("json") from None
+    guard = event["kernel_guard"]
+    template = {k: event[k] for k in ("user", "host") if k in event}
+    template["kernel_guard"] = {k: guard[k] for k in ("kernel_id", "notebook", "mode") if k in guard}
+    return template
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -163,12 +176,13 @@ class Custodian:
         with self._lock:  # once per message: a batch is one sender's
             for line in payload.splitlines(keepends=True):
                 try:
-                    event, stream, number = check_line(line, own)
-                    state = streams.get(stream)
-                    if state is not None and state.pid == sender and not state.ended and number > state.sequence:
-                        state.advance(event, number)  # the common case, inline: the next line of a known stream
+                    claims = check_line(line, own)
+                    state = streams.get(claims.stream)
+                    if (state is not None and state.pid == sender and not state.ended
+                            and claims.sequence > state.sequence):
+                        state.advance(claims)  # the common case, inline: the next line of a known stream
                     else:
-                        self._claim(event, stream, number, sender)
+                        self._claim(claims, line, sender)
                 except Refused as refused:
                     if line.strip():  # blank lines are no lines (checked only here: it is rare)
                         self._refuse(refused.reason)
@@ -196,24 +210,21 @@ class Custodian:
         self.counts["rejected"] += 1
         self.refused[reason] += 1
 
-    def _claim(self, event: dict, stream: str, number: int, sender: int) -> None:
+    def _claim(self, claims: Claims, line: bytes, sender: int) -> None:
         """Take a checked line for its stream: the sender's own, next in order, still open
         (the caller holds the lock)."""
-        state = self.streams.get(stream)
+        state = self.streams.get(claims.stream)
         if state is None:
-            if len(self.streams) >= _MAX_STREAMS or not valid_stream_id(stream):
+            if len(self.streams) >= _MAX_STREAMS or not valid_stream_id(claims.stream):
                 raise Refused("stream")
-            guard = event["kernel_guard"]
-            template = {k: event[k] for k in ("user", "host") if k in event}
-            template["kernel_guard"] = {k: guard[k] for k in ("kernel_id", "notebook", "mode") if k in guard}
-            state = self.streams[stream] = _Stream(sender, _start_time(sender), template)
+            state = self.streams[claims.stream] = _Stream(sender, _start_time(sender), _template(line))
         elif state.pid != sender:
             raise Refused("stream")
         if state.ended:
             raise Refused("ended")
-        if number <= state.sequence:
+        if claims.sequence <= state.sequence:
             raise Refused("sequence")
-        state.advance(event, number)
+        state.advance(claims)
 
     def _tick(self) -> None:
         """Now and then: end the streams of processes that are gone, write the heads."""

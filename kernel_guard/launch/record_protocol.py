@@ -25,7 +25,9 @@ Line
     came only when all of these hold (otherwise it is refused, counted by
     reason, and the custodian records the counts: ``lines-refused``):
 
-    ``json``        a UTF-8 JSON object with ``event`` and ``kernel_guard`` objects;
+    ``json``        a JSON object with ``event`` and ``kernel_guard`` objects, the
+                    whole line parsed (valid UTF-8; of duplicate keys the last
+                    counts, as for every reader);
     ``authorship``  no ``kernel_guard.recorded_by``: that field marks the
                     records only the supervisor, its witness and the custodian
                     write, so a reader can tell them from what a kernel claims;
@@ -60,7 +62,7 @@ except ImportError:  # pragma: no cover - orjson is in the "fast" extra
 
     loads = json.loads
 
-__all__ = ["CUSTODIAN_ACTIONS", "HEADER", "MAX_LINE", "MAX_PAYLOAD", "MAX_PENDING_TOTAL", "Refused",
+__all__ = ["CUSTODIAN_ACTIONS", "Claims", "HEADER", "MAX_LINE", "MAX_PAYLOAD", "MAX_PENDING_TOTAL", "Refused",
            "check_line", "split_message", "valid_stream_id"]
 
 #: message header: kind (b"L" whole lines, b"C" a chunk of a longer line), sender pid (ignored)
@@ -96,9 +98,23 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
     return kind, message[HEADER.size:]
 
 
-def check_line(line: bytes, own_stream: Optional[str]) -> tuple[dict, str, int]:
+class Claims:
+    """What a line claims of itself: its stream, number, action and chain hash."""
+
+    __slots__ = ("stream", "sequence", "action", "hash")
+
+    def __init__(self, stream: str, sequence: int, action: Any, chain: Any) -> None:
+        self.stream = stream
+        self.sequence = sequence
+        self.action = action
+        self.hash = str(chain.get("hash", "")) if isinstance(chain, dict) else ""
+
+
+def check_line(line: bytes, own_stream: Optional[str]) -> Claims:
     """Decode one line and check what it claims of itself (not yet whose stream it
-    is: the custodian knows the owners).  Returns (event, stream, sequence)."""
+    is: the custodian knows the owners)."""
+    if _typed is not None:
+        return _check_typed(line, own_stream)
     try:
         event = loads(line)
     except Exception:
@@ -117,7 +133,59 @@ def check_line(line: bytes, own_stream: Optional[str]) -> tuple[dict, str, int]:
         raise Refused("sequence")
     if head.get("action") in CUSTODIAN_ACTIONS:
         raise Refused("action")
-    return event, stream, number
+    return Claims(stream, number, head.get("action"), guard.get("chain"))
+
+
+def _check_typed(line: bytes, own_stream: Optional[str]) -> Claims:
+    """:func:`check_line` through msgspec: the whole line is parsed and checked as JSON
+    (the same grammar, last of duplicate keys, escapes decoded) but only the claimed
+    fields become objects, which halves the cost; UTF-8 is checked apart, as msgspec
+    does not look inside the strings it skips."""
+    try:
+        claims = _typed.decode(line)
+    except Exception:
+        raise Refused("json") from None
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused("json") from None
+    head, guard = claims.event, claims.kernel_guard
+    if guard.recorded_by is not _UNSET:
+        raise Refused("authorship")
+    stream, number = guard.stream, head.sequence
+    if stream.__class__ is not str or stream == own_stream:
+        raise Refused("stream")
+    if type(number) is not int or number < 1:  # noqa: E721 (bool is not a sequence number)
+        raise Refused("sequence")
+    if head.action in CUSTODIAN_ACTIONS:
+        raise Refused("action")
+    return Claims(stream, number, head.action, guard.chain)
+
+
+try:  # the claimed fields only, through msgspec; without it orjson decodes every line whole (twice the cost)
+    import msgspec
+except ImportError:  # pragma: no cover - msgspec is in the "fast" extra
+    msgspec = None
+
+if msgspec is not None:
+    class _Head(msgspec.Struct):
+        sequence: Any = None
+        action: Any = None
+
+    class _Guard(msgspec.Struct):
+        stream: Any = None
+        recorded_by: Any = msgspec.UNSET
+        chain: Any = None
+
+    class _Line(msgspec.Struct):
+        event: _Head
+        kernel_guard: _Guard
+
+    _typed: Any = msgspec.json.Decoder(_Line)
+    _UNSET: Any = msgspec.UNSET
+else:  # pragma: no cover
+    _typed = _UNSET = None
 
 
 def valid_stream_id(stream: str) -> bool:

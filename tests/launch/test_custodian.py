@@ -317,3 +317,35 @@ def test_a_supervisor_that_never_started_is_reported_once_by_the_launcher(capfd)
     assert [json.loads(line)["event"]["action"] for line in own.lines] == ["cell-executed"]
     assert "custodian" not in capfd.readouterr().err
     ours.close()
+
+
+#: lines only a strict decoder refuses: not UTF-8, a lone surrogate, NaN, junk after the object
+STRICT = [b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode() + b'"}, "x": "\xff"}',
+          b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode() + b'"}, "x": "\\ud800"}',
+          b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode() + b'"}, "x": NaN}',
+          b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode() + b'"}} junk',
+          b'{"event": {"sequence": 1, "sequence": "1"}, "kernel_guard": {"stream": "' + A.encode() + b'"}}',
+          b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode() + b'", "recorded_by": null}}']
+
+
+@pytest.mark.parametrize("line", FORGED + STRICT + [_line(A, 1).rstrip(b"\n"), _line(A, 2, action="stream-ended")])
+def test_both_decoders_judge_every_line_alike(monkeypatch, line: bytes) -> None:
+    """The typed decoder (msgspec, the claimed fields only) and the whole decode (orjson)
+    take and refuse the same lines for the same reasons, and what either takes parses."""
+    import json
+
+    from kernel_guard.launch import record_protocol
+
+    assert record_protocol._typed is not None  # the test extra installs msgspec
+
+    def judged() -> tuple:
+        try:
+            claims = record_protocol.check_line(line, OWN)
+        except record_protocol.Refused as refused:
+            return ("refused", refused.reason)
+        json.loads(line)
+        return ("taken", claims.stream, claims.sequence, claims.action, claims.hash)
+
+    typed = judged()
+    monkeypatch.setattr(record_protocol, "_typed", None)
+    assert judged() == typed
