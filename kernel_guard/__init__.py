@@ -14,26 +14,45 @@ The layers, the path of an event and of an exec, who may write what: docs/archit
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._version import __version__
-from .config import KernelGuard
-from .events.schema import Event, make_event, validate_event
-from .exceptions import (
-    ConfigError,
-    CredentialRefused,
-    EnvironmentRefused,
-    ExecRefused,
-    GuardTampering,
-    InterpreterRefused,
-    KernelGuardError,
-    PersistenceRefused,
-    ProfileError,
-    Refused,
-    ShellRefused,
-    SignalRefused,
-    SinkError,
-)
+
+# for the type checker, the public names as imports; at run time, see _LAZY
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .config import KernelGuard
+    from .events.schema import Event, make_event, validate_event
+    from .exceptions import (
+        ConfigError,
+        CredentialRefused,
+        EnvironmentRefused,
+        ExecRefused,
+        GuardTampering,
+        InterpreterRefused,
+        KernelGuardError,
+        PersistenceRefused,
+        ProfileError,
+        Refused,
+        ShellRefused,
+        SignalRefused,
+        SinkError,
+    )
+
+# The public names are looked up when first used (PEP 562): the supervisor and
+# its witness are started with ``python -m kernel_guard.launch.supervisor``, which
+# imports this package first, and must not pay for traitlets and the settings
+# they never use (a few MB in every kernel's supervisor, docs/launcher.md).
+_LAZY = {
+    "KernelGuard": ".config",
+    "Event": ".events.schema",
+    "make_event": ".events.schema",
+    "validate_event": ".events.schema",
+    **{name: ".exceptions" for name in (
+        "ConfigError", "CredentialRefused", "EnvironmentRefused", "ExecRefused", "GuardTampering",
+        "InterpreterRefused", "KernelGuardError", "PersistenceRefused", "ProfileError", "Refused",
+        "ShellRefused", "SignalRefused", "SinkError")},
+}
 
 __all__ = [
     "ConfigError",
@@ -57,6 +76,22 @@ __all__ = [
     "unload_ipython_extension",
     "validate_event",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernel_guard' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

@@ -3,17 +3,16 @@
 Both entry points (the IPython extension and the launcher) call
 :func:`start`, which is idempotent: the second caller gets the first one's
 runtime, so the launcher and a ``%load_ext`` in the same kernel share one
-pipeline and one audit hook.
+pipeline and one audit hook.  The supervisor and its witness start it with
+the settings the launcher handed them (:mod:`.launch.handover`): traitlets
+is imported only where settings are read from their sources.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from traitlets.config import Config
-
-from .config import KernelGuard, load_config
 from .events import pipeline as _pipeline
 from .events.aggregate import Aggregate
 from .events.pipeline import EventPipeline
@@ -23,13 +22,19 @@ from .events.streams import StreamChain
 from .events.sinks import Sink, SinkOptions, describe_url, open_sink
 from .exceptions import SinkError
 
+if TYPE_CHECKING:
+    from traitlets.config import Config
+
+    from .config import KernelGuard
+    from .launch.handover import HandedSettings
+
 __all__ = ["Runtime", "current", "emit", "start"]
 
 
 class Runtime:
     """Settings, context and pipeline of the guard in this process."""
 
-    def __init__(self, guard: KernelGuard, context: KernelContext, pipeline: EventPipeline) -> None:
+    def __init__(self, guard: KernelGuard | HandedSettings, context: KernelContext, pipeline: EventPipeline) -> None:
         self.guard = guard
         self.context = context
         self.pipeline = pipeline
@@ -75,7 +80,7 @@ def open_sinks(urls: list[str], options: SinkOptions | None = None) -> tuple[lis
     return sinks, failures
 
 
-def guard_sinks(guard: KernelGuard) -> tuple[list[Sink], list[tuple[str, str]]]:
+def guard_sinks(guard: KernelGuard | HandedSettings) -> tuple[list[Sink], list[tuple[str, str]]]:
     """The sinks of ``guard`` that open (the server log when none does: never no
     record), and the failures."""
     opened, failures = open_sinks(list(guard.sinks), guard.sink_options())
@@ -98,21 +103,19 @@ def _stderr(text: str) -> None:
 
 
 def start(config: Config | None = None, kernel_id: str | None = None, threads: bool = True,
-          sinks: bool = True, author: str | None = None) -> Runtime:
+          sinks: bool = True, author: str | None = None, settings: HandedSettings | None = None) -> Runtime:
     """Start the guard's runtime once per process and return it.  ``threads=False``
     opens sinks and spools but leaves the pipeline's threads to ``pipeline.start()``;
     ``sinks=False`` opens none either: the caller sets them before the threads start
     (the launcher hands the kernel's events to its custodian).  ``author`` marks every
-    record of this process (``kernel_guard.recorded_by``): the supervisor and its witness."""
+    record of this process (``kernel_guard.recorded_by``): the supervisor and its witness.
+    ``settings``: the launcher's, handed over and taken as they are (``config`` unused)."""
     global _runtime
     if _runtime is not None:
         if kernel_id and not _runtime.context.kernel_id:
             _runtime.context.kernel_id = kernel_id
         return _runtime
-    try:
-        guard, ignored = load_config(config)
-    except Exception as exc:  # a configuration that cannot even be read must not leave the kernel unguarded
-        guard, ignored = _strict_settings(exc)
+    guard, ignored = (settings, []) if settings is not None else _load_settings(config)
     context = KernelContext(kernel_id=kernel_id, mode=guard.mode)
     context.author = author
     opened, failures = guard_sinks(guard) if sinks else ([], [])
@@ -136,8 +139,22 @@ def start(config: Config | None = None, kernel_id: str | None = None, threads: b
     return _runtime
 
 
+def _load_settings(config: Config | None) -> tuple[KernelGuard, list[dict[str, Any]]]:
+    """The effective settings from their sources, with those ignored."""
+    from .config import load_config
+
+    try:
+        return load_config(config)
+    except Exception as exc:  # a configuration that cannot even be read must not leave the kernel unguarded
+        return _strict_settings(exc)
+
+
 def _strict_settings(exc: BaseException) -> tuple[KernelGuard, list[dict[str, Any]]]:
     """The strict defaults (enforce, the server log), with the reason the configuration was dropped."""
+    from traitlets.config import Config
+
+    from .config import KernelGuard
+
     guard = KernelGuard(config=Config(), mode="enforce", sinks=["stderr://"])
     reason = (f"the configuration could not be read ({type(exc).__name__}: {exc}); "
               "running with the strict defaults (mode enforce, sink stderr://): fix the setting named above")
