@@ -365,7 +365,7 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     rt = runtime.start(config, kernel_id=kernel_id, threads=False, sinks=False)
     if profile is not None and profile.uses_notify:
         # the supervisor starts outside the kernel's domain, and keeps the record there
-        pending = _spawn_supervisor(rt.guard, kernel_id, profile, config, scoped=_outer_domain())
+        pending = _spawn_supervisor(rt.guard, kernel_id, profile, scoped=_outer_domain())
     custodian = _hand_record_to_custodian(rt, pending)
     if profile is not None:
         # what needs exec runs before the domain allows only the interpreter

@@ -24,8 +24,8 @@ import os
 import struct
 from typing import Optional
 
-__all__ = ["AT_EMPTY_PATH", "AT_FDCWD", "EXEC_SYSCALLS", "Notification", "TargetMemory", "add_fd", "id_valid", "other_syscall_table",
-           "receive", "respond", "signed"]
+__all__ = ["AT_EMPTY_PATH", "AT_FDCWD", "EXEC_SYSCALLS", "Notification", "TargetMemory", "add_fd", "id_valid",
+           "notified_syscall_table", "other_syscall_table", "receive", "respond", "signed"]
 
 # <linux/seccomp.h>
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
@@ -184,3 +184,11 @@ def other_syscall_table(names: tuple[str, ...]) -> dict[tuple[int, int], tuple[s
         for name, (audit_arch, nr) in syscall_numbers(arch_name, names).items():
             table[(audit_arch, nr)] = (name, arch_name.rsplit("_ARCH_", 1)[-1].lower())
     return table
+
+
+def notified_syscall_table() -> dict[tuple[int, int], tuple[str, str]]:
+    """:func:`other_syscall_table` of every non-exec call the launcher's rules may
+    send to the supervisor (the launcher hands it over: handover.py)."""
+    from .seccomp_filter import IMAGE_GATE_SYSCALLS, MEMFD_SYSCALLS, PROTECTED_SYSCALLS, TRUNCATION_SYSCALLS
+
+    return other_syscall_table((*PROTECTED_SYSCALLS, *IMAGE_GATE_SYSCALLS, *TRUNCATION_SYSCALLS, *MEMFD_SYSCALLS))

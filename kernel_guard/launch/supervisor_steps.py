@@ -11,7 +11,6 @@ See docs/architecture.md.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any, Optional
@@ -33,25 +32,22 @@ def _outer_domain() -> bool:
         return False
 
 
-def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, config: Any = None,
-                      scoped: bool = False) -> Any:
+def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, scoped: bool = False) -> Any:
     """Start the supervisor's process in step 1, once the environment is scrubbed and
     before the kernel's domain and the guard's threads exist: its interpreter starts
     while the warm-up runs; step 2 waits until it is ready.
     Returns the pending handle, or the exception that prevented the start (raised in step 2)."""
-    from . import supervisor_handle
+    from . import handover, supervisor_handle
 
     env = dict(os.environ)
     env["KERNEL_GUARD_SINKS"] = ",".join(guard.sinks)
     env["KERNEL_GUARD_MODE"] = guard.mode
-    if config is not None and "KernelGuard" in config:
-        # the trusted settings (root-owned files, the kernelspec's command line): it
-        # opens the sinks with them; passed in its environment, which only it can read.
-        # The values as this process's guard took them: a command line's list arrives as
-        # text ("a,b"), and the supervisor must not read it as one sink; a value the guard
-        # refused (and reported) is not handed on
-        trusted = {name: getattr(guard, name) for name in config.KernelGuard if guard.has_trait(name)}
-        env["KERNEL_GUARD_TRUSTED_CONFIG"] = json.dumps(trusted, default=str)
+    # the record's settings as this process's guard took them (trusted sources, validated:
+    # a command line's list arrives as text, "a,b", and must not be read as one sink; a
+    # value the guard refused, and reported, is not handed on), its own filter and the
+    # numbers of the calls it answers, compiled here where libseccomp is loaded anyway;
+    # in its environment, which only it can read (handover.py)
+    env[handover.ENV] = handover.hand_over(guard)
     try:
         return supervisor_handle.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile),
                                        scoped)

@@ -1,0 +1,110 @@
+"""How the supervisor hardens itself: non-dumpable, and a filter the launcher compiled.
+
+Non-dumpable, the kernel cannot open the supervisor's memory or fds (the
+launcher drops ``CAP_SYS_PTRACE``).  Its filter denies it ``execve``,
+``execveat``, ``ptrace``, ``process_vm_writev`` and ``pidfd_getfd`` (EPERM;
+a call of any other architecture kills it), so a compromised supervisor can
+neither start a program nor reach into another process.  Its witness, forked
+after :func:`harden`, inherits both.
+
+libseccomp compiles these rules to a BPF program in the launcher
+(:func:`build`, step 1, while it has libseccomp loaded anyway), which hands the
+program to the supervisor (:mod:`.handover`) with the number of ``seccomp(2)``
+on this machine; the supervisor loads it with that one call (:func:`harden`).  Loading it there with libseccomp's bindings would keep them,
+and what they import (``ctypes.util``, ``subprocess``, ``tempfile`` ...), in
+the memory of every kernel's supervisor and witness for nothing else.  The
+program is the parent's, written before any notebook code ran, as the
+supervisor's command line is; and whatever it holds, it only restricts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+__all__ = ["RULES", "build", "harden", "prctl"]
+
+#: the calls the supervisor and its witness deny themselves
+RULES = ("execve", "execveat", "ptrace", "process_vm_writev", "pidfd_getfd")
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+_INSTRUCTION = 8  # bytes of one struct sock_filter
+
+
+class _Program(ctypes.Structure):
+    """struct sock_fprog."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def build() -> str:
+    """The launcher's side: ``"<seccomp(2)'s number> <program in hex>"``, or
+    ``"error <why>"`` for the supervisor to report (it then refuses to start)."""
+    try:
+        return _compile()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the supervisor says it and fails closed
+        return f"error {type(exc).__name__}: {exc}"
+
+
+def _compile() -> str:
+    from . import seccomp_filter as sf
+
+    sc = sf.bindings()
+    filt = sc.SyscallFilter(int(sc.ALLOW))
+    for arch in sf.default_architectures():
+        arch_value = getattr(sc.Arch, sf._ARCH_NAMES[arch])
+        if not filt.exist_arch(arch_value):
+            filt.add_arch(arch_value)
+    filt.set_attr(sc.Attr.ACT_BADARCH, int(sc.KILL_PROCESS))
+    for name in RULES:
+        filt.add_rule(int(sc.ERRNO(errno.EPERM)), name)
+    fd = os.memfd_create("kernel-guard-supervisor-filter", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            filt.export_bpf(out)
+        program = os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+    return f"{sc.resolve_syscall(sc.Arch.NATIVE, 'seccomp')} {program.hex()}"
+
+
+def harden(handed: str) -> None:
+    """The supervisor's side: non-dumpable, no new privileges, then the program the
+    launcher handed over, on every thread (TSYNC).  Raises OSError or ValueError
+    saying why it could not."""
+    number, _, program = handed.partition(" ")
+    if number == "error" or not number:
+        raise OSError(f"the launcher could not compile its filter: {program or 'none was handed over'}")
+    code = bytes.fromhex(program)
+    if not code or len(code) % _INSTRUCTION:
+        raise ValueError(f"the filter handed over is not a BPF program ({len(code)} bytes)")
+    prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = _Program(len(code) // _INSTRUCTION, ctypes.addressof(buffer))
+    result = _libc().syscall(ctypes.c_long(int(number)), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+                             ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(fprog))
+    if result > 0:  # with TSYNC: the id of a thread that could not take the filter
+        raise OSError(errno.EBUSY, f"thread {result} could not take the filter")
+    _check(result)
+
+
+def prctl(option: int, value: int) -> None:
+    """prctl(2) with one argument; raises OSError.  (seccomp_filter's, without what
+    that module imports: this runs before the witness is forked.)"""
+    _check(_libc().prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)))
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no find_library, no exec
+
+
+def _check(result: int) -> None:
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -1,0 +1,242 @@
+"""The supervisor's loop: answer each notified call, record it, watch the kernel's end.
+
+:class:`Supervisor` serves the listener the kernel handed over (the process
+around it, its start order and hardening, is :mod:`.supervisor`):
+
+* ``execve``/``execveat`` and each new image's first call: :mod:`.exec_decision`
+  (refused, or let through to the kernel's Landlock domain, and recorded with
+  the image that started);
+* ``memfd_create``: :mod:`.memfd` (every memfd sealed non-executable);
+* signals, scheduling changes, rlimits, pidfds aimed at it or its witness, new
+  listeners, truncation by path: refused and recorded (:mod:`.refusals`);
+* status queries on the control socket.
+
+It notices the kernel's end through a pidfd (the kernel's Landlock signal
+scope stops the parent-death signal), then ends what the kernel left running
+under its filter (:mod:`.survivors`), and stops once no process uses the filter.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import time
+from typing import Callable, Optional
+
+from . import survivors
+from .exec_decision import ExecDecider
+from .notifications import Notification, receive, respond
+from .refusals import protection_event, truncation_event
+
+__all__ = ["Supervisor"]
+
+#: seconds the kernel's processes get to end by themselves once the kernel has ended
+_GRACE = 1.5
+#: seconds to wait for ended survivors to release the filter before saying which remain
+_RELEASE_WITHIN = 5.0
+
+
+class Supervisor:
+    """The notification loop of the supervisor process."""
+
+    def __init__(self, listener: int, control: socket.socket, mode: str, kernel_pid: int,
+                 emit: Callable[[dict], None], other_syscalls: dict[tuple[int, int], tuple[str, str]],
+                 allowed: frozenset = frozenset(), witness: int = 0, scoped: bool = False) -> None:
+        """``other_syscalls``: (audit arch, nr) -> (syscall, ABI) of every non-exec call
+        the launcher's rules may send here (it numbered them: handover.py)."""
+        from .memfd import SealedMemfds
+        from .seccomp_filter import IMAGE_GATE_SYSCALLS, MEMFD_SYSCALLS, TRUNCATION_SYSCALLS
+
+        self.listener = listener
+        self.control = control
+        self.mode = mode
+        self.kernel_pid = kernel_pid
+        self.emit = emit
+        self.witness = witness
+        self.scoped = scoped
+        self.execs = ExecDecider(listener, mode, kernel_pid, allowed)
+        self.memfds = SealedMemfds(listener)
+        self.counts = {"notifications": 0, "errors": 0, "signals_denied": 0, "sched_denied": 0,
+                       "listeners_denied": 0, "truncations_denied": 0, "survivors_ended": 0}
+        self.started = time.time()
+        self.kernel_gone: Optional[float] = None
+        self._survivors_said = 0
+        self.image_gate, self.truncations = frozenset(IMAGE_GATE_SYSCALLS), frozenset(TRUNCATION_SYSCALLS)
+        self.memfd_calls = frozenset(MEMFD_SYSCALLS)
+        self.other_syscalls = other_syscalls
+
+    def all_counts(self) -> dict[str, int]:
+        return {**self.counts, **self.execs.counts, **self.memfds.counts}
+
+    def _record(self, events: list[dict]) -> None:
+        for event in events:
+            self.emit(event)
+
+    def handle_one(self) -> None:
+        """Receive one notification and send it to what answers it."""
+        notif = receive(self.listener)
+        if notif is None:
+            return
+        self.counts["notifications"] += 1
+        other = self.other_syscalls.get((notif.arch, notif.nr))
+        if other is None:
+            self._record(self.execs.on_exec(notif))
+            return
+        syscall, abi = other
+        if syscall in self.image_gate:
+            self._record(self.execs.on_image(notif))
+        elif syscall in self.memfd_calls:
+            self._record([e for e in [self.memfds.handle(notif, abi)] if e])
+        else:
+            self.refuse_other(notif, syscall, abi)
+
+    def refuse_other(self, notif: Notification, syscall: str, abi: str) -> None:
+        """A signal or scheduling change aimed at a protected process, a new seccomp
+        listener, a truncation by path: always EPERM, in every mode, and recorded."""
+        # read what the event names while the caller still waits: once answered, it moves on
+        if syscall in self.truncations:
+            event = truncation_event(notif, syscall, abi, self.kernel_pid, self.mode)
+        else:
+            event = protection_event(notif, syscall, abi, self.kernel_pid, self.mode)
+        respond(self.listener, notif.id, allow=False)
+        counter = {"truncate-denied": "truncations_denied", "listener-denied": "listeners_denied",
+                   "sched-denied": "sched_denied"}.get(event["event"]["action"], "signals_denied")
+        self.counts[counter] += 1
+        self.emit(event)
+
+    def answer_control(self) -> bool:
+        """Answer a status query on the control socket; False once it is closed."""
+        try:
+            data = self.control.recv(4096)
+        except OSError:
+            return False
+        if not data:
+            return False
+        try:
+            request = json.loads(data)
+        except ValueError:
+            return True  # ignore garbage: the kernel side is not trusted
+        if isinstance(request, dict) and request.get("op") == "status":
+            from .. import runtime
+            from .seccomp_filter import proc_status
+
+            rt = runtime.current()
+            reply = {"pid": os.getpid(), "mode": self.mode, "kernel_pid": self.kernel_pid,
+                     "listener": True, "uptime_s": round(time.time() - self.started, 3),
+                     "counts": self.all_counts(), "memfd_sealing": self.memfds.sealing,
+                     "survivor_scope": self.scoped,
+                     "pipeline": rt.pipeline.stats() if rt is not None else None,
+                     "seccomp": proc_status()}
+            try:
+                self.control.send(json.dumps(reply).encode())
+            except OSError:
+                return False
+        return True
+
+    def run(self, stop_fd: Optional[int] = None) -> str:
+        """Serve until the listener hangs up, or ``stop_fd`` (the signal wake-up
+        pipe) becomes readable; return why the loop ended."""
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        poller.register(self.control.fileno(), select.POLLIN)
+        if stop_fd is not None:
+            poller.register(stop_fd, select.POLLIN)
+        kernel_fd = _pidfd(self.kernel_pid)
+        if kernel_fd is not None:
+            poller.register(kernel_fd, select.POLLIN)
+        while True:
+            for fd, ev in poller.poll(500):
+                if fd == stop_fd:
+                    if _woken_by(stop_fd, signal.SIGTERM):
+                        return "SIGTERM"
+                    continue
+                if fd == self.listener:
+                    if ev & select.POLLIN:
+                        self._serve_one()
+                    elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        self._record(self.execs.expire(float("inf")))
+                        return "no process uses the filter any more"
+                elif fd == kernel_fd:
+                    poller.unregister(kernel_fd)
+                    self.kernel_gone = time.monotonic()
+                elif not self.answer_control():
+                    # the kernel closed its end: keep serving the listener, which
+                    # still protects it; only the listener's end ends the loop
+                    poller.unregister(self.control.fileno())
+            self._record(self.execs.expire())
+            self._look_for_survivors()
+
+    def _serve_one(self) -> None:
+        try:
+            self.handle_one()
+        except OSError as exc:
+            self.counts["errors"] += 1
+            if exc.errno not in (errno.ENOENT, errno.EINTR):
+                raise
+
+    def _look_for_survivors(self) -> None:
+        """Once the kernel has ended and its processes had their grace, end those
+        still under its filter and record them; say which remain if any do."""
+        if self.kernel_gone is None:
+            return
+        waited = time.monotonic() - self.kernel_gone
+        if waited < _GRACE or self._survivors_said >= 2:
+            return
+        if self._survivors_said == 0:
+            self._survivors_said = 1
+            self._end_survivors()
+        elif waited >= _GRACE + _RELEASE_WITHIN:
+            self._survivors_said = 2
+            self._report_remaining()
+
+    def _end_survivors(self) -> None:
+        from ..events.schema import make_event
+
+        if not self.scoped:
+            return
+        pids = survivors.find({os.getpid(), self.witness, self.kernel_pid})
+        if not pids:
+            return
+        described = [survivors.describe(pid) for pid in pids]
+        failed = survivors.end(pids)
+        self.counts["survivors_ended"] += len(pids) - len(failed)
+        names = ", ".join(f"{os.path.basename(p.get('executable', '?'))} (pid {p['pid']})" for p in described)
+        self.emit(make_event("kernel-survivors-ended", outcome="success", layer="supervisor",
+                             processes=described, supervisor_pid=os.getpid(), kernel_pid=self.kernel_pid,
+                             recorded_by="supervisor",
+                             reason=f"the kernel (pid {self.kernel_pid}) ended and left {len(pids)} processes "
+                                    f"running under its filter: {names}; ended (SIGKILL). A process that must "
+                                    "outlive its notebook belongs in a service of its own, not in a kernel"))
+
+    def _report_remaining(self) -> None:
+        from ..events.schema import make_event
+
+        pids = survivors.find({os.getpid(), self.witness, self.kernel_pid}) if self.scoped else []
+        which = (f"pids {', '.join(map(str, pids))}" if pids else
+                 "which ones cannot be told on this system (Landlock ABI < 6: no signal scope)")
+        self.emit(make_event("kernel-survivors-remain", outcome="failure", layer="supervisor",
+                             remaining=[survivors.describe(p) for p in pids], supervisor_pid=os.getpid(),
+                             kernel_pid=self.kernel_pid, recorded_by="supervisor",
+                             reason=f"the kernel (pid {self.kernel_pid}) ended, but processes still use its "
+                                    f"filter ({which}); the supervisor stays, answering and recording "
+                                    "their calls, until they end"))
+
+
+def _woken_by(fd: int, signum: int) -> bool:
+    """Whether the signal wake-up pipe says ``signum`` arrived (it carries each signal's number)."""
+    try:
+        return signum in os.read(fd, 64)
+    except BlockingIOError:
+        return False
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    """A pidfd that becomes readable when ``pid`` ends (Linux 5.3); None if unavailable."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
