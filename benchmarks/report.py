@@ -24,7 +24,7 @@ JSON shape (``SCHEMA_VERSION`` changes only when a key changes meaning)::
     }
 
 Scenario names: ``audit_hook``, ``workload``, ``cell_latency``, ``kernel_start``,
-``syscalls``, ``refusal``, ``sinks``, ``landlock``.  Configurations: ``plain``, ``extension``,
+``syscalls``, ``refusal``, ``sinks``, ``landlock``, ``memory``.  Configurations: ``plain``, ``extension``,
 ``launcher`` (``none``, ``noop``, ``guard`` for ``audit_hook``).
 """
 
@@ -39,7 +39,8 @@ from typing import Any, Dict, List, Optional
 from .stats import all_met
 
 SCHEMA_VERSION = 1
-SCENARIOS = ("audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock")
+SCENARIOS = ("audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock",
+             "memory")
 ROW_KEYS = ("metric", "config", "plain", "guarded", "ratio", "target", "met")
 
 

@@ -1,6 +1,6 @@
 """``python benchmarks/run.py [--quick] [--json FILE]``: what kernel_guard costs.
 
-Runs seven scenarios, each for a plain ipykernel and the guarded
+Runs nine scenarios, each for a plain ipykernel and the guarded
 configurations (extension only; launcher with seccomp and supervisor)
 interleaved in the same run, prints a table of medians and guarded/plain
 ratios against the targets of issue 7, and writes the results as JSON.
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (  # noqa: E402
-    audit_hook, cell_latency, kernels, landlock, refusal, report, sinks, startup, syscalls, workload,
+    audit_hook, cell_latency, kernels, landlock, memory, refusal, report, sinks, startup, syscalls, workload,
 )
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             _guarded(results, "cell_latency", lambda: cell_latency.run(workspace, cells, blocks))
         if "workload" in wanted:
             _guarded(results, "workload", lambda: workload.run(workspace, reps, quick))
-        in_kernels = wanted & {"syscalls", "refusal", "sinks", "landlock"}
+        in_kernels = wanted & {"syscalls", "refusal", "sinks", "landlock", "memory"}
         if in_kernels:
             running = kernels.start_all(workspace)
             try:
@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     _guarded(results, "refusal", lambda: refusal.run(running, reps, quick))
                 if "landlock" in wanted:
                     _guarded(results, "landlock", lambda: landlock.run(running, reps, quick))
+                if "memory" in wanted:  # after the others: the supervisor in steady state
+                    _guarded(results, "memory", lambda: memory.run(running, reps))
                 if "sinks" in wanted:  # last: the flood leaves its mark on the kernel
                     sink_runs = 1 if quick else min(reps, 3)
                     _guarded(results, "sinks", lambda: sinks.run(sink_runs, quick, running["extension"],

@@ -10,12 +10,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = {"audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock"}
+SCENARIOS = {"audit_hook", "workload", "cell_latency", "kernel_start", "syscalls", "refusal", "sinks", "landlock",
+             "memory"}
 ROW_KEYS = {"metric", "config", "plain", "guarded", "ratio", "target", "met"}
 
 
 @pytest.mark.timeout(300)
-def test_quick_run_writes_json_with_all_eight_scenarios_and_the_documented_keys(tmp_path):
+def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(tmp_path):
     """`run.py --quick` with one repetition and few cells prints a table and writes every scenario's keys."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -46,6 +47,7 @@ def test_quick_run_writes_json_with_all_eight_scenarios_and_the_documented_keys(
         doc["scenarios"]["landlock"]["ratios"]["launcher"])
     assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "launcher"}
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
+    assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum"}
 
 
 def _info_row(metric: str) -> dict:
