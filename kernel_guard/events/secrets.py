@@ -69,16 +69,27 @@ class Detector:
     (else the whole match); ``judge(match)`` may keep a match as it is.
     """
 
-    __slots__ = ("name", "keywords", "pattern", "judge", "_replace")
+    __slots__ = ("name", "keywords", "source", "judge", "_compiled", "_replace")
 
     def __init__(self, name: str, keywords: tuple[str, ...], pattern: str,
                  judge: Optional[Callable[["re.Match[str]"], bool]] = None) -> None:
         self.name = name
         self.keywords = tuple(k.lower() for k in keywords)
-        self.pattern = re.compile(pattern)
+        self.source = pattern
         self.judge = judge
-        grouped = "s" in self.pattern.groupindex or judge is not None
-        self._replace: object = self._group if grouped else REDACTED
+        self._compiled: Optional["re.Pattern[str]"] = None
+        self._replace: object = None
+
+    @property
+    def pattern(self) -> "re.Pattern[str]":
+        """The compiled pattern, compiled when first needed: with the gates in front, most
+        processes run a few detectors or none, and ~130 compiled patterns cost ~1.5 MB."""
+        if self._compiled is None:
+            compiled = re.compile(self.source)
+            grouped = "s" in compiled.groupindex or self.judge is not None
+            self._replace = self._group if grouped else REDACTED
+            self._compiled = compiled
+        return self._compiled
 
     def _group(self, match: "re.Match[str]") -> str:
         if self.judge is not None and not self.judge(match):
@@ -92,7 +103,8 @@ class Detector:
 
     def sub(self, text: str) -> str:
         """``text`` with this detector's matches redacted."""
-        return self.pattern.sub(self._replace, text)  # type: ignore[arg-type]
+        pattern = self.pattern
+        return pattern.sub(self._replace, text)  # type: ignore[arg-type]
 
 
 def _secret_span(match: "re.Match[str]") -> tuple[int, int]:
@@ -281,7 +293,7 @@ def _trie_pattern(words: Iterable[str]) -> str:
 
 _KEYWORDS = sorted({k for d in DETECTORS for k in d.keywords} | set(_ANCHORS))
 #: every position where a keyword starts, the longest one there
-_GATE = re.compile("(?=(" + _trie_pattern(_KEYWORDS) + "))")
+_GATE: list = []  # the trie's compiled pattern, made when a long word first needs it
 #: keyword found -> indices of the detectors it names: those with a keyword inside it
 #: (the trie reports the longest keyword at a position) or holding it (an anchor)
 _BY_KEYWORD: dict[str, frozenset[int]] = {
@@ -359,8 +371,15 @@ def detectors_for(text: str) -> list[Detector]:
     if programs:
         found.update(_PROGRAM_KEYWORD[w] for w in programs)
     if max(map(len, words)) >= _LONG_WORD:
-        found.update(_GATE.findall(" ".join({w.decode("ascii") for w in words if len(w) >= _LONG_WORD})))
+        found.update(_keyword_gate().findall(" ".join({w.decode("ascii") for w in words if len(w) >= _LONG_WORD})))
     return _chosen(found)
+
+
+def _keyword_gate() -> "re.Pattern[str]":
+    """Every position where a keyword starts, the longest one there (compiled once)."""
+    if not _GATE:
+        _GATE.append(re.compile("(?=(" + _trie_pattern(_KEYWORDS) + "))"))
+    return _GATE[0]
 
 
 def _chosen(found: set[str]) -> list[Detector]:
