@@ -3,8 +3,10 @@
 Every layer (the IPython layer, the audit hook, the supervisor, the server
 extension) builds a plain dict with :func:`.schema.make_event`; processors
 add context, aggregate repeats, number and redact (:mod:`.processors`,
-:mod:`.aggregate`, the secret shapes of :mod:`.secrets`) and chain each
-process's stream (:mod:`.streams`); the pipeline queues events off the
+:mod:`.aggregate`, the secret shapes of :mod:`.secrets`, whose one-pass
+scan in C, ``_gate.c``, lets events without a candidate skip the detectors)
+and chain each process's stream (:mod:`.streams`: one serialisation, hashed
+and written); the pipeline queues events off the
 caller's thread and writes them to the sinks (:mod:`.pipeline`,
 :mod:`.sinks`), spooling for those on the network (:mod:`.spool`) and
 reporting what it could not keep (:mod:`.losses`).  It records, it never
