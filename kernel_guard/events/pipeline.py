@@ -274,7 +274,9 @@ class EventPipeline(_Writer):
         if self._closed:
             return
         self._sync = True
+        # locks another thread held at the fork stay held in the child: new ones
         self._order = threading.RLock()
+        self._finishing = threading.Lock()
         self._queue = deque()
         self._wake = threading.Event()
         self._pid = os.getpid()

@@ -246,3 +246,39 @@ def test_a_stream_continued_in_the_kernels_own_sinks_has_one_end(tmp_path, order
     own.write_text("\n".join(lines[3:5]) + "\n")
     died = _verify(str(custodian), str(own))
     assert died.returncode == 3 and "CUT SHORT" in died.stdout and "NOT WHOLE" not in died.stdout, died.stdout
+
+
+def test_a_child_forked_while_the_writer_finishes_an_event_still_writes(tmp_path) -> None:
+    """The writer thread holds its lock while it redacts and serialises; a fork at that
+    moment must not leave the child's copy of the lock held for ever."""
+    import threading
+
+    path = tmp_path / "events.jsonl"
+    pipe = _pipeline(path)
+    held, release = threading.Event(), threading.Event()
+
+    def writer_busy() -> None:
+        with pipe._finishing:
+            held.set()
+            release.wait(10)
+
+    busy = threading.Thread(target=writer_busy)
+    busy.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason="from the child"))
+        pipe.close(timeout=2)
+        os._exit(0)
+    release.set()
+    busy.join()
+    deadline = time.monotonic() + 15
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    pipe.close()
+    assert done[0] == pid, "the child hung on a lock held at the fork"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert any(json.loads(line)["event"].get("reason") == "from the child" for line in path.read_text().splitlines())
