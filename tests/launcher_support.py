@@ -103,6 +103,15 @@ def unprivileged_root() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def recording_kernel(root: str, name: str) -> Iterator[LaunchedKernel]:
+    """A launcher kernel as uid 1000 whose audit hook only records (the OS layers alone
+    decide), for a module-scoped fixture to yield."""
+    started = LaunchedKernel(os.path.join(root, name), "guarded", env={"KERNEL_GUARD_MODE": "audit"},
+                             user=NOTEBOOK_USER).start()
+    yield started
+    started.shutdown()
+
+
 def seccomp_denial(marker: str) -> Callable[[dict], bool]:
     """Predicate: the supervisor's exec-denied event whose argv carries ``marker``."""
 

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import NOTEBOOK_USER, LaunchedKernel
+from launcher_support import LaunchedKernel, NOTEBOOK_USER, recording_kernel
 
 from kernel_guard.launch import landlock
 
@@ -190,10 +190,7 @@ RACE = """
 @pytest.fixture(scope="module")
 def kernel(spec: str, root: str) -> Iterator[LaunchedKernel]:
     """A launcher kernel as uid 1000 whose audit hook only records: the OS layers alone."""
-    started = LaunchedKernel(os.path.join(root, "attacked"), "guarded", env={"KERNEL_GUARD_MODE": "audit"},
-                             user=NOTEBOOK_USER).start()
-    yield started
-    started.shutdown()
+    yield from recording_kernel(root, "attacked")
 
 
 def _pids(kernel: LaunchedKernel) -> dict[str, int]:

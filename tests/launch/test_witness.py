@@ -12,7 +12,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import NOTEBOOK_USER, LaunchedKernel
+from launcher_support import LaunchedKernel, NOTEBOOK_USER, recording_kernel
 
 from kernel_guard import config
 from kernel_guard.launch import handover, hardening, notifications, supervisor, supervisor_handle
@@ -139,10 +139,7 @@ def test_the_packages_public_names_are_all_there_when_first_used() -> None:
 @pytest.fixture(scope="module")
 def kernel(spec: str, root: str) -> Iterator[LaunchedKernel]:
     """A launcher kernel as uid 1000 whose audit hook only records: exec reaches the filter."""
-    started = LaunchedKernel(os.path.join(root, "witnessed"), "guarded", env={"KERNEL_GUARD_MODE": "audit"},
-                             user=NOTEBOOK_USER).start()
-    yield started
-    started.shutdown()
+    yield from recording_kernel(root, "witnessed")
 
 
 def _status(pid: int) -> dict[str, str]:
