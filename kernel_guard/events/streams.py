@@ -135,8 +135,7 @@ class StreamChain:
         stream = _stream_of(event)
         if stream is None:
             return to_json_line(event)
-        head = self.heads.get(stream)
-        prev = head[1] if head is not None else GENESIS
+        prev = self._prev(stream)
         chain: dict = {"prev": prev}
         event["kernel_guard"]["chain"] = chain
         hashed = _hashed_line(event, prev) if orjson is not None else None
@@ -144,7 +143,7 @@ class StreamChain:
             return to_json_line(self(event))
         line, digest = hashed
         chain["hash"] = digest
-        self.heads[stream] = (event["event"].get("sequence") or 0, digest)
+        self._advance(stream, event, digest)
         return line
 
     def _prev(self, stream: str) -> str:
