@@ -1,7 +1,43 @@
-"""Build the native parts (the audit layer's event filter, the redaction gate's scan);
-everything else is in pyproject.toml."""
+"""Build the native parts (the audit layer's event filter, the redaction gate's scan,
+the supervisor's witness program); everything else is in pyproject.toml."""
+
+import os
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+#: the witness: a program of its own (not a module), next to the launcher's modules
+WITNESS_SOURCE = "kernel_guard/launch/witness.c"
+WITNESS_PROGRAM = "kernel-guard-witness"
+
+
+class BuildNativeParts(build_ext):
+    """The extension modules, then the witness program with the same compiler.
+
+    Optional like the modules: without it the supervisor forks a Python witness
+    (a few MB more per kernel; ``kernel-guard status`` and the benchmarks say which)."""
+
+    def run(self) -> None:
+        super().run()
+        try:
+            self._link_witness()
+        except Exception as exc:  # noqa: BLE001 - CompileError, LinkError, OSError: all optional
+            self.warn(f"the witness program was not built ({exc}); the supervisor will fork a Python witness")
+
+    def _witness_path(self) -> str:
+        # next to the launcher's modules, in the build tree or (editable, inplace) the source tree
+        folder = os.path.dirname(self.get_ext_fullpath("kernel_guard.launch.witness_program"))
+        return os.path.join(folder, WITNESS_PROGRAM)
+
+    def _link_witness(self) -> None:
+        target = self._witness_path()
+        objects = self.compiler.compile([WITNESS_SOURCE], output_dir=self.build_temp,
+                                        extra_postargs=["-O2", "-Wall"])
+        self.compiler.link_executable(objects, os.path.basename(target), output_dir=os.path.dirname(target))
+
+    def get_outputs(self) -> list:
+        return [*super().get_outputs(), self._witness_path()]
+
 
 setup(
     ext_modules=[
@@ -11,4 +47,5 @@ setup(
         # optional too: without it the redaction gate is the Python one alone (slower per event)
         Extension("kernel_guard.events._gate", ["kernel_guard/events/_gate.c"], optional=True),
     ],
+    cmdclass={"build_ext": BuildNativeParts},
 )

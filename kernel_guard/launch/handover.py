@@ -10,6 +10,7 @@ any notebook code runs, as the supervisor's command line is:
   launcher's guard took them; the supervisor and its witness write the record
   with them, without traitlets (:func:`take_settings`);
 * ``filter``: the supervisor's own filter, compiled (:mod:`.hardening`);
+* ``witness_filter``: the witness program's, compiled the same way;
 * ``syscalls``: the number of every non-exec call the kernel's filter may send to
   the supervisor, on every ABI of this machine (:func:`take_syscalls`).
 
@@ -91,7 +92,8 @@ def hand_over(guard: Any) -> str:
         syscalls = [[arch, nr, name, abi] for (arch, nr), (name, abi) in notified_syscall_table().items()]
     except Exception:  # noqa: BLE001 - no libseccomp: the supervisor says so and does not start
         syscalls = []
-    return json.dumps({"settings": settings, "filter": hardening.build(), "syscalls": syscalls})
+    return json.dumps({"settings": settings, "filter": hardening.build(),
+                       "witness_filter": hardening.build_witness(), "syscalls": syscalls})
 
 
 def _plain(value: Any) -> Any:

@@ -15,6 +15,11 @@ and what they import (``ctypes.util``, ``subprocess``, ``tempfile`` ...), in
 the memory of every kernel's supervisor and witness for nothing else.  The
 program is the parent's, written before any notebook code ran, as the
 supervisor's command line is; and whatever it holds, it only restricts.
+
+The witness program (``witness.c``) gets a program of its own
+(:func:`build_witness`): the same denials, except that ``execveat`` of the one
+descriptor it holds at :data:`WITNESS_EXEC_AT` (the interpreter, with
+``AT_EMPTY_PATH``) stays allowed, so that it can become the recorder of a loss.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import ctypes
 import errno
 import os
 
-__all__ = ["RULES", "build", "harden", "prctl"]
+__all__ = ["RULES", "WITNESS_EXEC_AT", "build", "build_witness", "harden", "prctl"]
 
 #: the calls the supervisor and its witness deny themselves
 RULES = ("execve", "execveat", "ptrace", "process_vm_writev", "pidfd_getfd")
+#: the descriptor the witness program keeps its interpreter at (its filter names it)
+WITNESS_EXEC_AT = 10
+AT_EMPTY_PATH = 0x1000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -45,13 +53,22 @@ class _Program(ctypes.Structure):
 def build() -> str:
     """The launcher's side: ``"<seccomp(2)'s number> <program in hex>"``, or
     ``"error <why>"`` for the supervisor to report (it then refuses to start)."""
+    return _built(witness=False)
+
+
+def build_witness() -> str:
+    """The witness program's filter, as :func:`build` writes the supervisor's."""
+    return _built(witness=True)
+
+
+def _built(witness: bool) -> str:
     try:
-        return _compile()
+        return _compile(witness)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the supervisor says it and fails closed
         return f"error {type(exc).__name__}: {exc}"
 
 
-def _compile() -> str:
+def _compile(witness: bool) -> str:
     from . import seccomp_filter as sf
 
     sc = sf.bindings()
@@ -61,8 +78,16 @@ def _compile() -> str:
         if not filt.exist_arch(arch_value):
             filt.add_arch(arch_value)
     filt.set_attr(sc.Attr.ACT_BADARCH, int(sc.KILL_PROCESS))
+    deny = int(sc.ERRNO(errno.EPERM))
     for name in RULES:
-        filt.add_rule(int(sc.ERRNO(errno.EPERM)), name)
+        if witness and name == "execveat":
+            # refused unless both hold (each rule alone refuses): the descriptor it was
+            # handed, compared in full 64 bits (the program passes a clean long), and
+            # AT_EMPTY_PATH, so no path is looked up
+            filt.add_rule(deny, name, sc.Arg(0, sc.NE, WITNESS_EXEC_AT))
+            filt.add_rule(deny, name, sc.Arg(4, sc.NE, AT_EMPTY_PATH))
+        else:
+            filt.add_rule(deny, name)
     fd = os.memfd_create("kernel-guard-supervisor-filter", os.MFD_CLOEXEC)
     try:
         with open(fd, "wb", closefd=False) as out:

@@ -16,11 +16,13 @@ no new listener can be attached: exec stays blocked, and its witness
 (:mod:`.witness`) records the loss.  See docs/architecture.md.
 
 The order of :func:`main` keeps memory low (docs/launcher.md, "Memory"): the
-witness is forked once the process is hardened (it inherits the filter and
-non-dumpable state) and before the event pipeline, the custodian and the
-notification loop are imported, with the collector's view of the heap frozen
-(``gc.freeze``), so the witness shares the little the supervisor had and
-copies none of what it builds after.
+witness program (:mod:`.witness`; a few pages) is started while exec still
+works, before the hardening.  Where it was not built, a Python witness is
+forked once the process is hardened (it inherits the filter and non-dumpable
+state) and before the event pipeline, the custodian and the notification loop
+are imported, with the collector's view of the heap frozen (``gc.freeze``),
+so it shares the little the supervisor had and copies none of what it builds
+after.
 """
 
 from __future__ import annotations
@@ -185,10 +187,9 @@ def _parse(argv: list[str]) -> SimpleNamespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m kernel_guard.launch.supervisor``."""
-    from . import handover, hardening
-    from .witness import start_witness
+    from . import handover, hardening, witness as witnesses
 
-    gc.disable()  # until the fork: no collection leaves holes in pages the witness shares
+    gc.disable()  # until a fork: no collection leaves holes in pages a forked witness shares
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
@@ -202,17 +203,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     _leave_kernel_session()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for the kernel's cells
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    handed = handover.received(os.environ.pop(handover.ENV, ""))
+    handover_text = os.environ.pop(handover.ENV, "")
+    handed = handover.received(handover_text)
+    # the witness program is started while exec still works: before the hardening
+    started = witnesses.spawn_program(args, handed, handover_text)
     try:
         syscalls = handover.take_syscalls(handed)
-        hardening.harden(handed.get("filter", ""))  # before the witness, which inherits it
+        hardening.harden(handed.get("filter", ""))  # before a forked witness, which inherits it
     except Exception as exc:  # tell the launcher why, rather than a traceback
+        if started is not None:
+            os.write(started[1], b"stopped")  # not a loss: it never served
         return _unhardened(args, handed, f"cannot harden the supervisor: {type(exc).__name__}: {exc}")
-    # before any thread exists, and before what only the supervisor needs is built:
-    # the collector leaves the shared pages alone from here (gc.freeze)
-    gc.freeze()
-    witness, witness_pipe = start_witness(args, handed)
+    if started is None:
+        # before any thread exists, and before what only the supervisor needs is built:
+        # the collector leaves the shared pages alone from here (gc.freeze)
+        gc.freeze()
+        started = witnesses.fork_witness(args, handed)
     gc.enable()
+    witness, witness_pipe = started
     code = _serve(args, handed, syscalls, witness)
     try:
         os.write(witness_pipe, b"stopped")  # a clean end: the witness has nothing to record

@@ -173,13 +173,28 @@ def current() -> Optional[SupervisorHandle]:
     return _handle
 
 
+#: how the supervisor's interpreter starts (``-S``, no site: the .pth files in
+#: site-packages, an editable install's finder and what they import cost MBs in
+#: every kernel's supervisor): the import path is written out, and the module
+#: named after the code is run as ``-m`` would, its ``main()``
+_BOOT = ("import sys; sys.path[:] = sys.argv[2].split({sep!r}); name = sys.argv[1]; del sys.argv[1:3]; "
+         "sys.exit(__import__(name, fromlist=['main']).main())").format(sep=os.pathsep)
+
+
+def import_path() -> str:
+    """This process's import path (the launcher's: ``-I``, trusted) with the folder that holds
+    kernel_guard, however it was installed, as one ``os.pathsep``-joined word."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join([*(p for p in sys.path if p), package_parent])
+
+
 def supervisor_argv(fd: int, kernel_pid: int, mode: str, kernel_id: Optional[str], profile: str,
                     scoped: bool = False) -> list[str]:
-    """The supervisor's command line (pure, for tests).  ``scoped``: the launcher put
-    itself in an outer signal-scoped domain first, so the supervisor can tell the
+    """The supervisor's command line (pure but for the import path, for tests).  ``scoped``: the
+    launcher put itself in an outer signal-scoped domain first, so the supervisor can tell the
     kernel's processes from others (:mod:`.survivors`)."""
-    argv = [sys.executable, "-I", "-m", "kernel_guard.launch.supervisor", "--fd", str(fd),
-            "--kernel-pid", str(kernel_pid), "--mode", mode, "--profile", profile]
+    argv = [sys.executable, "-I", "-S", "-c", _BOOT, "kernel_guard.launch.supervisor", import_path(),
+            "--fd", str(fd), "--kernel-pid", str(kernel_pid), "--mode", mode, "--profile", profile]
     if kernel_id:
         argv += ["--kernel-id", kernel_id]
     if scoped:

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,26 @@ def notification(pid: int, nr: int, args: list[int], arch: int = notifications.A
 def test_supervisor_argv_keeps_sinks_off_the_command_line() -> None:
     """The supervisor's argv names fd, kernel pid, mode and profile; sink URLs travel in the environment."""
     argv = supervisor_handle.supervisor_argv(5, 42, "enforce", "kid", "default")
-    assert argv[:4] == [sys.executable, "-I", "-m", "kernel_guard.launch.supervisor"]
-    assert argv[4:] == ["--fd", "5", "--kernel-pid", "42", "--mode", "enforce", "--profile", "default",
+    assert argv[:3] == [sys.executable, "-I", "-S"] and argv[5] == "kernel_guard.launch.supervisor"
+    assert argv[7:] == ["--fd", "5", "--kernel-pid", "42", "--mode", "enforce", "--profile", "default",
                         "--kernel-id", "kid"]
+
+
+def test_the_supervisor_starts_without_site_on_the_launchers_import_path() -> None:
+    """Its interpreter skips site (no .pth file, no editable finder), finds kernel_guard and its
+    libraries on the path the launcher wrote out, and runs the module's main() with the options
+    after it: here a command line it refuses, which it says why it refuses."""
+    argv = supervisor_handle.supervisor_argv(5, 42, "enforce", "kid", "default")
+    assert argv[6].split(os.pathsep)[:-1] == [p for p in sys.path if p]
+    probe = [*argv[:5], "kernel_guard.launch.supervisor", argv[6], "--fd", "5"]
+    proc = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--fd, --kernel-pid and --mode" in proc.stderr, proc.stderr
+    code = ("import sys; print(sorted(m for m in ('site', 'orjson', 'msgspec') if m in sys.modules), "
+            "__import__('kernel_guard').__file__)")
+    shown = subprocess.run([*argv[:4], f"import sys; sys.path[:] = sys.argv[1].split({os.pathsep!r}); {code}",
+                            argv[6]], capture_output=True, text=True, timeout=60)
+    assert shown.stdout.split()[0] == "[]" and shown.stdout.split()[1].startswith(os.path.dirname(
+        os.path.dirname(supervisor_handle.__file__))), shown
 
 
 def test_read_exec_reads_path_and_argv_from_process_memory() -> None:
