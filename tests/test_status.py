@@ -110,6 +110,7 @@ def test_guard_status_in_a_launched_kernel_reports_every_layer(launched: Launche
     sup = layers["supervisor"]
     assert sup["active"] and sup["state"] == "enforce" and sup["pid"] == launched.supervisor_pid()
     assert sup["own_seccomp"] == "2" and set(sup["sinks"].values()) == {"ok"}
+    assert sup["witness"].startswith("kernel-guard-witness")
     assert layers["audit"]["state"] == "enforce" and layers["audit"]["hook"] == "native"
     assert layers["ipython"]["state"] == "enforce"
     assert report["events"]["state"] == "ok" and report["events"]["dropped"] == 0

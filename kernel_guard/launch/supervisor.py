@@ -43,7 +43,7 @@ __all__ = ["main", "start_runtime"]
 
 
 def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[int, int], tuple[str, str]],
-           witness: int) -> int:
+           witness: int, witness_form: str) -> int:
     """Open the record, hand-shake, receive the listener, serve until the kernel is gone."""
     import json
     import socket
@@ -68,6 +68,7 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
         return 4
     control.send(b"listening")
     sup = Supervisor(fds[0], control, args.mode, args.kernel_pid, rt.emit, syscalls, allowed, witness, args.scoped)
+    sup.witness_form = witness_form
     # From here SIGTERM only wakes the loop, which ends and records why: a SIGTERM
     # raised as an exception could land between the loop's end and the record.
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -214,14 +215,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         if started is not None:
             os.write(started[1], b"stopped")  # not a loss: it never served
         return _unhardened(args, handed, f"cannot harden the supervisor: {type(exc).__name__}: {exc}")
+    form = "program"
     if started is None:
         # before any thread exists, and before what only the supervisor needs is built:
         # the collector leaves the shared pages alone from here (gc.freeze)
         gc.freeze()
-        started = witnesses.fork_witness(args, handed)
+        started, form = witnesses.fork_witness(args, handed), "fork"
     gc.enable()
     witness, witness_pipe = started
-    code = _serve(args, handed, syscalls, witness)
+    code = _serve(args, handed, syscalls, witness, form)
     try:
         os.write(witness_pipe, b"stopped")  # a clean end: the witness has nothing to record
     except BrokenPipeError:

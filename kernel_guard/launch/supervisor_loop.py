@@ -57,6 +57,8 @@ class Supervisor:
         self.kernel_pid = kernel_pid
         self.emit = emit
         self.witness = witness
+        #: "program" (kernel-guard-witness) or "fork" (where the program was not built)
+        self.witness_form = "fork"
         self.scoped = scoped
         self.execs = ExecDecider(listener, mode, kernel_pid, allowed)
         self.memfds = SealedMemfds(listener)
@@ -129,6 +131,7 @@ class Supervisor:
                      "listener": True, "uptime_s": round(time.time() - self.started, 3),
                      "counts": self.all_counts(), "memfd_sealing": self.memfds.sealing,
                      "survivor_scope": self.scoped,
+                     "witness": {"pid": self.witness, "form": self.witness_form},
                      "pipeline": rt.pipeline.stats() if rt is not None else None,
                      "seccomp": proc_status()}
             try:

@@ -59,11 +59,22 @@ def _supervisor_layer() -> dict[str, Any]:
                   sinks=(report.get("pipeline") or {}).get("sinks"),
                   dropped=(report.get("pipeline") or {}).get("dropped"),
                   own_seccomp=(report.get("seccomp") or {}).get("Seccomp"),
+                  witness=_witness(report.get("witness")),
                   memfds=("created sealed non-executable" if report.get("memfd_sealing") else
                           "refused (ENOSYS): this Linux has no MFD_NOEXEC_SEAL (6.3+)"),
                   leftover_processes=("ended and recorded when the kernel ends" if report.get("survivor_scope")
                                       else "cannot be told from other processes (no Landlock signal scope): "
                                            "recorded as remaining"))
+
+
+def _witness(reported: Any) -> str:
+    """How the supervisor's loss would be recorded, as the supervisor reports it."""
+    form = reported.get("form") if isinstance(reported, dict) else None
+    if form == "program":
+        return "kernel-guard-witness (a program of a few pages)"
+    if form == "fork":
+        return "a fork of the supervisor (the witness program was not built: a few MB more)"
+    return "unknown"
 
 
 def _landlock_layer() -> dict[str, Any]:
