@@ -3,15 +3,16 @@
 PSS (proportional set size, ``/proc/PID/smaps_rollup``): each page counted
 once, shared pages split between the processes that map them, so the
 supervisor's and the witness's PSS add up to what the pair costs (pages they
-share, the witness being a fork, are not counted twice).  Read once the
+share are not counted twice: a forked witness shares the supervisor's).  Read once the
 launcher kernel has started, and again in steady state: after each of
 ``repetitions`` rounds of a cell that makes 200 raw ``execve`` system calls
 (which no audit hook sees: the filter sends each to the supervisor, which
 answers and records it, as in the refusal scenario) and 2,000 refused
 ``os.system`` calls (events the kernel hands to the custodian), once both have
-written everything.  The
-kernels' own PSS is shown for scale: the plain kernel's also with NumPy and
-pandas imported, as notebooks do.
+written everything.  The floor row: an idle interpreter started as the
+supervisor is (``-I -S``, nothing of ours imported), in the same run, under
+any supervisor written in Python.  The kernels' own PSS is shown for scale:
+the plain kernel's also with NumPy and pandas imported, as notebooks do.
 
 The supervisor and its witness are non-dumpable: reading their memory map
 takes root (or ``CAP_SYS_PTRACE``); without it the rows say "unreadable".
@@ -82,6 +83,21 @@ def _steady(kernel: BenchKernel, repetitions: int) -> Dict[str, Optional[float]]
     return {key: _median_or_none([r[key] for r in rounds]) for key in ("supervisor", "witness", "sum")}
 
 
+def interpreter_floor() -> Optional[float]:
+    """PSS of an idle interpreter started as the supervisor is (``-I -S``, no module of
+    ours): the floor under any supervisor written in Python, in this run."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        return pss_mb(proc.pid)
+    finally:
+        proc.communicate(b"", timeout=10)
+
+
 def _median_or_none(values: list) -> Optional[float]:
     known = [v for v in values if v is not None]
     return median(known) if known else None
@@ -110,6 +126,7 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int) -> Dict[str, Any]:
     launcher = kernels["launcher"]
     started = _pair(launcher.pid)
     steady = _steady(launcher, repetitions)
+    floor = interpreter_floor()
     sizes = _kernels(kernels)
     scale = sizes.get("plain")
     # the judged row: rows[4]
@@ -119,6 +136,7 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int) -> Dict[str, Any]:
         _row("supervisor PSS, steady, MB", steady["supervisor"]),
         _row("witness PSS, steady, MB", steady["witness"]),
         _row("supervisor + witness PSS, steady, MB", steady["sum"], TARGET_MB),
+        _row("floor: an idle interpreter started as the supervisor is (-I -S), PSS, MB", floor),
         _row("kernel PSS, MB (for scale)", sizes.get("launcher"), plain=scale),
         {**_row("kernel PSS with NumPy and pandas, MB (for scale)", None, plain=sizes.get("plain+numpy+pandas")),
          "config": "plain"},
@@ -130,6 +148,7 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int) -> Dict[str, Any]:
         "results": {"launcher": {"after_start": {k: rounded(v, 2) for k, v in started.items()},
                                  "steady": {k: rounded(v, 2) for k, v in steady.items()}}},
         "kernels": {k: rounded(v, 1) for k, v in sizes.items()},
+        "interpreter_floor": rounded(floor, 2),
         "ratios": {},
         "target": f"supervisor + witness <= {TARGET_MB:g} MB PSS per kernel, in steady state",
         "met": bool(rows[4]["met"]),
