@@ -61,9 +61,12 @@ def spawn_program(args: SimpleNamespace, handed: dict[str, Any], handover_text: 
     from .handover import ENV
     from .hardening import WITNESS_EXEC_AT
 
+    try:
+        # the interpreter the OS runs as this process, not a path the notebook could shape
+        interpreter = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    # the interpreter the OS runs as this process, not a path the notebook could shape
-    interpreter = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
     # dup2 onto itself clears close-on-exec in the child only; the kernel's sockets stay here
     actions = [(os.POSIX_SPAWN_DUP2, read_end, read_end), (os.POSIX_SPAWN_DUP2, interpreter, interpreter)]
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in (args.fd, args.events_fd) if fd is not None]
