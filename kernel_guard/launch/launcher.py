@@ -54,7 +54,8 @@ import os
 import sys
 from typing import Any, NoReturn, Optional
 
-from .python_adaptations import _adapt_python, _drop_cwd_from_path, _restore_user_paths, _warm_up, user_site_wanted
+from .python_adaptations import (_adapt_python, _cached_find_library, _drop_cwd_from_path, _ldconfig_cache,
+                                 _restore_user_paths, _start_ldconfig, _warm_up, user_site_wanted)
 from .supervisor_steps import (_allow_supervisor_to_read, _exclude_from_children, _hand_record_to_custodian,
                                _on_supervisor_lost, _on_supervisor_resumed, _on_supervisor_stalled, _outer_domain,
                                _spawn_supervisor, _start_supervisor)
@@ -307,7 +308,7 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
     with audit.launcher_setup() as programs:
-        rt, profile, scrubbed, ld_cache, pending, scope = _prepare(args, extra)
+        rt, profile, scrubbed, pending, scope = _prepare(args, extra)
     _record_setup(programs)
     allowed = scope.programs if scope.enforces_exec else ()
     handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed,
@@ -319,7 +320,7 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
         _allow_supervisor_to_read(handle.pid)
         handle.watch(_on_supervisor_lost)
         handle.watch_stalls(_on_supervisor_stalled, _on_supervisor_resumed)
-    _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed, ld_cache,
+    _adapt_python(loaded is not None and profile.mode == "enforce" and not allowed,
                   args.unsafe_allow_debugger)
     _restore_user_paths(dropped_path, folders)
     extra = [*extra, *start_folders.keep_history(folders)]
@@ -351,8 +352,12 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     from ..exceptions import ProfileError
     from . import profiles, seccomp_filter
 
+    ldconfig = _start_ldconfig()  # runs while the settings are read
     kernel_id = KernelContext.kernel_id_from_connection_file(args.connection_file)
     config = _trusted_config(extra)
+    # from here find_library answers from the snapshot, libseccomp's bindings first:
+    # one ldconfig for the whole start, and none after the filter refuses exec
+    _cached_find_library(_ldconfig_cache(ldconfig))
     profile_path, profile, problem = args.profile, None, None
     try:
         profile_path = profiles.resolve_profile_path(args.profile)
@@ -362,7 +367,6 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     patterns = [*DEFAULT_SCRUB, *args.scrub_env]
     scrubbed = [] if args.unsafe_keep_credentials else _scrub_environment(patterns)
     pending = scope = warm_up_error = None
-    ld_cache: dict[str, str] = {}
     # order matters: sinks and spools open before the Landlock domain (their files
     # may lie outside its writable roots), their threads start after it (a domain
     # covers only the thread that applies it and threads started later)
@@ -374,7 +378,7 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     if profile is not None:
         # what needs exec runs before the domain allows only the interpreter
         try:
-            ld_cache = _warm_up()
+            _warm_up()
         except Exception as exc:
             warm_up_error = exc
         scope = _apply_landlock(profile, rt.guard, own_spools=not custodian)
@@ -400,7 +404,7 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
         scope = LandlockResult(0, False, reason=f"could not be applied: {scope.strerror}")
     if warm_up_error is not None:
         _fail("record", f"{type(warm_up_error).__name__}: {warm_up_error}", profile.path, fatal=profile.fail_closed)
-    return rt, profile, scrubbed, ld_cache, pending, scope
+    return rt, profile, scrubbed, pending, scope
 
 
 def _guard(rt: Any, profile: Any, timeout: float, pending: Any = None,

@@ -1,11 +1,11 @@
 """Making the standard library live with the launcher: what runs before, and what changes after.
 
-Before the filter and the Landlock domain: everything that needs exec (libseccomp's
-``find_library``, ``platform``'s ``uname -p``, ``ldconfig -p`` for a snapshot of
-the linker cache), the IPython profile skeleton, and nothing imported from the
-notebook folder.  After them: ``fork`` as multiprocessing's start method (the
-others exec an interpreter, which only a Landlock allowlist lets run),
-``ctypes.util.find_library`` answered from the snapshot, ipykernel's debugger
+Before the filter and the Landlock domain: everything that needs exec (``ldconfig
+-p`` for a snapshot of the linker cache, from which ``ctypes.util.find_library``
+answers from then on, libseccomp's bindings first; ``platform``'s ``uname -p``),
+the IPython profile skeleton, and nothing imported from the notebook folder.
+After them: ``fork`` as multiprocessing's start method (the others exec an
+interpreter, which only a Landlock allowlist lets run), ipykernel's debugger
 off, and the notebook folder, ``PYTHONPATH`` and the user site back on
 ``sys.path``.  The launcher (:mod:`.launcher`) calls these in its order.
 See docs/architecture.md.
@@ -67,19 +67,36 @@ def user_site_wanted() -> bool:
     return re.search(r"^include-system-site-packages\s*=\s*true\s*$", cfg, re.M | re.I) is not None
 
 
-def _ldconfig_cache() -> dict[str, str]:
-    """``ldconfig -p`` read once while exec works: library name -> soname for this ABI."""
-    import platform
+def _start_ldconfig() -> Any:
+    """Start ``ldconfig -p`` (a snapshot of the linker cache, read once while exec
+    works); it runs while the launcher reads its settings (:func:`_ldconfig_cache`
+    collects it).  None when it cannot be started."""
     import subprocess
 
-    tag = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), "")
     # a user's PATH often lacks the sbin folders (Debian's does): look where ctypes does
     ldconfig = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), "ldconfig")
     try:
-        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10,
-                             env={**os.environ, "LC_ALL": "C", "LANG": "C"}).stdout
-    except (OSError, subprocess.SubprocessError):
+        return subprocess.Popen([ldconfig, "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+    except OSError:
+        return None
+
+
+def _ldconfig_cache(started: Any) -> dict[str, str]:
+    """What the ``ldconfig -p`` :func:`_start_ldconfig` started printed: library name
+    -> soname for this ABI (empty when it could not run)."""
+    import platform
+    import subprocess
+
+    if started is None:
         return {}
+    try:
+        out, _ = started.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        started.kill()
+        started.communicate()
+        return {}
+    tag = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), "")
     cache: dict[str, str] = {}
     for match in re.finditer(r"^\s+(lib(\S+?)\.so(?:\.\S*)?) \(([^)]*)\)", out, re.M):
         soname, name, flags = match.groups()
@@ -103,20 +120,19 @@ def _cached_find_library(cache: dict[str, str]) -> None:
     ctypes.util.find_library = find_library
 
 
-def _warm_up() -> dict[str, str]:
-    """Everything that needs exec, done while exec still works."""
+def _warm_up() -> None:
+    """Everything else that needs exec, done while exec still works (``find_library``
+    answers from the linker cache's snapshot from the start: :func:`_cached_find_library`)."""
     import platform
 
     from . import seccomp_filter
 
-    seccomp_filter.bindings()  # pyseccomp runs find_library -> ldconfig at import
+    seccomp_filter.bindings()  # pyseccomp runs find_library at import
     platform.uname()
     platform.processor()  # `uname -p`, cached for debugpy and friends
-    cache = _ldconfig_cache()
     # ipykernel, zmq, tornado and jupyter_client are imported once the Landlock domain
     # is in force: what runs before it is kept to what the guard itself needs
     _create_profile_dir()
-    return cache
 
 
 def _create_profile_dir() -> None:
@@ -186,9 +202,8 @@ def _disable_debugger() -> None:
     ipykernel.debugger._is_debugpy_available = False
 
 
-def _adapt_python(enforce_exec: bool, ld_cache: dict[str, str], allow_debugger: bool) -> None:
-    """Make the standard library live with the filter: fork, find_library, no debugpy."""
+def _adapt_python(enforce_exec: bool, allow_debugger: bool) -> None:
+    """Make the standard library live with the filter: fork, no debugpy."""
     _guard_multiprocessing(enforce_exec)
-    _cached_find_library(ld_cache)
     if not allow_debugger:
         _disable_debugger()
