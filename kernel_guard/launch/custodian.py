@@ -301,7 +301,8 @@ class Custodian:
     def _tick(self) -> None:
         """Now and then: end the streams of processes that are gone, write the heads."""
         now = time.monotonic()
-        if now - self._last_look >= _LIVENESS_EVERY:
+        # a process's last messages may still wait in the inbox: its stream ends after them
+        if now - self._last_look >= _LIVENESS_EVERY and not self._inbox.messages:
             self._last_look = now
             self.end_dead_streams()
         if now - self._last_checkpoint >= CHECKPOINT_EVERY:

@@ -403,3 +403,38 @@ def test_a_message_is_cut_into_lines_as_splitlines_cuts_it(payload: bytes) -> No
     from kernel_guard.launch.record_protocol import split_lines
 
     assert split_lines(payload) == payload.splitlines(keepends=True)
+
+
+def test_a_dead_senders_stream_ends_after_the_messages_read_ahead(monkeypatch) -> None:
+    """A process sent its lines and died before the custodian judged them all: the custodian ends
+    its stream only once the messages it had read ahead are judged, so none of them is refused."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MESSAGES_PER_BATCH=1, _LIVENESS_EVERY=0.0)
+    monkeypatch.setattr("kernel_guard.launch.custodian_sink.MAX_PAYLOAD", 300)
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the sender: one line per message, then gone when told
+        sender = CustodianSink(ours, lambda: [])
+        sender.confirm()
+        sender.emit_lines([_line(A, n) for n in range(1, 6)])
+        os.read(go_r, 1)
+        os._exit(0)
+    keeper.sock.setblocking(False)  # as the thread reads
+    deadline = time.monotonic() + 10
+    while len(keeper._inbox.messages) < 5 and time.monotonic() < deadline:
+        keeper._inbox.pull()
+    keeper.take_all(keeper._inbox.batch())  # its first line: the stream is the live child's
+    os.write(go_w, b"x")
+    os.waitpid(child, 0)
+    while keeper._inbox.messages:  # as the thread does: a batch, then a tick
+        keeper.take_all(keeper._inbox.batch())
+        keeper._tick()
+    keeper.stop()
+    pipe.flush()
+    assert [e["event"]["sequence"] for e in sink.events if e["event"]["action"] == "cell-executed"] == [1, 2, 3, 4, 5]
+    ends = [e for e in sink.events if e["event"]["action"] == "stream-ended"]
+    assert len(ends) == 1 and ends[0]["kernel_guard"]["last_received"] == 5 and not keeper.refused
+    for fd in (go_r, go_w):
+        os.close(fd)
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
