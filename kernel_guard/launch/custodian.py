@@ -13,10 +13,14 @@ whose process ended without ``stream-ended`` (a killed kernel, a terminated
 pool worker) it writes that end itself, chained to the last event it took,
 marked so: ``kernel-guard verify`` calls such a stream *cut short*.
 
-Each message is handled inside its own error boundary, and the chunks of
-unfinished lines are bounded per sender and for all senders together.  If
-the custodian's thread ends anyway, the supervisor records ``custodian-lost``
-and closes the socket, so the kernel says so and writes its own record.
+The socket is read ahead of the checks (a bounded number of messages), so the
+kernel's sends need not wait on them; messages are judged a batch at a time,
+and the lines that pass go to the pipeline as one batch, in order.  Each
+message is handled inside its own error boundary, each line judged alone, and
+the chunks of unfinished lines are bounded per sender and for all senders
+together.  If the custodian's thread ends anyway, the supervisor records
+``custodian-lost`` and closes the socket, so the kernel says so and writes its
+own record.
 
 What it cannot do: events the kernel numbered but had not sent when it died
 are lost inside it (the end it writes says after which number).
@@ -25,16 +29,17 @@ are lost inside it (the end it writes says after which number).
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
-from collections import Counter
-from typing import Any, Callable, Optional
+from collections import Counter, deque
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ..events.schema import Event, make_event, to_json_line
 from ..events.streams import chain_hash
 from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
-                              Claims, Refused, check_line, split_message, valid_stream_id)
+                              Claim, Refused, check_lines, split_lines, split_message, valid_stream_id)
 from .seccomp_filter import proc_stat
 
 __all__ = ["Custodian"]
@@ -44,6 +49,12 @@ _MAX_STREAMS = 10_000
 #: seconds between checkpoints, and between looks for ended processes
 CHECKPOINT_EVERY = 5.0
 _LIVENESS_EVERY = 1.0
+#: messages judged together at most (about 1 MB): their lines go to the writer as one batch
+_MESSAGES_PER_BATCH = 16
+#: messages received ahead of the checks at most (about 2 MB)
+_READ_AHEAD = 32
+
+Message = Tuple[bytes, int]  # a message and the pid that sent it
 
 
 class _Stream:
@@ -60,11 +71,10 @@ class _Stream:
         self.checkpointed = 0
         self.template = template  # user, host, kernel of its events, for the end we may write
 
-    def advance(self, claims: Claims) -> None:
+    def advance(self, claim: Claim) -> None:
         """Take a checked line as the stream's head."""
-        self.sequence = claims.sequence
-        self.hash = claims.hash
-        self.ended = claims.action == "stream-ended"
+        _, self.sequence, action, self.hash = claim
+        self.ended = action == "stream-ended"
 
 
 def _template(line: bytes) -> dict:
@@ -89,6 +99,40 @@ def _start_time(pid: int) -> Optional[str]:
     return fields[19].decode()
 
 
+class _Inbox:
+    """Messages received and not yet judged.  The socket is read ahead of the checks:
+    the kernel's socket buffer holds a few messages only, and its sends should not
+    wait while the custodian judges the ones before."""
+
+    def __init__(self, receive: Callable[[], Message]) -> None:
+        self._receive = receive
+        self.messages: Deque[Message] = deque()
+        self.closed = False  # every kernel process closed its end (or the socket failed)
+
+    def pull(self) -> None:
+        """Receive what is waiting now (the socket does not block), up to the bound."""
+        while not self.closed and len(self.messages) < _READ_AHEAD:
+            try:
+                message, sender = self._receive()
+            except (BlockingIOError, socket.timeout):
+                return
+            except OSError:
+                self.closed = True
+                return
+            if not message:
+                self.closed = True
+                return
+            self.messages.append((message, sender))
+
+    def batch(self) -> Iterator[Message]:
+        """The next messages in order, up to a batch, reading ahead before each."""
+        for _ in range(_MESSAGES_PER_BATCH):
+            self.pull()
+            if not self.messages:
+                return
+            yield self.messages.popleft()
+
+
 class Custodian:
     """The supervisor's side: take the kernel's lines, keep the heads, end the dead."""
 
@@ -105,6 +149,7 @@ class Custodian:
         self._pending: dict[int, bytes] = {}
         self._pending_total = 0
         self._lock = threading.Lock()
+        self._inbox = _Inbox(lambda: self._receive())
         # the kernel's side cannot be trusted to say who sent a message: Linux can
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._stop = threading.Event()
@@ -121,18 +166,19 @@ class Custodian:
             self._lost(exc)
 
     def _serve(self) -> None:
-        self.sock.settimeout(_LIVENESS_EVERY)
+        # reads never block: one wait when nothing is waiting, rather than one per message
+        self.sock.setblocking(False)
+        ready = select.poll()
+        ready.register(self.sock, select.POLLIN)
+        inbox = self._inbox
         while not self._stop.is_set():
-            try:
-                message, sender = self._receive()
-            except socket.timeout:
-                self._tick()
-                continue
-            except OSError:
-                break
-            if not message:
+            inbox.pull()
+            if inbox.messages:
+                self.take_all(inbox.batch())
+            elif inbox.closed:
                 break  # every kernel process closed its end
-            self.take(message, sender)
+            else:
+                ready.poll(_LIVENESS_EVERY * 1000)
             self._tick()
 
     def _lost(self, exc: BaseException) -> None:
@@ -154,15 +200,36 @@ class Custodian:
         return message, 0
 
     def take(self, message: bytes, sender: int) -> None:
-        """One message, in its own error boundary: nothing a kernel sends ends the custodian."""
-        try:
-            self._take(message, sender)
-        except Refused as refused:
-            self._refuse(refused.reason)
-        except Exception:  # noqa: BLE001 - counted and recorded, never fatal
-            self._refuse("error")
+        """One message (see :meth:`take_all`)."""
+        self.take_all([(message, sender)])
 
-    def _take(self, message: bytes, sender: int) -> None:
+    def take_all(self, messages: Iterable[Message]) -> None:
+        """Messages as they came, each in its own error boundary (nothing a kernel sends
+        ends the custodian); the lines that pass, from all of them in order, go to the
+        writer as one batch."""
+        kept: List[bytes] = []
+        own = self.own_stream()
+        try:
+            with self._lock:  # once per batch
+                for message, sender in messages:
+                    start = len(kept)
+                    try:
+                        self._take(message, sender, own, kept)
+                    except Refused as refused:
+                        self._refuse(refused.reason)
+                    except Exception:  # noqa: BLE001 - counted and recorded, never fatal
+                        self._refuse("error")
+                    # only a message's last line can lack its end
+                    if len(kept) > start and not kept[-1].endswith(b"\n"):
+                        kept[-1] += b"\n"
+        finally:  # what was taken is written, even if receiving the next message failed
+            self.counts["received"] += len(kept)
+            while kept and not self.pipeline.forward(kept):
+                time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
+
+    def _take(self, message: bytes, sender: int, own: Optional[str], kept: List[bytes]) -> None:
+        """One message: a chunk is kept for its line's end; whole lines are judged, and
+        those that pass appended to ``kept`` (the caller holds the lock)."""
         kind, payload = split_message(message)
         if sender <= 0:
             raise Refused("sender")
@@ -170,29 +237,33 @@ class Custodian:
         if kind == b"C":
             self._pend(sender, payload)
             return
-        kept = []
-        own = self.own_stream()
+        lines = split_lines(payload)
+        self._keep(lines, check_lines(lines, own, ascii=payload.isascii()), sender, kept)
+
+    def _keep(self, lines: List[bytes], judged: List[Union[Claim, str]], sender: int, kept: List[bytes]) -> None:
+        """Append to ``kept`` each line whose claims hold for its stream, in order; count
+        the others, each alone (the caller holds the lock)."""
         streams = self.streams
-        with self._lock:  # once per message: a batch is one sender's
-            for line in payload.splitlines(keepends=True):
+        for line, claim in zip(lines, judged):
+            if claim.__class__ is str:
+                if line.strip():  # blank lines are no lines (checked only here: it is rare)
+                    self._refuse(claim)
+                continue
+            stream, sequence, action, chain_hash = claim
+            state = streams.get(stream)
+            if state is not None and state.pid == sender and not state.ended and sequence > state.sequence:
+                # the common case, inline: the next line of a known stream
+                state.sequence, state.hash, state.ended = sequence, chain_hash, action == "stream-ended"
+            else:
                 try:
-                    claims = check_line(line, own)
-                    state = streams.get(claims.stream)
-                    if (state is not None and state.pid == sender and not state.ended
-                            and claims.sequence > state.sequence):
-                        state.advance(claims)  # the common case, inline: the next line of a known stream
-                    else:
-                        self._claim(claims, line, sender)
+                    self._claim(claim, line, sender)
                 except Refused as refused:
-                    if line.strip():  # blank lines are no lines (checked only here: it is rare)
-                        self._refuse(refused.reason)
+                    self._refuse(refused.reason)
                     continue
-                kept.append(line)
-        if kept and not kept[-1].endswith(b"\n"):  # only the last line can lack its end
-            kept[-1] += b"\n"
-        self.counts["received"] += len(kept)
-        while kept and not self.pipeline.forward(kept):
-            time.sleep(0.005)  # the queue is full: wait, and the kernel's send waits with us
+                except Exception:  # noqa: BLE001 - this line is counted; the others go on
+                    self._refuse("error")
+                    continue
+            kept.append(line)
 
     def _unpend(self, sender: int) -> bytes:
         pending = self._pending.pop(sender, b"")
@@ -210,26 +281,28 @@ class Custodian:
         self.counts["rejected"] += 1
         self.refused[reason] += 1
 
-    def _claim(self, claims: Claims, line: bytes, sender: int) -> None:
+    def _claim(self, claim: Claim, line: bytes, sender: int) -> None:
         """Take a checked line for its stream: the sender's own, next in order, still open
         (the caller holds the lock)."""
-        state = self.streams.get(claims.stream)
+        stream, sequence = claim[0], claim[1]
+        state = self.streams.get(stream)
         if state is None:
-            if len(self.streams) >= _MAX_STREAMS or not valid_stream_id(claims.stream):
+            if len(self.streams) >= _MAX_STREAMS or not valid_stream_id(stream):
                 raise Refused("stream")
-            state = self.streams[claims.stream] = _Stream(sender, _start_time(sender), _template(line))
+            state = self.streams[stream] = _Stream(sender, _start_time(sender), _template(line))
         elif state.pid != sender:
             raise Refused("stream")
         if state.ended:
             raise Refused("ended")
-        if claims.sequence <= state.sequence:
+        if sequence <= state.sequence:
             raise Refused("sequence")
-        state.advance(claims)
+        state.advance(claim)
 
     def _tick(self) -> None:
         """Now and then: end the streams of processes that are gone, write the heads."""
         now = time.monotonic()
-        if now - self._last_look >= _LIVENESS_EVERY:
+        # a process's last messages may still wait in the inbox: its stream ends after them
+        if now - self._last_look >= _LIVENESS_EVERY and not self._inbox.messages:
             self._last_look = now
             self.end_dead_streams()
         if now - self._last_checkpoint >= CHECKPOINT_EVERY:
@@ -293,13 +366,11 @@ class Custodian:
         if self._thread.ident is not None:
             self._thread.join(timeout)
         self.sock.setblocking(False)
+        inbox = self._inbox  # what the thread had received, then what is still in the socket
         while True:
-            try:
-                message, sender = self._receive()
-            except OSError:
+            inbox.pull()
+            if not inbox.messages:
                 break
-            if not message:
-                break
-            self.take(message, sender)
+            self.take_all(inbox.batch())
         self.end_dead_streams(all_open=True)
         self.checkpoint()

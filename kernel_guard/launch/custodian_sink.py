@@ -19,7 +19,7 @@ import socket
 from typing import Callable, List, Optional
 
 from ..events.schema import Event, make_event, to_json_line
-from ..events.sinks import Sink
+from ..events.sinks import Sink, line_runs
 from .record_protocol import HEADER, MAX_PAYLOAD
 
 __all__ = ["CustodianSink"]
@@ -65,25 +65,16 @@ class CustodianSink(Sink):
     def _messages(self, lines: List[bytes]) -> list[tuple[bytes, int]]:
         """The messages for ``lines``, each with how many lines are whole once it is sent."""
         pid = os.getpid()
+        whole, part = HEADER.pack(b"L", pid), HEADER.pack(b"C", pid)
         out: list[tuple[bytes, int]] = []
-        buf: list[bytes] = []
-        size = 0
-        for index, line in enumerate(lines):
+        for start, stop in line_runs(lines, MAX_PAYLOAD):
+            line = lines[start]
             if len(line) > MAX_PAYLOAD:  # alone, in chunks: only the last one ends it
-                if buf:
-                    out.append((HEADER.pack(b"L", pid) + b"".join(buf), index))
-                    buf, size = [], 0
                 chunks = [line[i:i + MAX_PAYLOAD] for i in range(0, len(line), MAX_PAYLOAD)]
-                out += [(HEADER.pack(b"C", pid) + chunk, index) for chunk in chunks[:-1]]
-                out.append((HEADER.pack(b"L", pid) + chunks[-1], index + 1))
-                continue
-            if size + len(line) > MAX_PAYLOAD:
-                out.append((HEADER.pack(b"L", pid) + b"".join(buf), index))
-                buf, size = [], 0
-            buf.append(line)
-            size += len(line)
-        if buf:
-            out.append((HEADER.pack(b"L", pid) + b"".join(buf), len(lines)))
+                out += [(part + chunk, start) for chunk in chunks[:-1]]
+                out.append((whole + chunks[-1], stop))
+            else:
+                out.append((b"".join([whole, *lines[start:stop]]), stop))  # one copy of the lines
         return out
 
     def _send(self, lines: List[bytes]) -> tuple[int, Optional[OSError]]:

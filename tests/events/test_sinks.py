@@ -259,3 +259,20 @@ def test_file_sink_refuses_a_symlink_and_a_file_of_another_user(tmp_path) -> Non
     os.chown(foreign, 4242, 4242)
     with pytest.raises(SinkError, match="belongs to uid 4242"):
         FileSink(str(foreign))
+
+
+@pytest.mark.parametrize("sizes,limit,runs", [
+    ([], 10, []),
+    ([3, 3, 3], 10, [(0, 3)]),
+    ([4, 4, 4], 8, [(0, 2), (2, 3)]),
+    ([12, 2, 2], 10, [(0, 1), (1, 3)]),  # a line longer than the limit goes alone
+    ([2, 12, 2], 10, [(0, 1), (1, 2), (2, 3)]),
+    ([0, 10, 0, 1], 10, [(0, 3), (3, 4)]),
+])
+def test_line_runs_fill_each_write_in_order_up_to_the_limit(sizes, limit, runs) -> None:
+    """Lines are cut into consecutive runs of at most the limit in bytes, each filled before the
+    next starts, a longer line alone: what one write(2) of the file sink, or one message to the
+    custodian, carries."""
+    from kernel_guard.events.sinks import line_runs
+
+    assert list(line_runs([b"x" * n for n in sizes], limit)) == runs

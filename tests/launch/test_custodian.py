@@ -349,3 +349,92 @@ def test_both_decoders_judge_every_line_alike(monkeypatch, line: bytes) -> None:
     typed = judged()
     monkeypatch.setattr(record_protocol, "_typed", None)
     assert judged() == typed
+
+
+def test_a_refused_line_in_a_batch_is_refused_alone(monkeypatch) -> None:
+    """Refused lines in the middle of a message (junk, a forged author, a list for an action, a
+    blank line) are counted by reason, each alone; the lines around them are written, in order."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch)
+    sender = CustodianSink(ours, lambda: [])
+    sender.confirm()
+    sender.emit_lines([_line(A, 1), b"not json\n", _line(A, 2), _line(A, 3, recorded_by="witness"), _line(A, 3),
+                       _line(A, 4, action=["exec-denied"]), b"\n", _line(A, 4), _line(A, 5)])
+    keeper.take(*keeper._receive())  # one message: the batch
+    keeper.stop()
+    pipe.flush()
+    assert [e["event"]["sequence"] for e in sink.events if e["event"]["action"] == "cell-executed"] == [1, 2, 3, 4, 5]
+    assert keeper.refused == {"json": 1, "authorship": 1, "action": 1}
+    assert keeper.counts["received"] == 5
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
+
+
+def test_messages_read_ahead_are_taken_in_order_and_none_is_left_at_stop(monkeypatch) -> None:
+    """Many messages waiting at once (more than a batch and than the read-ahead), a line cut in
+    chunks among them and a refused line: all are judged in the order sent, and what the
+    custodian had read ahead but not yet judged when it stopped is still written."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MESSAGES_PER_BATCH=3, _READ_AHEAD=5)
+    monkeypatch.setattr("kernel_guard.launch.custodian_sink.MAX_PAYLOAD", 300)
+    sender = CustodianSink(ours, lambda: [])
+    sender.confirm()
+    lines = [_line(A, n) for n in range(1, 41)]
+    lines[7] = _line(A, 8, padding="x" * 1000)  # sent in chunks
+    lines[20] = _line(A, 3)  # a replay: refused
+    sender.emit_lines(lines)
+    keeper._inbox.pull()  # read ahead, as the thread does before it judges
+    assert len(keeper._inbox.messages) == 5
+    keeper.start()
+    keeper.stop()
+    pipe.flush()
+    written = [e["event"]["sequence"] for e in sink.events if e["event"]["action"] == "cell-executed"]
+    assert written == [n for n in range(1, 41) if n != 21]
+    assert keeper.refused == {"sequence": 1} and keeper._pending == {}
+    pipe.close()
+    ours.close()
+    keeper.sock.close()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\n", b"a\nb\n", b"a\nb", b"a\r\nb\rc\n", b"\r\r\n\n", b"a\x0bb\x0c\x1c\x85\n",
+                                     b"x" * 100 + b"\n\n" + b"y" * 7])
+def test_a_message_is_cut_into_lines_as_splitlines_cuts_it(payload: bytes) -> None:
+    """The custodian's search for line ends cuts a message exactly as bytes.splitlines(keepends=True):
+    at \\n, \\r and \\r\\n only, the last line with or without its end."""
+    from kernel_guard.launch.record_protocol import split_lines
+
+    assert split_lines(payload) == payload.splitlines(keepends=True)
+
+
+def test_a_dead_senders_stream_ends_after_the_messages_read_ahead(monkeypatch) -> None:
+    """A process sent its lines and died before the custodian judged them all: the custodian ends
+    its stream only once the messages it had read ahead are judged, so none of them is refused."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch, _MESSAGES_PER_BATCH=1, _LIVENESS_EVERY=0.0)
+    monkeypatch.setattr("kernel_guard.launch.custodian_sink.MAX_PAYLOAD", 300)
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the sender: one line per message, then gone when told
+        sender = CustodianSink(ours, lambda: [])
+        sender.confirm()
+        sender.emit_lines([_line(A, n) for n in range(1, 6)])
+        os.read(go_r, 1)
+        os._exit(0)
+    keeper.sock.setblocking(False)  # as the thread reads
+    deadline = time.monotonic() + 10
+    while len(keeper._inbox.messages) < 5 and time.monotonic() < deadline:
+        keeper._inbox.pull()
+    keeper.take_all(keeper._inbox.batch())  # its first line: the stream is the live child's
+    os.write(go_w, b"x")
+    os.waitpid(child, 0)
+    while keeper._inbox.messages:  # as the thread does: a batch, then a tick
+        keeper.take_all(keeper._inbox.batch())
+        keeper._tick()
+    keeper.stop()
+    pipe.flush()
+    assert [e["event"]["sequence"] for e in sink.events if e["event"]["action"] == "cell-executed"] == [1, 2, 3, 4, 5]
+    ends = [e for e in sink.events if e["event"]["action"] == "stream-ended"]
+    assert len(ends) == 1 and ends[0]["kernel_guard"]["last_received"] == 5 and not keeper.refused
+    for fd in (go_r, go_w):
+        os.close(fd)
+    pipe.close()
+    ours.close()
+    keeper.sock.close()

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from ...exceptions import SinkError
 from ..schema import Event, to_json_line
-from . import Sink
+from . import Sink, line_runs
 
 __all__ = ["FileSink", "reopen_all"]
 
@@ -119,17 +119,9 @@ class FileSink(Sink):
         """Append serialised events in as few writes as whole lines allow."""
         self._follow_rotation()
         kept = 0
-        buf: list[bytes] = []
-        size = 0
         try:
-            for line in lines:
-                if size + len(line) > _CHUNK and buf:
-                    kept += self._write(b"".join(buf), len(buf))
-                    buf, size = [], 0
-                buf.append(line)
-                size += len(line)
-            if buf:
-                self._write(b"".join(buf), len(buf))
+            for start, stop in line_runs(lines, _CHUNK):
+                kept += self._write(b"".join(lines[start:stop]), stop - start)
         except SinkError as exc:
             exc.kept += kept
             raise
