@@ -116,10 +116,7 @@ class _Inbox:
                 message, sender = self._receive()
             except (BlockingIOError, socket.timeout):
                 return
-            except OSError:
-                self.closed = True
-                return
-            if not message:
+            except (EOFError, OSError):
                 self.closed = True
                 return
             self.messages.append((message, sender))
@@ -192,8 +189,17 @@ class Custodian:
             pass
 
     def _receive(self) -> tuple[bytes, int]:
-        """One message and the pid of the process that sent it (from the kernel, not the message)."""
-        message, ancillary, _flags, _addr = self.sock.recvmsg(HEADER.size + MAX_PAYLOAD, CREDENTIALS_SPACE)
+        """One message and the pid of the process that sent it (from the kernel, not the message).
+
+        EOFError once every kernel process closed its end: then Linux hands over nothing,
+        no credentials either, where an empty message (a cell can send one) carries its
+        sender's, and is refused as any malformed message is.  A message longer than the
+        protocol allows arrives cut (MSG_TRUNC): it is refused whole, not written in part."""
+        message, ancillary, flags, _addr = self.sock.recvmsg(HEADER.size + MAX_PAYLOAD, CREDENTIALS_SPACE)
+        if not message and not ancillary:
+            raise EOFError("every kernel process closed its end")
+        if flags & socket.MSG_TRUNC:
+            message = b""
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= CREDENTIALS.size:
                 return message, CREDENTIALS.unpack_from(data)[0]

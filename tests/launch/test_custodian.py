@@ -370,6 +370,30 @@ def test_a_refused_line_in_a_batch_is_refused_alone(monkeypatch) -> None:
     keeper.sock.close()
 
 
+def test_an_empty_or_oversized_message_neither_ends_the_custodian_nor_is_written_in_part(monkeypatch) -> None:
+    """A cell's empty message is not the kernel closing its end (Linux gives it the sender's
+    credentials; the end of the stream has none), and a message longer than the protocol
+    allows arrives cut: both are refused whole and counted, and the lines after them are written."""
+    module, ours, keeper, pipe, sink = _custodian_pair(monkeypatch)
+    keeper.start()
+    ours.send(b"")
+    ours.send(HEADER.pack(b"L", 0) + _line(B, 1) * (module.MAX_PAYLOAD // len(_line(B, 1)) + 2))
+    CustodianSink(ours, lambda: []).emit_lines([_line(A, 1)])
+    deadline = time.monotonic() + 10
+    while keeper.counts["received"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keeper._thread.is_alive() and not keeper._inbox.closed
+    ours.close()  # now the end: the custodian's loop ends by itself
+    keeper._thread.join(10)
+    assert not keeper._thread.is_alive() and keeper._inbox.closed
+    keeper.stop()
+    pipe.flush()
+    assert _written(sink) == [A]
+    assert keeper.refused["message"] == 2, keeper.refused
+    pipe.close()
+    keeper.sock.close()
+
+
 def test_messages_read_ahead_are_taken_in_order_and_none_is_left_at_stop(monkeypatch) -> None:
     """Many messages waiting at once (more than a batch and than the read-ahead), a line cut in
     chunks among them and a refused line: all are judged in the order sent, and what the
