@@ -95,6 +95,8 @@ class EventPipeline(_Writer):
         self._wake = threading.Event()
         self._order = threading.RLock()
         self._closed = False
+        self._closing = False  # close() is running in this process
+        self._signal_after_close: Optional[int] = None  # a signal that came meanwhile
         self._ended = False
         self._sync = False
         self._pid = os.getpid()
@@ -248,8 +250,9 @@ class EventPipeline(_Writer):
         What a network sink has not taken by then stays in its spool, and
         the next kernel start sends it.
         """
-        if self._closed:
+        if self._closed or self._closing:
             return
+        self._closing = True
         self.start()  # what was queued before the threads started is written too
         deadline = time.monotonic() + timeout
         self.flush(timeout)
@@ -267,6 +270,8 @@ class EventPipeline(_Writer):
                 sink.close()
             except Exception:
                 pass
+        if self._signal_after_close is not None:
+            _deliver_again(self._signal_after_close)
 
     def _after_fork_in_child(self) -> None:
         """The threads are gone in the child: write synchronously there (a closed
@@ -274,6 +279,7 @@ class EventPipeline(_Writer):
         if self._closed:
             return
         self._sync = True
+        self._closing, self._signal_after_close = False, None
         # locks another thread held at the fork stay held in the child: new ones
         self._order = threading.RLock()
         self._finishing = threading.Lock()
@@ -340,17 +346,33 @@ def _flush_on_sigterm(pipeline: EventPipeline) -> None:
     import signal
 
     def flush_then_die(signum: int, _frame: Any) -> None:
+        if pipeline._closing and not pipeline._closed:
+            # it came while this process closes its pipeline (its exit): a second close
+            # inside the first would wait for the locks the first holds; the first
+            # finishes, then the signal is delivered again
+            pipeline._signal_after_close = signum
+            return
         try:
             pipeline.close(timeout=0.5)
         finally:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            _deliver_again(signum)
 
     try:
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, flush_then_die)
     except ValueError:  # not the main thread: leave it as it is
         pass
+
+
+def _deliver_again(signum: int) -> None:
+    """End this process with ``signum`` as if no handler had taken it."""
+    import signal
+
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+    except ValueError:  # not the main thread: the handler is ours, which delivers it then
+        pass
+    os.kill(os.getpid(), signum)
 
 
 def _register_fork_handler(pipeline: EventPipeline) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -185,6 +186,48 @@ def test_terminated_pool_workers_lose_nothing_they_counted(tmp_path: Path, how: 
     assert refusals == 2000, refusals
     out = _verify(str(path))
     assert out.returncode == 0, out.stdout
+
+
+SIGTERM_WHILE_CLOSING = """
+import os, signal, sys
+from kernel_guard.events import pipeline as pipeline_module
+from kernel_guard.events.aggregate import Aggregate
+from kernel_guard.events.pipeline import EventPipeline
+from kernel_guard.events.processors import Redact, Sequence
+from kernel_guard.events.schema import make_event
+from kernel_guard.events.sinks.file import FileSink
+from kernel_guard.events.streams import StreamChain
+
+aggregate = Aggregate(60)
+pipe = EventPipeline([FileSink(sys.argv[1])], [aggregate, Sequence(), Redact(), StreamChain()], spool_dir="")
+pipeline_module._flush_on_sigterm(pipe)
+for _ in range(100):
+    pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason="the same refusal"))
+summary = aggregate._summary
+
+def terminated_meanwhile(*args):  # as Pool.terminate() does, while the exit's close holds the lock
+    os.kill(os.getpid(), signal.SIGTERM)
+    return summary(*args)
+
+aggregate._summary = terminated_meanwhile
+pipe.close()
+print("survived the signal")
+"""
+
+
+def test_a_sigterm_during_the_exits_close_waits_for_it_then_ends_the_process(tmp_path: Path) -> None:
+    """A pool worker ending as Pool.terminate() signals it: the handler's close must not wait
+    inside the close already running (it held the aggregates' lock: the worker hung); the
+    first close writes everything, then the signal ends the process."""
+    path = tmp_path / "e.jsonl"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_CLOSING, str(path)], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == -signal.SIGTERM and "survived" not in proc.stdout, proc
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    counted = sum(1 for e in events if e["event"]["action"] == "exec-denied") + \
+        sum(e["kernel_guard"]["aggregated"]["count"] for e in events if e["event"]["action"] == "events-aggregated")
+    assert counted == 100 and events[-1]["event"]["action"] == "stream-ended"
+    assert _verify(str(path)).returncode == 0
 
 
 def test_every_kind_of_content_verifies_whole(tmp_path) -> None:
