@@ -181,9 +181,12 @@ class EventPipeline(_Writer):
     def forward(self, lines: List[bytes]) -> bool:
         """Queue events another process serialised (the custodian's intake): written
         as they are, in order with this process's own; False when the queue is full
-        (the caller waits: it must not drop what it has taken)."""
+        (the caller waits: it must not drop what it has taken).  After shutdown the
+        sinks are gone: the lines go to stderr (the server log), as events do."""
         if self._closed:
-            return False
+            for line in lines:
+                _stderr_line(line.rstrip(b"\n").decode("utf-8", "replace"))
+            return True
         with self._order:
             if len(self._queue) >= self.queue_size:
                 return False

@@ -276,3 +276,15 @@ def test_line_runs_fill_each_write_in_order_up_to_the_limit(sizes, limit, runs) 
     from kernel_guard.events.sinks import line_runs
 
     assert list(line_runs([b"x" * n for n in sizes], limit)) == runs
+
+
+def test_lines_forwarded_after_the_pipeline_closed_reach_stderr_not_nowhere(capfd):
+    """The custodian's intake after shutdown: taken (the custodian does not wait forever for
+    a queue that will never take them) and shown on stderr, the server log, as events are."""
+    from kernel_guard.events.pipeline import EventPipeline
+    from kernel_guard.testing import MemorySink
+
+    pipe = EventPipeline([MemorySink()], [], spool_dir="")
+    pipe.close()
+    assert pipe.forward([b'{"event":{"action":"late-line"}}\n']) is True
+    assert '{"event":{"action":"late-line"}}' in capfd.readouterr().err
