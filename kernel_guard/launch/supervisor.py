@@ -168,19 +168,12 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
 
 
 def _parse(argv: list[str]) -> SimpleNamespace:
-    """The command line the launcher wrote; ValueError says what is wrong with it.
-    (Not argparse: it and gettext would stay in the supervisor's memory for its whole life.)"""
+    """The command line the launcher wrote; ValueError says what is wrong with it."""
+    from .witness import read_options
+
     args = SimpleNamespace(fd=None, kernel_pid=None, mode=None, kernel_id=None, profile="", events_fd=None,
                            spool_dir=None, scoped=False)
-    words = iter(argv)
-    for word in words:
-        if word == "--scoped":
-            args.scoped = True
-            continue
-        convert, value = _OPTIONS.get(word), next(words, None)
-        if convert is None or value is None:
-            raise ValueError(f"unknown option, or no value after it: {word!r}")
-        setattr(args, word[2:].replace("-", "_"), convert(value))
+    read_options(argv, _OPTIONS, args, flags=("--scoped",))
     if args.fd is None or args.kernel_pid is None or args.mode not in ("enforce", "audit"):
         raise ValueError("--fd, --kernel-pid and --mode (enforce or audit) are required")
     return args

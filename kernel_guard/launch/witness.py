@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Optional
 
-__all__ = ["PROGRAM", "fork_witness", "main", "program", "spawn_program"]
+__all__ = ["PROGRAM", "fork_witness", "main", "program", "read_options", "spawn_program"]
 
 #: the witness program, built next to this module (optional, like the native modules)
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel-guard-witness")
@@ -99,15 +99,25 @@ _OPTIONS = {"--supervisor-pid": int, "--kernel-pid": int, "--kernel-id": str, "-
 def _parse(argv: list[str]) -> SimpleNamespace:
     """The recorder's command line (:func:`recorder_argv`); ValueError says what is wrong."""
     args = SimpleNamespace(supervisor_pid=None, kernel_pid=None, kernel_id=None, spool_dir=None)
-    words = iter(argv)
-    for word in words:
-        convert, value = _OPTIONS.get(word), next(words, None)
-        if convert is None or value is None:
-            raise ValueError(f"unknown option, or no value after it: {word!r}")
-        setattr(args, word[2:].replace("-", "_"), convert(value))
+    read_options(argv, _OPTIONS, args)
     if args.supervisor_pid is None or args.kernel_pid is None:
         raise ValueError("--supervisor-pid and --kernel-pid are required")
     return args
+
+
+def read_options(argv: list[str], options: dict[str, Any], args: SimpleNamespace, flags: tuple = ()) -> None:
+    """Set on ``args`` each ``--name value`` of ``argv`` (converted by ``options[--name]``) and
+    each flag (True); ValueError names an unknown option or one without its value.
+    (Not argparse: it and gettext would stay in the supervisor's memory for its whole life.)"""
+    words = iter(argv)
+    for word in words:
+        if word in flags:
+            setattr(args, word[2:].replace("-", "_"), True)
+            continue
+        convert, value = options.get(word), next(words, None)
+        if convert is None or value is None:
+            raise ValueError(f"unknown option, or no value after it: {word!r}")
+        setattr(args, word[2:].replace("-", "_"), convert(value))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
