@@ -67,8 +67,8 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
     if not fds:
         return 4
     control.send(b"listening")
-    sup = Supervisor(fds[0], control, args.mode, args.kernel_pid, rt.emit, syscalls, allowed, witness, args.scoped)
-    sup.witness_form = witness_form
+    sup = Supervisor(fds[0], control, args.mode, args.kernel_pid, rt.emit, syscalls, allowed, witness, args.scoped,
+                     witness_form)
     # From here SIGTERM only wakes the loop, which ends and records why: a SIGTERM
     # raised as an exception could land between the loop's end and the record.
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -45,7 +45,8 @@ class Supervisor:
 
     def __init__(self, listener: int, control: socket.socket, mode: str, kernel_pid: int,
                  emit: Callable[[dict], None], other_syscalls: dict[tuple[int, int], tuple[str, str]],
-                 allowed: frozenset = frozenset(), witness: int = 0, scoped: bool = False) -> None:
+                 allowed: frozenset = frozenset(), witness: int = 0, scoped: bool = False,
+                 witness_form: str = "fork") -> None:
         """``other_syscalls``: (audit arch, nr) -> (syscall, ABI) of every non-exec call
         the launcher's rules may send here (it numbered them: handover.py)."""
         from .memfd import SealedMemfds
@@ -58,7 +59,7 @@ class Supervisor:
         self.emit = emit
         self.witness = witness
         #: "program" (kernel-guard-witness) or "fork" (where the program was not built)
-        self.witness_form = "fork"
+        self.witness_form = witness_form
         self.scoped = scoped
         self.execs = ExecDecider(listener, mode, kernel_pid, allowed)
         self.memfds = SealedMemfds(listener)
