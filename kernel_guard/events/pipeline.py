@@ -122,13 +122,8 @@ class EventPipeline(_Writer):
         self._workers = {sink.url: SinkWorker(self, sink, open_spool(root, sink.url, self._spool_max_bytes))
                          for sink in self.sinks if getattr(sink, "spooled", False)}
         self._direct = [s for s in self.sinks if s.url not in self._workers]
-        for url, worker in self._workers.items():
-            if root and isinstance(worker.spool, MemorySpool):
-                why = worker.spool.refused or f"the spool directory under {root} is not usable"
-                reason = (f"{why}: events for {url} are kept in memory only until delivered "
-                          "(lost if the process is killed)")
-                _stderr_line(f"kernel_guard: {reason}.")
-                self.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
+        if root:
+            _report_memory_spools(self, root)
 
     # -- streams ---------------------------------------------------------
     @property
@@ -221,10 +216,6 @@ class EventPipeline(_Writer):
                 event["event"].get("outcome") == "failure" or len(self._queue) >= _WAKE_AT):
             self._wake.set()
 
-
-    # -- writing ----------------------------------------------------------
-
-
     # -- control ----------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything emitted so far is written and sent; False on timeout.
@@ -315,6 +306,16 @@ class EventPipeline(_Writer):
         }
 
 
+def _report_memory_spools(pipeline: EventPipeline, root: str) -> None:
+    """Say (stderr and a ``sink-error`` event) which network sinks could not get a
+    spool under ``root`` and keep their events in memory only."""
+    for url, worker in pipeline._workers.items():
+        if isinstance(worker.spool, MemorySpool):
+            why = worker.spool.refused or f"the spool directory under {root} is not usable"
+            reason = (f"{why}: events for {url} are kept in memory only until delivered "
+                      "(lost if the process is killed)")
+            _stderr_line(f"kernel_guard: {reason}.")
+            pipeline.emit(make_event("sink-error", outcome="failure", layer="pipeline", reason=reason, sink=url))
 
 
 _pipelines: "weakref.WeakSet[EventPipeline]" = weakref.WeakSet()
