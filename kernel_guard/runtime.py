@@ -11,7 +11,9 @@ is imported only where settings are read from their sources.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Optional
 
 from .events import pipeline as _pipeline
 from .events.aggregate import Aggregate

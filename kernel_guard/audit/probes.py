@@ -26,26 +26,23 @@ decide).  See docs/troubleshooting.md.
 
 from __future__ import annotations
 
-import importlib.abc
 import os
-import shutil
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from collections import namedtuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Iterable, Optional
 
 __all__ = ["LIBRARIES", "Library", "install_fixups", "judge", "libraries_on_stack", "missing_program", "physical_cores", "probed_by"]
 
 
-@dataclass(frozen=True)
-class Library:
-    """A library that starts programs: how to know its frames, its probes, its fix."""
+class Library(namedtuple("Library", "name modules probes fix", defaults=((), ""))):
+    """A library that starts programs: how to know its frames (``modules``), what it
+    only probes for (``probes``: a program's name, with the first arguments that
+    make it a probe: "git version", not every git command), its ``fix``.  A named
+    tuple, not a dataclass: the supervisor reads it (see ``SinkOptions``)."""
 
-    name: str
-    modules: tuple[str, ...]
-    #: what it only probes for (answered as absent): a program's name, with the first
-    #: arguments that make it a probe ("git version": not every git command)
-    probes: tuple[str, ...] = ()
-    fix: str = ""
+    __slots__ = ()
 
     def probes_for(self, argv: list[str]) -> bool:
         """Whether ``argv`` (the program's name first) is one of this library's probes."""
@@ -139,6 +136,8 @@ def missing_program(executable: str) -> bool:
         return False
     if os.sep in executable:
         return not os.path.lexists(executable)
+    import shutil
+
     return shutil.which(executable) is None
 
 
@@ -179,8 +178,10 @@ _FIXUPS: dict[str, Callable[[Any], None]] = {
 }
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a fix-up right after one of :data:`_FIXUPS`' modules is imported."""
+class _AfterImport:
+    """Runs a fix-up right after one of :data:`_FIXUPS`' modules is imported.  A meta
+    path finder by its ``find_spec`` alone: ``importlib.abc`` imports
+    ``importlib.resources`` (with tempfile, shutil, pathlib: 5 ms of a kernel's start)."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         fixup = _FIXUPS.get(name)

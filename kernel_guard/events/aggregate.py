@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .schema import Event, to_json
+from .schema import Event, new_event_id, timestamp, to_json
 
 __all__ = ["NEVER_AGGREGATED", "Aggregate"]
 
@@ -39,7 +39,8 @@ NEVER_AGGREGATED = frozenset({
     "config-ignored", "events-dropped", "events-aggregated", "sink-error", "sink-recovered",
 })
 
-Key = Tuple[Any, ...]
+if TYPE_CHECKING:
+    Key = Tuple[Any, ...]
 
 
 class _Slot:
@@ -137,10 +138,10 @@ class Aggregate:
         action = ev.get("action")
         seconds = round(now - slot.started, 3)
         ev.pop("sequence", None)
-        ev.update(action="events-aggregated", id=str(uuid.uuid4()))
+        ev.update(action="events-aggregated", id=new_event_id())
         ev["reason"] = (f"{slot.count} more identical {action} events in {seconds} s, "
                         f"not recorded one by one (first: event {first.get('event', {}).get('id')})")
-        event["@timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event["@timestamp"] = timestamp()
         event.setdefault("kernel_guard", {})["aggregated"] = {
             "action": action, "count": slot.count, "first_event_id": first.get("event", {}).get("id"),
             "first": slot.first_ts, "last": slot.last_ts, "interval_s": seconds,

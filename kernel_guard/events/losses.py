@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Dict, Tuple
 
 from .schema import Event, make_event
 

@@ -39,7 +39,9 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Deque, Dict, Iterable, List, Optional
 
 from .losses import LossReports, stderr_line as _stderr_line
 from .processors import Processor, Sequence

@@ -15,7 +15,9 @@ import itertools
 import os
 import re
 import threading
-from typing import Callable, Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Callable, Iterable
 
 from .schema import Event, KernelContext
 from .secrets import (NATIVE_GATE, REDACTED, clean, detectors_for, native_gate, redact_argv, redact_text, redact_with,
@@ -28,7 +30,10 @@ __all__ = ["AddContext", "Processor", "Redact", "Sequence", "TruncateCode", "red
            "redact_text", "set_process_redactor"]
 
 #: A processor: ``event -> event`` (may mutate and return the same dict).
-Processor = Callable[[Event], Event]
+if TYPE_CHECKING:
+    Processor = Callable[[Event], Event]
+else:
+    Processor = object  # named at run time by the modules that import it
 
 #: environment variables whose *values* are secrets wherever they appear
 SECRET_ENV_PREFIXES = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_OAUTH", "JUPYTER_TOKEN")

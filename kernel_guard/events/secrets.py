@@ -32,7 +32,9 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, Callable, Iterable, Optional, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .secret_shapes import SHAPES
 

@@ -35,21 +35,25 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import re
-import secrets
 import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Deque, Dict, List, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Deque, Dict, List, Optional, Tuple
+
+from .digest import sha256_hex
 
 __all__ = ["MemorySpool", "Spool", "SpoolRefused", "default_spool_root", "open_spool", "sink_key"]
 
 #: (segment name, start offset, end offset) of one read batch
-Token = Tuple[str, int, int]
+if TYPE_CHECKING:
+    Token = Tuple[str, int, int]
+else:
+    Token = tuple
 
 _SEGMENT = re.compile(r"^\d{20}-\d+-[0-9a-f]+\.jsonl$")
 _SCAN_EVERY = 2.0  # seconds between looks for segments other processes left behind
@@ -66,28 +70,30 @@ def default_spool_root() -> str:
 def sink_key(url: str) -> str:
     """A directory name for a sink URL (readable, and unique by a hash of the URL)."""
     readable = re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://", 1)[-1]).strip("_")[:60]
-    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    digest = sha256_hex(url.encode("utf-8", "surrogatepass"))[:12]
     return f"{url.split('://', 1)[0]}-{readable}-{digest}"
 
 
-@dataclass
 class _Segment:
-    """One segment file this process holds the lock on."""
+    """One segment file this process holds the lock on (a plain class: see
+    ``SinkOptions`` on what ``dataclasses`` costs the supervisor)."""
 
-    name: str
-    fd: int
-    size: int  # bytes in the file (whole lines only, for our own segments)
-    acked: int  # bytes delivered
-    read: int  # bytes handed out by read() (>= acked)
-    own: bool  # appended to by this process
-    ack_written: float = 0.0
-    ack_dirty: bool = False
-    lines: int = 0  # lines appended (or found when adopted): what an emptied segment lost
-    lines_read: int = 0  # lines handed out by read()
-    lines_acked: int = 0  # lines delivered
-    count_written: float = 0.0
+    __slots__ = ("name", "fd", "size", "acked", "read", "own", "ack_written", "ack_dirty", "lines",
+                 "lines_read", "lines_acked", "count_written", "in_flight")
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, fd: int, size: int, acked: int, read: int, own: bool) -> None:
+        self.name = name
+        self.fd = fd
+        self.size = size  # bytes in the file (whole lines only, for our own segments)
+        self.acked = acked  # bytes delivered
+        self.read = read  # bytes handed out by read() (>= acked)
+        self.own = own  # appended to by this process
+        self.ack_written = 0.0
+        self.ack_dirty = False
+        self.lines = 0  # lines appended (or found when adopted): what an emptied segment lost
+        self.lines_read = 0  # lines handed out by read()
+        self.lines_acked = 0  # lines delivered
+        self.count_written = 0.0
         self.in_flight: Dict[int, int] = {}  # end offset of a read batch -> its lines
 
 
@@ -354,7 +360,7 @@ class Spool(_SegmentBooks):
         self._active = None
         if active is not None:
             self._maybe_remove(active)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(3).hex()}.jsonl"
         fd = os.open(os.path.join(self.directory, name),
                      os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)

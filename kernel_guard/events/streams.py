@@ -21,11 +21,13 @@ cannot reach were not changed afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from typing import Any, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Optional
 
+from .digest import sha256_hex
 from .schema import Event, escape_line_breaks, to_json_line
 
 try:
@@ -59,10 +61,10 @@ def _canonical_fast(event: Any) -> bytes:
 def _digest(event: Any) -> str:
     if orjson is not None:
         try:
-            return hashlib.sha256(_canonical_fast(event)).hexdigest()
+            return sha256_hex(_canonical_fast(event))
         except TypeError:  # what orjson refuses (a lone surrogate, a huge int): the standard form
             pass
-    return hashlib.sha256(canonical(event)).hexdigest()
+    return sha256_hex(canonical(event))
 
 
 def _copy(event: Event) -> Event:
@@ -87,12 +89,12 @@ def hash_matches(event: Event) -> bool:
     """Whether an event's ``chain.hash`` matches its content, in either canonical form."""
     digest = ((event.get("kernel_guard") or {}).get("chain") or {}).get("hash")
     bare = _without_hash(event)
-    if digest == hashlib.sha256(canonical(bare)).hexdigest():
+    if digest == sha256_hex(canonical(bare)):
         return True
     if orjson is None:
         return False
     try:
-        return digest == hashlib.sha256(_canonical_fast(bare)).hexdigest()
+        return digest == sha256_hex(_canonical_fast(bare))
     except TypeError:
         return False
 
@@ -166,7 +168,7 @@ def _hashed_line(event: Event, prev: str) -> Optional[tuple[bytes, str]]:
         body = _canonical_fast(event)
     except TypeError:
         return None
-    digest = hashlib.sha256(body).hexdigest()
+    digest = sha256_hex(body)
     # JSON escapes every quote inside a string, so this text can only be structure;
     # it must be there once (the chain object holding just "prev") to be spliced
     marker = b'"chain":{"prev":"' + prev.encode("ascii") + b'"}'

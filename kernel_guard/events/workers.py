@@ -16,7 +16,9 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Deque, Dict, List, Tuple
 
 from .losses import stderr_line as _stderr_line
 from .schema import Event

@@ -11,7 +11,9 @@ other side of the queue.  Network sinks are sent from their spools by
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .losses import LossReports
 from .processors import Processor

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .. import notice, runtime
-from ..events.schema import _now as _events_now
+from ..events.schema import timestamp as _events_now
 from ..events.schema import make_event
 from .code_record import code_fields
 

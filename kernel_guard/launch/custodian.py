@@ -34,13 +34,15 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ..events.schema import Event, make_event, to_json_line
 from ..events.streams import chain_hash
 from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
                               Claim, Refused, check_lines, split_lines, split_message, valid_stream_id)
-from .seccomp_filter import proc_stat
+from .procfs import proc_stat
 
 __all__ = ["Custodian"]
 
@@ -54,7 +56,8 @@ _MESSAGES_PER_BATCH = 16
 #: messages received ahead of the checks at most (about 2 MB)
 _READ_AHEAD = 32
 
-Message = Tuple[bytes, int]  # a message and the pid that sent it
+if TYPE_CHECKING:
+    Message = Tuple[bytes, int]  # a message and the pid that sent it
 
 
 class _Stream:

@@ -31,7 +31,9 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Optional
 
 from .notifications import (AT_EMPTY_PATH, AT_FDCWD, EXEC_SYSCALLS, Notification, TargetMemory, id_valid,
                             respond, signed)
@@ -127,7 +129,7 @@ def _probe_of(info: dict[str, Any]) -> Optional[str]:
 
 def caller(pid: int, **fields: Any) -> dict[str, Any]:
     """ECS ``process`` fields of a notifying task, with its parent where /proc shows it."""
-    from .seccomp_filter import proc_stat
+    from .procfs import proc_stat
 
     process: dict[str, Any] = {"pid": pid, **fields}
     stat = proc_stat(pid)
@@ -138,7 +140,7 @@ def caller(pid: int, **fields: Any) -> dict[str, Any]:
 
 def _tgid(pid: int) -> Optional[int]:
     """The process (thread group) a task id belongs to."""
-    from .seccomp_filter import proc_status
+    from .procfs import proc_status
 
     tgid = proc_status(pid).get("Tgid", "")
     return int(tgid) if tgid.isdigit() else None

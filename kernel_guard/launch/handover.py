@@ -64,20 +64,16 @@ class HandedSettings:
 
     def sink_options(self) -> Any:
         """The network sinks' settings, as ``KernelGuard.sink_options()`` gives them."""
-        from dataclasses import fields
-
         from ..events.sinks import SinkOptions
 
-        return SinkOptions(**{f.name: self._values[f.name] for f in fields(SinkOptions)})
+        return SinkOptions(**{name: self._values[name] for name in SinkOptions.DEFAULTS})
 
 
 def kinds() -> dict[str, type]:
     """Every handed-over setting -> its kind."""
-    from dataclasses import fields
-
     from ..events.sinks import SinkOptions
 
-    return {**_RECORD, **{f.name: type(f.default) for f in fields(SinkOptions)}}
+    return {**_RECORD, **{name: type(default) for name, default in SinkOptions.DEFAULTS.items()}}
 
 
 # -- the launcher's side -----------------------------------------------------------

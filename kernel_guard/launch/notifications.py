@@ -22,7 +22,9 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Optional
 
 __all__ = ["AT_EMPTY_PATH", "AT_FDCWD", "EXEC_SYSCALLS", "Notification", "TargetMemory", "add_fd", "id_valid",
            "notified_syscall_table", "other_syscall_table", "receive", "respond", "signed"]

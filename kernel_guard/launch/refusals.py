@@ -19,7 +19,9 @@ What is read from the caller's memory only names the target in the record.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Optional
 
 from .exec_decision import caller, recordable, target_path
 from .notifications import NARROW_ABIS, AT_FDCWD, Notification, TargetMemory, signed

@@ -32,6 +32,8 @@ from types import ModuleType
 from typing import IO, Any, Optional
 
 from ..exceptions import KernelGuardError, ProfileError
+from .notified_calls import IMAGE_GATE_SYSCALLS, MEMFD_SYSCALLS, TRUNCATION_SYSCALLS
+from .procfs import LISTENER_LINK, listener_fds, proc_stat, proc_status
 from .profile_model import Profile, Rule, RuleArg
 
 __all__ = [
@@ -40,6 +42,10 @@ __all__ = [
     "bindings",
     "build_filter",
     "export",
+    "IMAGE_GATE_SYSCALLS",
+    "LISTENER_LINK",
+    "MEMFD_SYSCALLS",
+    "TRUNCATION_SYSCALLS",
     "image_gate_rules",
     "truncation_rules",
     "listener_fds",
@@ -54,8 +60,6 @@ __all__ = [
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PTRACER = 0x59616D61
-#: readlink(/proc/PID/fd/N) of a seccomp listener
-LISTENER_LINK = "anon_inode:seccomp notify"
 
 #: libseccomp's value for "no such syscall"
 _NR_SCMP_ERROR = -1
@@ -88,14 +92,8 @@ _SCHED_BY_WHO = {"setpriority": (0, 1, 2), "ioprio_set": (1, 2, 3)}  # PRIO_*, I
 #: which refuses each one (see refusals.py)
 PROTECTED_SYSCALLS = (*_SIGNAL_BY_TID, *_SIGNAL_BY_TGID, "pidfd_send_signal", "fcntl", "seccomp",
                       *_SCHED_BY_TID, *_SCHED_BY_WHO)
-#: memfds: the supervisor creates them sealed non-executable (memfd.py)
-MEMFD_SYSCALLS = ("memfd_create",)
 MFD_NOEXEC_SEAL = 0x8
 MFD_EXEC = 0x10
-#: the first call of every new program image: the ELF loader asks for the break
-#: (``brk(NULL)``) before it maps anything, whether it was started as a program's
-#: interpreter or as a program itself
-IMAGE_GATE_SYSCALLS = ("brk",)
 F_SETOWN = 8
 #: frequent calls whose rules read their arguments: the kernel's constant-action
 #: cache (Linux 5.11+) answers every call whose action never depends on them
@@ -214,10 +212,6 @@ def image_gate_rules() -> tuple[Rule, ...]:
 #: open flags (<fcntl.h>, the same on every ABI the filter covers)
 O_ACCMODE = 0o3
 O_TRUNC = 0o1000
-
-
-#: truncation by path: the syscalls the launcher's rules send to the supervisor
-TRUNCATION_SYSCALLS = ("truncate", "truncate64", "openat", "open")
 
 
 def truncation_rules(notify: bool = True) -> tuple[Rule, ...]:
@@ -428,49 +422,6 @@ def load(profile: Profile, extra_rules: tuple[Rule, ...] = ()) -> LoadedFilter:
         if fd < 0:
             raise SeccompUnavailable(f"the filter loaded but libseccomp returned no listener fd ({fd})")
     return LoadedFilter(profile, fd, profile.architectures or default_architectures())
-
-
-def proc_stat(pid: int | str = "self") -> list[bytes]:
-    """The fields of /proc/PID/stat after the command name (the state first, then the
-    parent's pid ...; proc(5)'s field N is item N-3); empty once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def proc_status(pid: int | str = "self") -> dict[str, str]:
-    """Seccomp-related and identity lines of /proc/PID/status (``Seccomp``, ``NoNewPrivs``,
-    ``Tgid``, ``Uid`` ...); empty once the process is gone."""
-    wanted = ("Seccomp", "Seccomp_filters", "NoNewPrivs", "PPid", "State", "Name", "Tgid", "Uid")
-    out: dict[str, str] = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in wanted:
-                    out[key] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
-def listener_fds(pid: int | str = "self") -> list[int]:
-    """Open seccomp listener fds of a process (the kernel must hold none)."""
-    found = []
-    base = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return found
-    for name in names:
-        try:
-            if os.readlink(f"{base}/{name}") == LISTENER_LINK:
-                found.append(int(name))
-        except OSError:
-            continue
-    return found
 
 
 def export(profile: Profile, fileobj: IO[Any], fmt: str = "pfc") -> None:

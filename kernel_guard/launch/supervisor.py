@@ -179,10 +179,23 @@ def _parse(argv: list[str]) -> SimpleNamespace:
     return args
 
 
+def _keep_lean() -> None:
+    """Leave out what the supervisor does not need, for memory (docs/launcher.md,
+    "Memory"): it serialises and hashes only its own few events (the kernel's lines
+    it forwards as they came), so the standard library's json and the interpreter's
+    own SHA-256 serve; orjson (which imports dataclasses, uuid ...) and OpenSSL would
+    cost every kernel's supervisor 3 MB and 1.2 MB."""
+    from ..events import digest
+
+    sys.modules.setdefault("orjson", None)  # None: ``import orjson`` fails, the fallback serves
+    digest.prefer_builtin()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m kernel_guard.launch.supervisor``."""
     from . import handover, hardening, witness as witnesses
 
+    _keep_lean()
     gc.disable()  # until a fork: no collection leaves holes in pages a forked witness shares
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)

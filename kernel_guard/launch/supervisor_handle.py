@@ -145,7 +145,7 @@ class SupervisorHandle:
 
 def _stopped(pid: int) -> Optional[bool]:
     """Whether a process is stopped (job control or tracing); None once it is gone (or a zombie)."""
-    from .seccomp_filter import proc_stat
+    from .procfs import proc_stat
 
     fields = proc_stat(pid)
     if not fields or fields[0] in (b"Z", b"X"):

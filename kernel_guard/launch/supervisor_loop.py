@@ -25,7 +25,9 @@ import select
 import signal
 import socket
 import time
-from typing import Callable, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Callable, Optional
 
 from . import survivors
 from .exec_decision import ExecDecider
@@ -50,7 +52,7 @@ class Supervisor:
         """``other_syscalls``: (audit arch, nr) -> (syscall, ABI) of every non-exec call
         the launcher's rules may send here (it numbered them: handover.py)."""
         from .memfd import SealedMemfds
-        from .seccomp_filter import IMAGE_GATE_SYSCALLS, MEMFD_SYSCALLS, TRUNCATION_SYSCALLS
+        from .notified_calls import IMAGE_GATE_SYSCALLS, MEMFD_SYSCALLS, TRUNCATION_SYSCALLS
 
         self.listener = listener
         self.control = control
@@ -125,7 +127,7 @@ class Supervisor:
             return True  # ignore garbage: the kernel side is not trusted
         if isinstance(request, dict) and request.get("op") == "status":
             from .. import runtime
-            from .seccomp_filter import proc_status
+            from .procfs import proc_status
 
             rt = runtime.current()
             reply = {"pid": os.getpid(), "mode": self.mode, "kernel_pid": self.kernel_pid,

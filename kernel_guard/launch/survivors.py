@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any
 
 from .exec_decision import exe_of, recordable
-from .seccomp_filter import proc_stat
+from .procfs import proc_stat
 
 __all__ = ["describe", "end", "find"]
 

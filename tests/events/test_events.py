@@ -200,23 +200,23 @@ def test_event_ids_are_unique_across_threads_and_forks() -> None:
     import threading
     import uuid
 
-    from kernel_guard.events.schema import _event_id
+    from kernel_guard.events.schema import new_event_id
 
-    _event_id()  # the parent's block is read before the fork
+    new_event_id()  # the parent's block is read before the fork
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(write_end, "".join(_event_id() for _ in range(10)).encode())
+        os.write(write_end, "".join(new_event_id() for _ in range(10)).encode())
         os._exit(0)
     os.waitpid(pid, 0)
     child = os.read(read_end, 4096).decode()
     os.close(read_end)
     os.close(write_end)
-    parent = "".join(_event_id() for _ in range(10))
+    parent = "".join(new_event_id() for _ in range(10))
     assert len(child) == len(parent) == 360
     assert not {child[i:i + 36] for i in range(0, 360, 36)} & {parent[i:i + 36] for i in range(0, 360, 36)}
     found: list = []
-    threads = [threading.Thread(target=lambda: found.extend(_event_id() for _ in range(5000))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: found.extend(new_event_id() for _ in range(5000))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

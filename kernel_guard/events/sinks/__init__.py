@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 
 from bisect import bisect_right
-from dataclasses import dataclass
 from itertools import accumulate
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ...exceptions import ConfigError, SinkError
@@ -34,20 +35,41 @@ from ..schema import Event
 __all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "line_runs", "open_sink", "validate_sink_url"]
 
 
-@dataclass
 class SinkOptions:
-    """Settings of the network sinks (from ``KernelGuard``; see docs/sinks.md)."""
+    """Settings of the network sinks (from ``KernelGuard``; see docs/sinks.md).
 
-    syslog_facility: str = "user"
-    syslog_app_name: str = "kernel_guard"
-    syslog_max_message_bytes: int = 8192
-    http_format: str = "ndjson"
-    http_gzip: bool = False
-    http_headers_file: str = ""
-    http_headers_env: str = ""
-    http_ca_bundle: str = ""
-    http_timeout: float = 10.0
-    unsafe_http_skip_tls_verify: bool = False
+    A plain class, not a dataclass: the supervisor imports it, and importing
+    ``dataclasses`` (with ``inspect``) costs a process 1.6 MB."""
+
+    #: each setting -> its default
+    DEFAULTS: Dict[str, Any] = {
+        "syslog_facility": "user",
+        "syslog_app_name": "kernel_guard",
+        "syslog_max_message_bytes": 8192,
+        "http_format": "ndjson",
+        "http_gzip": False,
+        "http_headers_file": "",
+        "http_headers_env": "",
+        "http_ca_bundle": "",
+        "http_timeout": 10.0,
+        "unsafe_http_skip_tls_verify": False,
+    }
+    __slots__ = tuple(DEFAULTS)
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(self.DEFAULTS))
+        if unknown:
+            raise TypeError(f"SinkOptions has no setting {unknown[0]!r}")
+        for name, default in self.DEFAULTS.items():
+            setattr(self, name, values.get(name, default))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.DEFAULTS)
+
+    def __repr__(self) -> str:
+        return "SinkOptions(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.DEFAULTS) + ")"
 
 
 def line_runs(lines: List[bytes], limit: int) -> Iterator[Tuple[int, int]]:

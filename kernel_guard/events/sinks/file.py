@@ -23,7 +23,9 @@ import errno
 import os
 import stat
 import time
-from typing import List
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import List
 from urllib.parse import unquote, urlsplit
 
 from ...exceptions import SinkError
