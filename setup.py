@@ -46,6 +46,10 @@ setup(
         Extension("kernel_guard.audit._filter", ["kernel_guard/audit/_filter.c"], optional=True),
         # optional too: without it the redaction gate is the Python one alone (slower per event)
         Extension("kernel_guard.events._gate", ["kernel_guard/events/_gate.c"], optional=True),
+        # optional: the custodian's line parser, over simdjson (Debian: libsimdjson-dev); without
+        # it the supervisor parses with msgspec (3 MB more of its memory) or the standard library
+        Extension("kernel_guard.launch._linecheck", ["kernel_guard/launch/_linecheck.cpp"], language="c++",
+                  libraries=["simdjson"], extra_compile_args=["-std=c++17"], optional=True),
     ],
     cmdclass={"build_ext": BuildNativeParts},
 )

@@ -38,10 +38,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
+    from .record_protocol import Claim
+
 from ..events.schema import Event, make_event, to_json_line
 from ..events.streams import chain_hash
 from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
-                              Claim, Refused, check_lines, split_lines, split_message, valid_stream_id)
+                              Refused, check_lines, split_lines, split_message, valid_stream_id)
 from .procfs import proc_stat
 
 __all__ = ["Custodian"]

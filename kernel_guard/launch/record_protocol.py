@@ -55,16 +55,15 @@ import re
 import socket
 import struct
 from types import SimpleNamespace
-from typing import Any, Callable, List, Optional, Tuple, Union
 
-try:  # the custodian decodes every line: several times faster with orjson
-    import orjson
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Any, Callable, List, Optional, Tuple, Union
 
-    loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - orjson is in the "fast" extra
-    import json
-
-    loads = json.loads
+try:  # the line parser over simdjson (optional, like every native part)
+    from ._linecheck import claims as _fast_claims
+except ImportError:  # pragma: no cover - not built: the Python path reads every line
+    _fast_claims = None
 
 __all__ = ["CUSTODIAN_ACTIONS", "Claim", "Claims", "HEADER", "MAX_LINE", "MAX_PAYLOAD", "MAX_PENDING_TOTAL",
            "Refused", "check_line", "check_lines", "split_lines", "split_message", "valid_stream_id"]
@@ -117,7 +116,8 @@ class Claims:
 
 
 #: what :func:`check_lines` gives for a line that passes: (stream, sequence, action, chain hash)
-Claim = Tuple[str, int, Any, str]
+if TYPE_CHECKING:
+    Claim = Tuple[str, int, Any, str]
 
 
 def check_line(line: bytes, own_stream: Optional[str]) -> Claims:
@@ -151,45 +151,62 @@ def split_lines(payload: bytes) -> List[bytes]:
 
 def check_lines(lines: List[bytes], own_stream: Optional[str], ascii: bool = False) -> List[Union[Claim, str]]:
     """:func:`check_line` for each line of a message, in order: its :data:`Claim`, or
-    the reason it is refused.  One loop judges a message's lines, making no object
-    per line beyond what decoding makes (the custodian's cost is per line).
-    Through msgspec the whole line is parsed and checked as JSON (the same grammar,
-    last of duplicate keys, escapes decoded) but only the claimed fields become
-    objects; UTF-8 is checked apart, as msgspec does not look inside the strings it
-    skips.  ``ascii``: the caller saw the whole message is ASCII (every line is UTF-8)."""
-    decode = _typed.decode if _typed is not None else _decode_whole
-    unset, out = _UNSET, []
+    the reason it is refused.  One loop judges a message's lines (the custodian's
+    cost is per line).  Each line is parsed whole (grammar, UTF-8, escapes, of
+    duplicate keys the last) by the native parser where it was built; where it
+    cannot read a line exactly as Python does, or was not built, the Python path
+    (:func:`_read_slowly`) does.  ``ascii``: the caller saw the whole message is
+    ASCII (every line is UTF-8)."""
+    fast, judge, out = _fast_claims, _judge, []
     append = out.append
     for line in lines:
-        try:
-            claims = decode(line)
-        except Exception:
-            append("json")
-            continue
-        if not ascii and not _utf8(line):  # msgspec does not look inside the strings it skips
-            append("json")
-            continue
-        head, guard = claims.event, claims.kernel_guard
-        stream, number, action = guard.stream, head.sequence, head.action
-        if guard.recorded_by is not unset:
-            append("authorship")
-        elif stream.__class__ is not str or stream == own_stream:  # its form: valid_stream_id, once per stream
-            append("stream")
-        elif number.__class__ is not int or number < 1:  # bool is not a sequence number
-            append("sequence")
-        elif action.__class__ is not str and action.__class__ in _COMPOUND or action in CUSTODIAN_ACTIONS:
-            append("action")
-        else:
-            chain = guard.chain
-            digest = chain.get("hash", "") if chain.__class__ is dict else ""
-            append((stream, number, action, digest if digest.__class__ is str else str(digest)))
+        claims = fast(line) if fast is not None else None
+        if claims is None:
+            claims = _read_slowly(line, ascii)
+            if claims is None:
+                append("json")
+                continue
+        append(judge(*claims, own_stream))
     return out
+
+
+def _judge(number: Any, action: Any, stream: Any, authored: bool, digest: Any,
+           own_stream: Optional[str]) -> Union[Claim, str]:
+    """A line's :data:`Claim`, or the reason it is refused, from what it claims."""
+    if authored:
+        return "authorship"
+    if stream.__class__ is not str or stream == own_stream:  # its form: valid_stream_id, once per stream
+        return "stream"
+    if number.__class__ is not int or number < 1:  # bool is not a sequence number
+        return "sequence"
+    if action.__class__ is not str and action.__class__ in _COMPOUND or action in CUSTODIAN_ACTIONS:
+        return "action"
+    return (stream, number, action, digest if digest.__class__ is str else str(digest))
+
+
+def _read_slowly(line: bytes, ascii: bool) -> Optional[tuple]:
+    """The native parser's claims (sequence, action, stream, recorded_by present, chain
+    hash) read in Python; None when the line is not a JSON object with ``event`` and
+    ``kernel_guard`` objects.  Through msgspec the whole line is parsed as JSON but
+    only the claimed fields become objects (UTF-8 is checked apart: msgspec does not
+    look inside the strings it skips); without it the line is decoded whole."""
+    decode = _decoder()
+    try:
+        claims = decode(line)
+    except Exception:
+        return None
+    if not ascii and not _utf8(line):
+        return None
+    head, guard = claims.event, claims.kernel_guard
+    chain = guard.chain
+    digest = chain.get("hash", "") if chain.__class__ is dict else ""
+    return head.sequence, head.action, guard.stream, guard.recorded_by is not _UNSET, digest
 
 
 def _decode_whole(line: bytes) -> Any:
     """Without msgspec: the line decoded whole (orjson, or the standard library), its
     claimed fields in the typed decoder's shape; ValueError where that has none."""
-    event = loads(line)
+    event = _loads(line)
     head = event.get("event") if isinstance(event, dict) else None
     guard = event.get("kernel_guard") if isinstance(event, dict) else None
     if not isinstance(head, dict) or not isinstance(guard, dict):
@@ -211,30 +228,60 @@ def _utf8(line: bytes) -> bool:
     return True
 
 
-try:  # the claimed fields only, through msgspec; without it orjson decodes every line whole (twice the cost)
-    import msgspec
-except ImportError:  # pragma: no cover - msgspec is in the "fast" extra
-    msgspec = None
+#: what the Python path decodes with, made on first need: a supervisor whose lines the
+#: native parser reads never imports msgspec (3 MB of its memory, docs/launcher.md)
+_decode: Optional[Callable[[bytes], Any]] = None
+_UNSET: Any = object()  # msgspec's UNSET once msgspec is loaded
+_loads: Any = None  # without msgspec: orjson's loads, or the standard library's
 
-if msgspec is not None:
-    class _Head(msgspec.Struct):
-        sequence: Any = None
-        action: Any = None
 
-    class _Guard(msgspec.Struct):
-        stream: Any = None
-        recorded_by: Any = msgspec.UNSET
-        chain: Any = None
+def _decoder() -> Callable[[bytes], Any]:
+    """msgspec's typed decoder of the claimed fields; without msgspec, :func:`_decode_whole`."""
+    global _decode, _UNSET, _loads
+    if _decode is not None:
+        return _decode
+    try:
+        import msgspec
+    except ImportError:  # pragma: no cover - msgspec is in the "fast" extra
+        _loads = _json_loads()
+        _decode = _decode_whole
+        return _decode
 
-    class _Line(msgspec.Struct):
-        event: _Head
-        kernel_guard: _Guard
+    # built by defstruct: annotations in a class body would be resolved against this
+    # module, whose typing names exist for the type checker only; object is msgspec's Any
+    head = msgspec.defstruct("_Head", [("sequence", object, None), ("action", object, None)])
+    guard = msgspec.defstruct("_Guard", [("stream", object, None), ("recorded_by", object, msgspec.UNSET),
+                                         ("chain", object, None)])
+    line = msgspec.defstruct("_Line", [("event", head), ("kernel_guard", guard)])
+    _UNSET = msgspec.UNSET
+    _decode = msgspec.json.Decoder(line).decode
+    return _decode
 
-    _typed: Any = msgspec.json.Decoder(_Line)
-    _UNSET: Any = msgspec.UNSET
-else:  # pragma: no cover
-    _typed = None
-    _UNSET = object()
+
+def _json_loads() -> Callable[[bytes], Any]:
+    """orjson's loads (several times faster), or :func:`_strict_loads`."""
+    try:
+        import orjson
+
+        return orjson.loads
+    except ImportError:
+        return _strict_loads
+
+
+def _strict_loads(line: bytes) -> Any:
+    """The standard library's decode, as strict as the other readers: NaN and Infinity
+    (which no JSON writer emits) and lone surrogates (which no UTF-8 text holds) are
+    refused (ValueError).  The slowest reader: the last resort, where neither the
+    native parser nor msgspec nor orjson is there."""
+    import json
+
+    event = json.loads(line, parse_constant=_no_constant)
+    json.dumps(event, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails to encode
+    return event
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def valid_stream_id(stream: str) -> bool:

@@ -328,27 +328,47 @@ STRICT = [b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode(
           b'{"event": {"sequence": 1}, "kernel_guard": {"stream": "' + A.encode() + b'", "recorded_by": null}}']
 
 
+#: the custodian's readers of a line: the native parser (simdjson), msgspec's typed decoder
+#: of the claimed fields, a whole decode by orjson, and by the standard library
+READERS = ("native", "msgspec", "orjson", "json")
+
+
+def _use_reader(monkeypatch, reader: str) -> None:
+    import orjson
+
+    from kernel_guard.launch import record_protocol
+
+    if reader == "native":
+        return
+    monkeypatch.setattr(record_protocol, "_fast_claims", None)
+    if reader == "msgspec":
+        return
+    monkeypatch.setattr(record_protocol, "_decode", record_protocol._decode_whole)
+    monkeypatch.setattr(record_protocol, "_loads", orjson.loads if reader == "orjson" else record_protocol._strict_loads)
+
+
 @pytest.mark.parametrize("line", FORGED + STRICT + [_line(A, 1).rstrip(b"\n"), _line(A, 2, action="stream-ended")])
-def test_both_decoders_judge_every_line_alike(monkeypatch, line: bytes) -> None:
-    """The typed decoder (msgspec, the claimed fields only) and the whole decode (orjson)
-    take and refuse the same lines for the same reasons, and what either takes parses."""
+def test_every_reader_judges_every_line_alike(monkeypatch, line: bytes) -> None:
+    """The native parser, msgspec's typed decoder (the claimed fields only) and the whole
+    decodes take and refuse the same lines for the same reasons, and what they take parses."""
     import json
 
     from kernel_guard.launch import record_protocol
 
-    assert record_protocol._typed is not None  # the test extra installs msgspec
+    assert record_protocol._fast_claims is not None  # the test set-up builds it (libsimdjson-dev)
 
-    def judged() -> tuple:
-        try:
-            claims = record_protocol.check_line(line, OWN)
-        except record_protocol.Refused as refused:
-            return ("refused", refused.reason)
+    def judged(reader: str) -> tuple:
+        with monkeypatch.context() as patch:
+            _use_reader(patch, reader)
+            try:
+                claims = record_protocol.check_line(line, OWN)
+            except record_protocol.Refused as refused:
+                return ("refused", refused.reason)
         json.loads(line)
         return ("taken", claims.stream, claims.sequence, claims.action, claims.hash)
 
-    typed = judged()
-    monkeypatch.setattr(record_protocol, "_typed", None)
-    assert judged() == typed
+    native = judged("native")
+    assert [judged(reader) for reader in READERS[1:]] == [native] * 3
 
 
 def test_a_refused_line_in_a_batch_is_refused_alone(monkeypatch) -> None:
