@@ -43,12 +43,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Callable, Deque, Dict, Iterable, List, Optional
 
+    from .workers import SinkWorker
+
 from .losses import LossReports, stderr_line as _stderr_line
 from .processors import Processor, Sequence
 from .schema import Event, make_event, to_json_line
 from .sinks import Sink
-from .spool import MemorySpool, default_spool_root, open_spool
-from .workers import SinkWorker
 from .writer import _Deferred, _FlushMarker, _Lines, _build, _run_processors, _Writer
 
 __all__ = ["EventPipeline", "emit", "get_pipeline", "set_pipeline"]
@@ -102,7 +102,7 @@ class EventPipeline(_Writer):
         self._ended = False
         self._sync = False
         self._pid = os.getpid()
-        self._spool_root = default_spool_root() if spool_dir is None else spool_dir
+        self._spool_root = _default_spool_root() if spool_dir is None else spool_dir
         self._spool_max_bytes = spool_max_bytes
         self._workers: Dict[str, SinkWorker] = {}
         self._direct: List[Sink] = []
@@ -121,10 +121,9 @@ class EventPipeline(_Writer):
             raise RuntimeError("the pipeline's sinks are set before it starts")
         self.sinks = list(sinks)
         root = self._spool_root
-        self._workers = {sink.url: SinkWorker(self, sink, open_spool(root, sink.url, self._spool_max_bytes))
-                         for sink in self.sinks if getattr(sink, "spooled", False)}
+        self._workers = _spool_workers(self, root)
         self._direct = [s for s in self.sinks if s.url not in self._workers]
-        if root:
+        if root and self._workers:
             _report_memory_spools(self, root)
 
     # -- streams ---------------------------------------------------------
@@ -308,9 +307,30 @@ class EventPipeline(_Writer):
         }
 
 
+def _spool_workers(pipeline: EventPipeline, root: str) -> Dict[str, SinkWorker]:
+    """A spool and a sender thread for each network sink of ``pipeline``: imported only
+    where one needs them (not by a supervisor that writes to files)."""
+    spooled = [sink for sink in pipeline.sinks if getattr(sink, "spooled", False)]
+    if not spooled:
+        return {}
+    from .spool import open_spool
+    from .workers import SinkWorker
+
+    return {sink.url: SinkWorker(pipeline, sink, open_spool(root, sink.url, pipeline._spool_max_bytes))
+            for sink in spooled}
+
+
+def _default_spool_root() -> str:
+    from .spool import default_spool_root
+
+    return default_spool_root()
+
+
 def _report_memory_spools(pipeline: EventPipeline, root: str) -> None:
     """Say (stderr and a ``sink-error`` event) which network sinks could not get a
     spool under ``root`` and keep their events in memory only."""
+    from .spool import MemorySpool
+
     for url, worker in pipeline._workers.items():
         if isinstance(worker.spool, MemorySpool):
             why = worker.spool.refused or f"the spool directory under {root} is not usable"

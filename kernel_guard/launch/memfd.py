@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    from typing import Optional
 
 from .notifications import NARROW_ABIS, Notification, TargetMemory, add_fd, id_valid, respond
 
