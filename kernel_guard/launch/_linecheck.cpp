@@ -12,13 +12,16 @@
  * Python does.  Anything else -- any parse error, a claimed field that is a
  * float, an integer beyond 64 bits, a list or object (the chain object
  * aside), a string that is not valid UTF-8 once unescaped, a missing or
- * non-object "event" or "kernel_guard", a line longer than LONGEST -- gives
- * None, and the Python path decides (and names the reason).
+ * non-object "event" or "kernel_guard" (or any copy of one that is not an
+ * object: msgspec refuses what json would overwrite), nesting deeper than
+ * DEEPEST, a line longer than LONGEST -- gives None, and the Python path
+ * decides (and names the reason).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <cstring>
+#include <new>
 #include <simdjson.h>
 
 using simdjson::dom::element;
@@ -28,6 +31,9 @@ using simdjson::dom::object;
 /* Longer lines go to the Python path: the parser keeps buffers sized to the
  * longest document it has seen, and the supervisor's memory must stay flat. */
 static const size_t LONGEST = 64 * 1024;
+/* Deeper lines go to the Python path too: its readers' own limits (about a
+ * thousand levels, each its own) are not simdjson's; no event nests past a few. */
+static const size_t DEEPEST = 64;
 
 static simdjson::dom::parser *parser;
 static char *padded; /* the line, then SIMDJSON_PADDING zero bytes */
@@ -98,10 +104,20 @@ static bool parse(const char *data, size_t size, object *top)
     return !doc.get_object().get(*top);
 }
 
+/* The last object under key; false when absent or when any copy of it is not
+ * an object (msgspec's typed decoder refuses that copy, json would take the
+ * last: the Python path decides). */
 static bool member_object(object top, std::string_view key, object *out)
 {
-    element value;
-    return last(top, key, &value) && !value.get_object().get(*out);
+    bool seen = false;
+    for (auto field : top) {
+        if (field.key != key)
+            continue;
+        if (field.value.get_object().get(*out))
+            return false;
+        seen = true;
+    }
+    return seen;
 }
 
 static PyObject *claims(PyObject *module, PyObject *line)
@@ -152,8 +168,12 @@ PyMODINIT_FUNC PyInit__linecheck(void)
         if (padded == NULL)
             return PyErr_NoMemory();
         try {
-            parser = new simdjson::dom::parser();
+            parser = new simdjson::dom::parser(LONGEST);
+            if (parser->allocate(LONGEST, DEEPEST))
+                throw std::bad_alloc();
         } catch (...) {
+            delete parser;
+            parser = NULL;
             PyMem_RawFree(padded);
             padded = NULL;
             return PyErr_NoMemory();

@@ -53,6 +53,11 @@ def _mutations(line: bytes) -> list[bytes]:
         body.replace(b'"hash":', b'"hash":["a"],"h2":', 1),
         body.replace(b'"kernel_guard":', b'"kernel_guard":1,"k2":', 1),
         body.replace(b'"event":', b'"event":[],"e2":', 1),
+        body.replace(b'"event":', b'"event":1,"event":', 1), body.replace(b'"event":', b'"event":{},"event":', 1),
+        body.replace(b'"kernel_guard":', b'"kernel_guard":"k","kernel_guard":', 1),
+        body.replace(b'"kernel_guard":', b'"kernel_guard":{"stream":1},"kernel_guard":', 1),
+        body[:-1] + b',"event":null}', body[:-1] + b',"kernel_guard":{}}',
+        body.replace(b'"chain":', b'"chain":5,"chain":', 1),
         body.replace(b'"reason":"', b'"reason":"\x01', 1), body.replace(b'"reason":"', b'"reason":"\xff', 1),
         body.replace(b'"reason":"', b'"reason":"\\ud83d\\ude00', 1), body.replace(b'"reason":"', b'"reason":"\\x', 1),
         body.replace(b"{", b"[", 1), body + body,
@@ -118,3 +123,34 @@ def test_a_long_line_goes_to_the_python_path() -> None:
     line = to_json_line(event)
     assert _linecheck.claims(line) is None
     assert record_protocol.check_lines([line], OWN)[0][:2] == (STREAM, 1)
+
+
+def test_random_claimed_fields_are_judged_as_python_judges_them(monkeypatch) -> None:
+    """The claimed fields and their containers as any JSON value, repeated or not (a fixed
+    seed, 5,000 lines): where the readers' rules differ, the native parser defers."""
+    rng = random.Random(2727)
+    values = ['1', '-1', '0', 'true', 'null', '"x"', '"stream-ended"', f'"{STREAM}"', '1.5', '1e3', '[]', '[1]',
+              '{}', '{"hash":"h"}', '{"hash":1}', '"\\ud800"', '99999999999999999999', '-9223372036854775809']
+    fields = {"event": ["sequence", "action"], "kernel_guard": ["stream", "recorded_by", "chain"]}
+    for _ in range(5000):
+        members = []
+        for container, names in fields.items():
+            for _ in range(rng.choice((1, 1, 1, 2))):
+                if rng.random() < 0.1:
+                    members.append(f'"{container}":{rng.choice(values)}')
+                    continue
+                inner = [f'"{name}":{rng.choice(values)}' for name in names for _ in range(rng.choice((0, 1, 1, 2)))]
+                rng.shuffle(inner)
+                members.append(f'"{container}":{{{",".join(inner)}}}')
+        rng.shuffle(members)
+        _assert_alike(("{" + ",".join(members) + "}").encode(), monkeypatch)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 62, 63, 64, 65, 200, 999, 1000, 1023, 1024, 1025, 1100])
+def test_deep_nesting_is_judged_as_python_judges_it(monkeypatch, depth: int) -> None:
+    """Python's readers stop at their own depth (about a thousand levels, not simdjson's
+    1,024): past 64 levels the native parser defers, whatever the depth."""
+    line = (b'{"event":{"sequence":2,"action":"x"},"kernel_guard":{"stream":"' + STREAM.encode() + b'"},"pad":'
+            + b"[" * depth + b"]" * depth + b"}")
+    _assert_alike(line, monkeypatch)
+    assert (_linecheck.claims(line) is None) == (depth >= 64)
