@@ -46,6 +46,8 @@ setup(
         Extension("kernel_guard.audit._filter", ["kernel_guard/audit/_filter.c"], optional=True),
         # optional too: without it the redaction gate is the Python one alone (slower per event)
         Extension("kernel_guard.events._gate", ["kernel_guard/events/_gate.c"], optional=True),
+        # optional: the supervisor's prctl(2) and seccomp(2) without ctypes (0.5 MB of its memory)
+        Extension("kernel_guard.launch._hardening", ["kernel_guard/launch/_hardening.c"], optional=True),
         # optional: the custodian's line parser, over simdjson (Debian: libsimdjson-dev); without
         # it the supervisor parses with msgspec (3 MB more of its memory) or the standard library
         Extension("kernel_guard.launch._linecheck", ["kernel_guard/launch/_linecheck.cpp"], language="c++",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import threading
 import time
 TYPE_CHECKING = False
@@ -265,7 +264,7 @@ class KernelContext:
 
     def __init__(self, kernel_id: str | None = None, mode: str = "enforce") -> None:
         self.user = os.environ.get("JUPYTERHUB_USER") or _os_user()
-        self.hostname = socket.gethostname()
+        self.hostname = os.uname().nodename
         self.notebook = os.environ.get("JPY_SESSION_NAME") or None
         self.kernel_id = kernel_id
         self.mode = mode

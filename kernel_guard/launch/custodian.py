@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import select
-import socket
+from _socket import MSG_TRUNC, SCM_CREDENTIALS, SHUT_RDWR, SO_PASSCRED, SOL_SOCKET  # not socket.py: its enums cost the supervisor 0.36 MB
 import threading
 import time
 from collections import Counter, deque
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    import socket  # the C module _socket serves at run time: socket.py's enums cost 0.36 MB
     from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
     from .record_protocol import Claim
@@ -119,7 +120,7 @@ class _Inbox:
         while not self.closed and len(self.messages) < _READ_AHEAD:
             try:
                 message, sender = self._receive()
-            except (BlockingIOError, socket.timeout):
+            except (BlockingIOError, TimeoutError):
                 return
             except (EOFError, OSError):
                 self.closed = True
@@ -153,7 +154,7 @@ class Custodian:
         self._lock = threading.Lock()
         self._inbox = _Inbox(lambda: self._receive())
         # the kernel's side cannot be trusted to say who sent a message: Linux can
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.setsockopt(SOL_SOCKET, SO_PASSCRED, 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kernel-guard-custodian", daemon=True)
         self._last_checkpoint = self._last_look = time.monotonic()
@@ -189,7 +190,7 @@ class Custodian:
                              reason=f"the custodian of the record stopped ({type(exc).__name__}: {exc}): the "
                                     "kernel is told and writes its own events from here on (the weaker tier)"))
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(SHUT_RDWR)
         except OSError:
             pass
 
@@ -203,10 +204,10 @@ class Custodian:
         message, ancillary, flags, _addr = self.sock.recvmsg(HEADER.size + MAX_PAYLOAD, CREDENTIALS_SPACE)
         if not message and not ancillary:
             raise EOFError("every kernel process closed its end")
-        if flags & socket.MSG_TRUNC:
+        if flags & MSG_TRUNC:
             message = b""
         for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= CREDENTIALS.size:
+            if level == SOL_SOCKET and kind == SCM_CREDENTIALS and len(data) >= CREDENTIALS.size:
                 return message, CREDENTIALS.unpack_from(data)[0]
         return message, 0
 

@@ -24,9 +24,13 @@ descriptor it holds at :data:`WITNESS_EXEC_AT` (the interpreter, with
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
+
+try:  # prctl(2) and seccomp(2) without ctypes (optional, like every native part)
+    from . import _hardening as _native
+except ImportError:  # pragma: no cover - not built: ctypes serves
+    _native = None
 
 __all__ = ["RULES", "WITNESS_EXEC_AT", "build", "build_witness", "harden", "prctl"]
 
@@ -42,12 +46,6 @@ PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
 _INSTRUCTION = 8  # bytes of one struct sock_filter
-
-
-class _Program(ctypes.Structure):
-    """struct sock_fprog."""
-
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 def build() -> str:
@@ -110,26 +108,46 @@ def harden(handed: str) -> None:
         raise ValueError(f"the filter handed over is not a BPF program ({len(code)} bytes)")
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    buffer = ctypes.create_string_buffer(code, len(code))
-    fprog = _Program(len(code) // _INSTRUCTION, ctypes.addressof(buffer))
-    result = _libc().syscall(ctypes.c_long(int(number)), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
-                             ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(fprog))
+    result = (_native.load_filter if _native is not None else _load_with_ctypes)(int(number), code)
     if result > 0:  # with TSYNC: the id of a thread that could not take the filter
         raise OSError(errno.EBUSY, f"thread {result} could not take the filter")
-    _check(result)
 
 
 def prctl(option: int, value: int) -> None:
     """prctl(2) with one argument; raises OSError.  (seccomp_filter's, without what
     that module imports: this runs before the witness is forked.)"""
+    if _native is not None:
+        _native.prctl(option, value)
+        return
+    import ctypes
+
     _check(_libc().prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)))
 
 
-def _libc() -> ctypes.CDLL:
+def _load_with_ctypes(number: int, code: bytes) -> int:
+    """seccomp(SECCOMP_SET_MODE_FILTER, TSYNC) through ctypes, where ``_hardening`` was not built."""
+    import ctypes
+
+    class Program(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = Program(len(code) // _INSTRUCTION, ctypes.addressof(buffer))
+    result = _libc().syscall(ctypes.c_long(number), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+                             ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(fprog))
+    _check(result)
+    return result
+
+
+def _libc():
+    import ctypes
+
     return ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no find_library, no exec
 
 
 def _check(result: int) -> None:
     if result == -1:
+        import ctypes
+
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -52,7 +52,7 @@ supervisor's, or pass for the supervisor, its witness or the custodian.
 from __future__ import annotations
 
 import re
-import socket
+from _socket import CMSG_SPACE
 import struct
 from types import SimpleNamespace
 
@@ -74,7 +74,7 @@ HEADER = struct.Struct("!cI")
 MAX_PAYLOAD = 60 * 1024
 #: SCM_CREDENTIALS: pid, uid, gid of the sending process, as the kernel saw it
 CREDENTIALS = struct.Struct("iII")
-CREDENTIALS_SPACE = socket.CMSG_SPACE(CREDENTIALS.size)
+CREDENTIALS_SPACE = CMSG_SPACE(CREDENTIALS.size)
 #: the longest line one sender may build from chunks, and all senders' pending chunks together
 MAX_LINE = 16 << 20
 MAX_PENDING_TOTAL = 32 << 20

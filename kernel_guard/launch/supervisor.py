@@ -46,13 +46,14 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
            witness: int, witness_form: str) -> int:
     """Open the record, hand-shake, receive the listener, serve until the kernel is gone."""
     import json
-    import socket
+
+    from _socket import socket
 
     from ..events.schema import make_event
     from ..events.sinks.file import reopen_all
     from .supervisor_loop import Supervisor
 
-    control = socket.socket(fileno=args.fd)
+    control = socket(fileno=args.fd)
     rt = start_runtime(args, handed, "supervisor")
     rt.layers["supervisor"] = args.mode
     custodian = _start_custodian(args, rt)
@@ -60,7 +61,7 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
     tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
     control.send(b"ready " + json.dumps({"tids": tids, "witness": witness}).encode())
     try:
-        msg, fds, _flags, _addr = socket.recv_fds(control, 65536, 1)
+        msg, fds = _receive_fds(control, 65536)
         allowed = frozenset(json.loads(msg).get("allowed", ())) if msg.startswith(b"{") else frozenset()
     except (OSError, ValueError, AttributeError):
         fds, allowed = [], frozenset()
@@ -114,16 +115,31 @@ def _own_config(handed: dict[str, Any], spool_dir: Optional[str]) -> Any:
     return config
 
 
+def _receive_fds(control: Any, size: int) -> tuple[bytes, list[int]]:
+    """A message and the descriptors it carries (SCM_RIGHTS), as ``socket.recv_fds``
+    gives them, without ``socket.py``."""
+    import struct
+
+    from _socket import CMSG_LEN, SCM_RIGHTS, SOL_SOCKET
+
+    msg, ancillary, _flags, _addr = control.recvmsg(size, CMSG_LEN(4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
+    return msg, fds
+
+
 def _start_custodian(args: SimpleNamespace, rt: Any) -> Any:
     """Take the kernel's events from the socket it writes them to (custodian of the record)."""
     if args.events_fd is None:
         return None
-    import socket
+    from _socket import socket
 
     from .custodian import Custodian
 
     numbering = rt.pipeline._numbering
-    custodian = Custodian(socket.socket(fileno=args.events_fd), rt.pipeline,
+    custodian = Custodian(socket(fileno=args.events_fd), rt.pipeline,
                           lambda: numbering.stream if numbering else None, rt.emit)
     custodian.start()
     return custodian
@@ -184,11 +200,31 @@ def _keep_lean() -> None:
     "Memory"): it serialises and hashes only its own few events (the kernel's lines
     it forwards as they came), so the standard library's json and the interpreter's
     own SHA-256 serve; orjson (which imports dataclasses, uuid ...) and OpenSSL would
-    cost every kernel's supervisor 3 MB and 1.2 MB."""
+    cost every kernel's supervisor 3 MB and 1.2 MB.  What ``urllib.parse`` imports
+    for rare cases is loaded on first use: ``ipaddress`` (0.4 MB) to check a
+    bracketed host (a sink URL such as ``http://[::1]:4318/``, never a file
+    sink's), ``warnings`` for its deprecated functions."""
     from ..events import digest
 
     sys.modules.setdefault("orjson", None)  # None: ``import orjson`` fails, the fallback serves
+    for name in ("ipaddress", "warnings"):
+        if name not in sys.modules:
+            sys.modules[name] = _OnFirstUse(name)
     digest.prefer_builtin()
+
+
+class _OnFirstUse(type(sys)):
+    """A module imported when one of its attributes is first read (PEP 562's
+    ``__getattr__``), standing in for it in ``sys.modules`` until then."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        name = self.__name__
+        if sys.is_finalizing():  # no imports then: the C warnings machinery takes "absent" for its defaults
+            raise AttributeError(attribute)
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        module = __import__(name)
+        return getattr(module, attribute)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -23,10 +23,10 @@ import json
 import os
 import select
 import signal
-import socket
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    import socket  # the C module _socket serves at run time: socket.py's enums cost 0.36 MB
     from typing import Callable, Optional
 
 from . import survivors

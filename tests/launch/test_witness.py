@@ -75,6 +75,8 @@ def test_the_syscall_table_arrives_whole_or_stops_the_supervisor() -> None:
 HARDENED = textwrap.dedent("""
     import ctypes, json, os, sys
     from kernel_guard.launch import hardening
+    if sys.argv[2] == "ctypes":
+        hardening._native = None
     hardening.harden(sys.argv[1])
     libc = ctypes.CDLL(None, use_errno=True)
     status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
@@ -88,13 +90,18 @@ HARDENED = textwrap.dedent("""
 """)
 
 
-def test_the_filter_compiled_by_the_launcher_is_loaded_without_libseccomp() -> None:
+@pytest.mark.parametrize("calls", ["native", "ctypes"])
+def test_the_filter_compiled_by_the_launcher_is_loaded_without_libseccomp(calls: str) -> None:
     """The program libseccomp compiled refuses exec (EPERM) in a process that never maps libseccomp,
-    which is non-dumpable and has no new privileges."""
+    which is non-dumpable and has no new privileges: through ``_hardening.c`` (built by the
+    README's set-up: its absence fails) and through ctypes, where it was not built."""
+    from kernel_guard.launch import _hardening  # noqa: F401
+
     program = hardening.build()
     number, code = program.split(" ")
     assert int(number) > 0 and len(bytes.fromhex(code)) % 8 == 0
-    proc = subprocess.run([sys.executable, "-I", "-c", HARDENED, program], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-I", "-c", HARDENED, program, calls], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"dumpable": 0, "seccomp": "2", "nnp": "1", "exec": 1, "libseccomp": False}
 
@@ -104,6 +111,15 @@ def test_a_missing_or_broken_filter_is_never_taken_for_one(handed: str) -> None:
     """No program, the launcher's error, or bytes that are no BPF program: harden() raises."""
     with pytest.raises((OSError, ValueError)):
         hardening.harden(handed)
+
+
+@pytest.mark.parametrize("code", [b"", b"\0" * 7, b"\0" * 9, b"\0" * 8 * 65536])
+def test_the_native_loader_takes_only_whole_programs(code: bytes) -> None:
+    """_hardening.load_filter refuses bytes that are no BPF program (before any call is made)."""
+    from kernel_guard.launch import _hardening
+
+    with pytest.raises(ValueError, match="not a BPF program"):
+        _hardening.load_filter(317, code)
 
 
 def test_the_supervisor_reads_the_command_line_the_launcher_writes() -> None:
