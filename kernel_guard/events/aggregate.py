@@ -86,6 +86,9 @@ class Aggregate:
         self.aggregated = 0  # events counted rather than passed on, in total
         self._slots: Dict[Key, _Slot] = {}
         self._lock = threading.Lock()
+        # no interval ends before this (monotonic s): the writer asks on every wake, and
+        # a scan of thousands of keys under the lock each time held emit() up
+        self._due = float("inf")
 
     def __call__(self, event: Event) -> Optional[Event]:
         """The event itself, or None when it was counted into an aggregate."""
@@ -100,7 +103,10 @@ class Aggregate:
             slot = self._slots.get(key)
             if slot is None:
                 if len(self._slots) < self.max_keys:
-                    self._slots[key] = _Slot(event, self.clock())
+                    started = self.clock()
+                    self._slots[key] = _Slot(event, started)
+                    if started + self.interval < self._due:
+                        self._due = started + self.interval
                 return event
             slot.count += 1
             self.aggregated += 1
@@ -114,21 +120,30 @@ class Aggregate:
         """Aggregate events for every interval that has ended (all of them with ``force``)."""
         now = self.clock()
         out: List[Event] = []
+        if not force and now < self._due:
+            return out
         with self._lock:
+            due = float("inf")
             for key, slot in list(self._slots.items()):
                 if not force and now - slot.started < self.interval:
+                    due = min(due, slot.started + self.interval)
                     continue
                 if slot.count:
                     out.append(self._summary(slot, now))
                     slot.started, slot.count = now, 0
+                    due = min(due, now + self.interval)
                 elif not force:
                     del self._slots[key]  # quiet for a whole interval: forget it
+                else:
+                    due = min(due, slot.started + self.interval)
+            self._due = due
         return out
 
     def reset(self) -> None:
         """Start empty (a forked child counts its own events)."""
         self._lock = threading.Lock()
         self._slots = {}
+        self._due = float("inf")
 
     def _summary(self, slot: _Slot, now: float) -> Event:
         """One ``events-aggregated`` event standing for ``slot.count`` identical events."""
