@@ -64,6 +64,39 @@ def test_aggregate_passes_the_first_in_full_and_counts_repeats_per_interval():
     assert aggregate(again) is again
 
 
+def test_each_key_is_summarised_when_its_own_interval_ends():
+    """Keys started at different times, and a key renewed by its summary, end at their own
+    times: each summary comes when its interval ends, none early, none missed."""
+    clock = _Clock()
+    aggregate = Aggregate(interval=5.0, clock=clock)
+
+    def denied(command: str) -> dict:
+        return make_event("exec-denied", outcome="failure", layer="audit", reason=f"refused {command}")
+
+    def summarised() -> list:
+        return sorted(s["kernel_guard"]["aggregated"]["original_reason"] for s in aggregate.expire())
+
+    aggregate(denied("a")), aggregate(denied("a"))  # a: started at 0, one repeat
+    clock.now = 3.0
+    aggregate(denied("b")), aggregate(denied("b")), aggregate(denied("b"))  # b: started at 3
+    clock.now = 4.9
+    assert summarised() == []
+    clock.now = 5.0
+    aggregate(denied("a"))
+    assert summarised() == ["refused a"]  # a renewed: its next interval ends at 10
+    clock.now = 7.9
+    aggregate(denied("a"))
+    assert summarised() == []
+    clock.now = 8.0
+    assert summarised() == ["refused b"]
+    clock.now = 9.9
+    assert summarised() == []
+    clock.now = 10.0
+    assert summarised() == ["refused a"]
+    aggregate(denied("c")), aggregate(denied("c"))
+    assert [s["kernel_guard"]["aggregated"]["count"] for s in aggregate.expire(force=True)] == [1]
+
+
 @pytest.mark.timeout(300)
 def test_million_refused_calls_keep_memory_bounded_and_the_kernel_answering(tmp_path):
     """A million refused os.system calls: RSS grows little, cells answer within a second, counts add up."""
