@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import json
 import select
-from _socket import MSG_TRUNC, SCM_CREDENTIALS, SHUT_RDWR, SO_PASSCRED, SOL_SOCKET  # not socket.py: its enums cost the supervisor 0.36 MB
+# the C module, not socket.py: its enums and selectors cost the supervisor 0.15-0.36 MB
+from _socket import MSG_TRUNC, SCM_CREDENTIALS, SHUT_RDWR, SO_PASSCRED, SOL_SOCKET
 import threading
 import time
 from collections import Counter, deque
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
-    import socket  # the C module _socket serves at run time: socket.py's enums cost 0.36 MB
+    import socket  # at run time the C module _socket serves (see above)
     from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
     from .record_protocol import Claim

@@ -26,7 +26,7 @@ import signal
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
-    import socket  # the C module _socket serves at run time: socket.py's enums cost 0.36 MB
+    import socket  # at run time the supervisor's sockets are the C module _socket's (supervisor.py)
     from typing import Callable, Optional
 
 from . import survivors

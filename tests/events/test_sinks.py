@@ -218,8 +218,9 @@ def test_redaction_and_numbering_happen_before_every_write_path(tmp_path, capfd)
         finally:
             os._exit(0)
     os.waitpid(child, 0)
-    (line,) = read_events(str(path))
-    assert secret not in json.dumps(line) and line["event"]["sequence"] == 2  # after its stream-started
+    started, line = read_events(str(path))  # its stream opens with its first event
+    assert (started["event"]["action"], started["event"]["sequence"]) == ("stream-started", 1)
+    assert secret not in json.dumps(line) and line["event"]["sequence"] == 2
     pipe.close()
     pipe.emit(_event(2, code=f"api_key={secret}"))  # after close: to stderr, still redacted
     err = capfd.readouterr().err

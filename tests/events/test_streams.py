@@ -159,6 +159,34 @@ def test_fork_children_are_streams_of_their_own_and_flush_their_counts(tmp_path:
     assert out.returncode == 0, out.stdout
 
 
+def test_a_forked_child_that_records_nothing_writes_no_stream(tmp_path: Path) -> None:
+    """Pool workers that only compute record nothing: no stream of theirs in the record (no
+    start and end with nothing between), and verify finds it whole; a child that refuses
+    something opens its stream with that first event (number 1 is its stream-started)."""
+    path = tmp_path / "e.jsonl"
+    with _as_process_pipeline(path, interval=0):
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            assert pool.map(abs, range(-8, 0)) == list(range(8, 0, -1))
+            pool.close()
+            pool.join()
+        from kernel_guard.events import pipeline as pipeline_module
+
+        assert pipeline_module.get_pipeline().flush()
+        quiet = [json.loads(line) for line in path.read_text().splitlines()]
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.map(_refuse_many, [3]) == [3]
+            pool.close()
+            pool.join()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len({e["kernel_guard"]["stream"] for e in quiet}) == 1, quiet
+    (child,) = {e["kernel_guard"]["stream"] for e in events} - {quiet[0]["kernel_guard"]["stream"]}
+    own = [(e["event"]["sequence"], e["event"]["action"]) for e in events if e["kernel_guard"]["stream"] == child]
+    assert own == [(1, "stream-started"), (2, "exec-denied"), (3, "exec-denied"), (4, "exec-denied"),
+                   (5, "stream-ended")]
+    out = _verify(str(path))
+    assert out.returncode == 0 and "the record is whole" in out.stdout, out.stdout + out.stderr
+
+
 def _refuse_then_wait(n: int) -> int:
     _refuse_many(n)
     time.sleep(30)  # still at work when the pool is terminated
