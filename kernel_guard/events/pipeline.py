@@ -284,34 +284,6 @@ class EventPipeline(_Writer):
         if self._signal_after_close is not None:
             _deliver_again(self._signal_after_close)
 
-    def _after_fork_in_child(self) -> None:
-        """The threads are gone in the child: write synchronously there (a closed
-        pipeline stays closed: its sinks are gone)."""
-        if self._closed:
-            return
-        self._sync = True
-        self._closing, self._signal_after_close = False, None
-        # locks another thread held at the fork stay held in the child: new ones
-        self._order = threading.RLock()
-        self._finishing = threading.Lock()
-        self._queue = deque()
-        self._wake = threading.Event()
-        self._pid = os.getpid()
-        self._ended = False
-        for processor in self.processors:
-            reset = getattr(processor, "reset", None)
-            if reset is not None:
-                reset()  # numbering, chain heads, aggregates: the child is a stream of its own
-        for sink in self.sinks:
-            sink.after_fork()
-        for worker in self._workers.values():
-            worker.after_fork()
-        # opened by its first event: a worker that records nothing (most pool workers)
-        # writes nothing, and its fork costs no synchronous write (0.5-1 ms measured)
-        self._stream_pending = True
-        _close_in_forked_child(self)
-        _flush_on_sigterm(self)
-
     def stats(self) -> dict:
         """Counts for ``kernel-guard status``."""
         aggregated = sum(getattr(p, "aggregated", 0) for p in self.processors)
@@ -364,7 +336,36 @@ _fork_hook_registered = False
 
 def _after_fork_in_child() -> None:
     for pipeline in list(_pipelines):
-        pipeline._after_fork_in_child()
+        _continue_in_forked_child(pipeline)
+
+
+def _continue_in_forked_child(pipeline: EventPipeline) -> None:
+    """The threads are gone in the child: write synchronously there (a closed
+    pipeline stays closed: its sinks are gone)."""
+    if pipeline._closed:
+        return
+    pipeline._sync = True
+    pipeline._closing, pipeline._signal_after_close = False, None
+    # locks another thread held at the fork stay held in the child: new ones
+    pipeline._order = threading.RLock()
+    pipeline._finishing = threading.Lock()
+    pipeline._queue = deque()
+    pipeline._wake = threading.Event()
+    pipeline._pid = os.getpid()
+    pipeline._ended = False
+    for processor in pipeline.processors:
+        reset = getattr(processor, "reset", None)
+        if reset is not None:
+            reset()  # numbering, chain heads, aggregates: the child is a stream of its own
+    for sink in pipeline.sinks:
+        sink.after_fork()
+    for worker in pipeline._workers.values():
+        worker.after_fork()
+    # opened by its first event: a worker that records nothing (most pool workers)
+    # writes nothing, and its fork costs no synchronous write (0.5-1 ms measured)
+    pipeline._stream_pending = True
+    _close_in_forked_child(pipeline)
+    _flush_on_sigterm(pipeline)
 
 
 def _close_in_forked_child(pipeline: EventPipeline) -> None:
