@@ -64,6 +64,8 @@ typedef struct {
     int record_only;             /* quieted once an enforcing filter is added after it */
     int quiet;
     unsigned long long keep;     /* bit i: names[i] still passes once quiet */
+    int kept[MAX_NAMES];         /* the same names' indices: all a quiet filter looks at */
+    int kept_count;
 } filter_t;
 
 /* every filter added, for the record-only ones an enforcing filter quiets */
@@ -374,10 +376,27 @@ filter_hook(const char *event, PyObject *args, void *data)
 {
     filter_t *f = (filter_t *)data;
     Py_ssize_t i;
-    for (i = 0; i < f->count; i++) {
-        const char *name = f->names[i];
-        if (name[0] == event[0] && strcmp(name, event) == 0) {
-            break;
+    if (f->quiet) {
+        /* the launcher's record-only filter, once the enforcing one records: it runs
+         * for every event of the kernel, so it compares only the few names it keeps */
+        int k;
+        for (k = 0; k < f->kept_count; k++) {
+            const char *name = f->names[f->kept[k]];
+            if (name[0] == event[0] && strcmp(name, event) == 0) {
+                break;
+            }
+        }
+        if (k == f->kept_count) {
+            return 0;
+        }
+        i = f->kept[k];
+    }
+    else {
+        for (i = 0; i < f->count; i++) {
+            const char *name = f->names[i];
+            if (name[0] == event[0] && strcmp(name, event) == 0) {
+                break;
+            }
         }
     }
     if (i == f->count) {
@@ -526,6 +545,9 @@ set_record_only(filter_t *f, PyObject *obj)
             return -1;
         }
         f->keep |= (unsigned long long)r << i;
+        if (r) {
+            f->kept[f->kept_count++] = (int)i;
+        }
     }
     Py_DECREF(kept);
     return 0;
