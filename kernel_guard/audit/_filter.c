@@ -63,8 +63,7 @@ typedef struct {
     writes_t writes;             /* dirs == NULL: every write-open goes to the callback */
     int record_only;             /* quieted once an enforcing filter is added after it */
     int quiet;
-    unsigned long long keep;     /* bit i: names[i] still passes once quiet */
-    int kept[MAX_NAMES];         /* the same names' indices: all a quiet filter looks at */
+    int kept[MAX_NAMES];         /* indices of the names that still pass once quiet */
     int kept_count;
 } filter_t;
 
@@ -405,9 +404,6 @@ filter_hook(const char *event, PyObject *args, void *data)
         }
         return 0;
     }
-    if (f->quiet && !((f->keep >> i) & 1)) {
-        return 0;  /* an enforcing filter records this event */
-    }
     /* Runtime hooks run for every interpreter; the callback belongs to one.
      * Creating another interpreter is refused by the policy, so this is only
      * reached for one that existed before the guard. */
@@ -544,7 +540,6 @@ set_record_only(filter_t *f, PyObject *obj)
             Py_DECREF(kept);
             return -1;
         }
-        f->keep |= (unsigned long long)r << i;
         if (r) {
             f->kept[f->kept_count++] = (int)i;
         }

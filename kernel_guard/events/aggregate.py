@@ -123,20 +123,15 @@ class Aggregate:
         if not force and now < self._due:
             return out
         with self._lock:
-            due = float("inf")
             for key, slot in list(self._slots.items()):
                 if not force and now - slot.started < self.interval:
-                    due = min(due, slot.started + self.interval)
                     continue
                 if slot.count:
                     out.append(self._summary(slot, now))
                     slot.started, slot.count = now, 0
-                    due = min(due, now + self.interval)
                 elif not force:
                     del self._slots[key]  # quiet for a whole interval: forget it
-                else:
-                    due = min(due, slot.started + self.interval)
-            self._due = due
+            self._due = min((slot.started for slot in self._slots.values()), default=float("inf")) + self.interval
         return out
 
     def reset(self) -> None:
