@@ -46,6 +46,10 @@ setup(
         Extension("kernel_guard.audit._filter", ["kernel_guard/audit/_filter.c"], optional=True),
         # optional too: without it the redaction gate is the Python one alone (slower per event)
         Extension("kernel_guard.events._gate", ["kernel_guard/events/_gate.c"], optional=True),
+        # optional: the writer's chain (SHA-256 and the splice) for a run of events with the
+        # interpreter's lock released, over OpenSSL (Debian: libssl-dev); without it, per event in Python
+        Extension("kernel_guard.events._chain", ["kernel_guard/events/_chain.c"], libraries=["crypto"],
+                  optional=True),
         # optional: the supervisor's prctl(2) and seccomp(2) without ctypes (0.5 MB of its memory)
         Extension("kernel_guard.launch._hardening", ["kernel_guard/launch/_hardening.c"], optional=True),
         # optional: the custodian's line parser, over simdjson (Debian: libsimdjson-dev); without

@@ -123,7 +123,7 @@ def _finished(events: List[dict], rt: Any) -> List[tuple]:
 
 def _writer_us(root: str, events: List[dict], rt: Any) -> float:
     """Microseconds per distinct event of the writer thread's part: redaction, the chain and
-    serialisation (``_finish``) and the file sink's write, in the writer's batches."""
+    serialisation (``_finish_batch``) and the file sink's write, in the writer's batches."""
     from kernel_guard.events.sinks.file import FileSink
 
     pipeline = rt.pipeline
@@ -133,7 +133,7 @@ def _writer_us(root: str, events: List[dict], rt: Any) -> float:
     try:
         started = time.perf_counter()
         for i in range(0, len(events), 1024):
-            sink.emit_lines([pipeline._finish(e)[1] for e in events[i:i + 1024]])
+            sink.emit_lines(pipeline._finish_batch(events[i:i + 1024])[1])
         return (time.perf_counter() - started) / len(events) * 1e6
     finally:
         sink.close()

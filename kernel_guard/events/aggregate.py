@@ -6,8 +6,9 @@ one would fill the queue, the spool and the collector, and cost the kernel
 memory and time.  :class:`Aggregate` is a processor: the first occurrence of
 an event passes through in full; identical ones after it, within
 ``interval`` seconds, are only counted; when the interval ends, one
-``events-aggregated`` event carries the count (``kernel_guard.aggregated``)
-and the fields of the first occurrence.  A key that stays quiet for a whole
+``events-aggregated`` event carries the count (``kernel_guard.aggregated``),
+the first occurrence's id and the fields of the first repeat (the key's fields
+are the first occurrence's).  A key that stays quiet for a whole
 interval is forgotten, so its next occurrence is again recorded in full.
 
 "Identical" means the same action, outcome, layer, technique, reason,
@@ -44,12 +45,16 @@ if TYPE_CHECKING:
 
 
 class _Slot:
-    """One key's current interval."""
+    """One key's current interval: the first occurrence's id, and the first repeat, which
+    the summary is made from.  Not the first occurrence itself: that one is written in
+    full, and holding every distinct event for an interval (thousands of them in a flood
+    of distinct refusals) was most of what the garbage collector had to walk."""
 
-    __slots__ = ("first", "started", "count", "first_ts", "last_ts")
+    __slots__ = ("first_id", "sample", "started", "count", "first_ts", "last_ts")
 
-    def __init__(self, first: Event, started: float) -> None:
-        self.first = first
+    def __init__(self, first_id: Any, started: float) -> None:
+        self.first_id = first_id
+        self.sample: Optional[Event] = None
         self.started = started
         self.count = 0
         self.first_ts = ""
@@ -94,17 +99,16 @@ class Aggregate:
         """The event itself, or None when it was counted into an aggregate."""
         if self.interval <= 0 or (event.get("event") or {}).get("action") in NEVER_AGGREGATED:
             return event
-        try:
-            key = _key(event)
-            hash(key)
-        except TypeError:  # an unhashable field: do not aggregate what we cannot compare
-            return event
+        key = _key(event)
         with self._lock:
-            slot = self._slots.get(key)
+            try:
+                slot = self._slots.get(key)  # hashes the key once (a hash() before it was a second time)
+            except TypeError:  # an unhashable field: do not aggregate what we cannot compare
+                return event
             if slot is None:
                 if len(self._slots) < self.max_keys:
                     started = self.clock()
-                    self._slots[key] = _Slot(event, started)
+                    self._slots[key] = _Slot((event.get("event") or {}).get("id"), started)
                     if started + self.interval < self._due:
                         self._due = started + self.interval
                 return event
@@ -112,7 +116,7 @@ class Aggregate:
             self.aggregated += 1
             timestamp = event.get("@timestamp", "")
             if slot.count == 1:
-                slot.first_ts = timestamp
+                slot.first_ts, slot.sample = timestamp, event
             slot.last_ts = timestamp
             return None
 
@@ -122,15 +126,20 @@ class Aggregate:
         out: List[Event] = []
         if not force and now < self._due:
             return out
+        quiet = []
         with self._lock:
-            for key, slot in list(self._slots.items()):
+            # no copy of the items: a flush asks with thousands of keys tracked, and a list
+            # of them was garbage for the collector to chase on the caller's thread
+            for key, slot in self._slots.items():
                 if not force and now - slot.started < self.interval:
                     continue
                 if slot.count:
                     out.append(self._summary(slot, now))
-                    slot.started, slot.count = now, 0
+                    slot.started, slot.count, slot.sample = now, 0, None
                 elif not force:
-                    del self._slots[key]  # quiet for a whole interval: forget it
+                    quiet.append(key)
+            for key in quiet:
+                del self._slots[key]  # quiet for a whole interval: forget it
             self._due = min((slot.started for slot in self._slots.values()), default=float("inf")) + self.interval
         return out
 
@@ -141,20 +150,22 @@ class Aggregate:
         self._due = float("inf")
 
     def _summary(self, slot: _Slot, now: float) -> Event:
-        """One ``events-aggregated`` event standing for ``slot.count`` identical events."""
-        first = slot.first
-        event: Event = json.loads(to_json(first))  # a deep, JSON-clean copy
+        """One ``events-aggregated`` event standing for ``slot.count`` identical events:
+        the first of them, its action and time its own, the count and the first
+        occurrence's id added (the key's fields are the same in all of them)."""
+        event: Event = json.loads(to_json(slot.sample))  # a deep, JSON-clean copy
         ev = event.setdefault("event", {})
         action = ev.get("action")
         seconds = round(now - slot.started, 3)
         ev.pop("sequence", None)
         ev.update(action="events-aggregated", id=new_event_id())
+        original_reason = ev.get("reason")
         ev["reason"] = (f"{slot.count} more identical {action} events in {seconds} s, "
-                        f"not recorded one by one (first: event {first.get('event', {}).get('id')})")
+                        f"not recorded one by one (first: event {slot.first_id})")
         event["@timestamp"] = timestamp()
         event.setdefault("kernel_guard", {})["aggregated"] = {
-            "action": action, "count": slot.count, "first_event_id": first.get("event", {}).get("id"),
+            "action": action, "count": slot.count, "first_event_id": slot.first_id,
             "first": slot.first_ts, "last": slot.last_ts, "interval_s": seconds,
-            "original_reason": first.get("event", {}).get("reason"),
+            "original_reason": original_reason,
         }
         return event

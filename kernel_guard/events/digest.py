@@ -9,7 +9,7 @@ for the interpreter's own (:func:`prefer_builtin`).  Both give the same digests.
 
 from __future__ import annotations
 
-__all__ = ["prefer_builtin", "sha256_hex"]
+__all__ = ["builtin_preferred", "prefer_builtin", "sha256_hex"]
 
 _sha256 = None  # the constructor, chosen on first use
 _builtin = False
@@ -19,6 +19,11 @@ def prefer_builtin() -> None:
     """Hash with the interpreter's own SHA-256 (no OpenSSL) from now on, where it has one."""
     global _builtin, _sha256
     _builtin, _sha256 = True, None
+
+
+def builtin_preferred() -> bool:
+    """Whether this process asked for the interpreter's own SHA-256 (it keeps OpenSSL out)."""
+    return _builtin
 
 
 def sha256_hex(data: bytes) -> str:

@@ -83,8 +83,12 @@ class EventPipeline(_Writer):
         # the last writer processor may also serialise (the chain: one serialisation
         # both hashed and written); else each event is serialised as it is
         self._serialise: Callable[[Event], bytes] = to_json_line
+        self._chain: Any = None  # its batch form (prepare, link): the writer's batches
         if self._on_writer and hasattr(self._on_writer[-1], "serialise"):
-            self._serialise = self._on_writer.pop().serialise
+            self._chain = self._on_writer.pop()
+            self._serialise = self._chain.serialise
+            if not hasattr(self._chain, "link"):
+                self._chain = None
         # reserves numbers for events built later (emit_later)
         self._numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
         self._finishing = threading.Lock()
@@ -166,7 +170,7 @@ class EventPipeline(_Writer):
         if self._stream_pending:
             self._open_pending_stream()
         with self._order:  # aggregating and queueing in one step: the queue is in emit order
-            event = self._process(event, 0)
+            event = _run_processors(self._on_caller, event)
             if event is not None:
                 self._enqueue(event)
 

@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Callable, Iterable
 
-from .schema import Event, KernelContext
+from .schema import Event, KernelContext, Shared
 from .secrets import (NATIVE_GATE, REDACTED, clean, detectors_for, native_gate, redact_argv, redact_text, redact_with,
                       secret_env_name)
 from .secrets import _aws_candidate
@@ -58,15 +58,28 @@ class AddContext:
 
     def __init__(self, context: KernelContext) -> None:
         self.context = context
+        self._user = self._host = Shared()  # made again when the context's value changes
 
     def __call__(self, event: Event) -> Event:
         ctx = self.context
-        event.setdefault("user", {"name": ctx.user})
-        event.setdefault("host", {"hostname": ctx.hostname})
-        proc = event.setdefault("process", {})
+        if "user" not in event:
+            user = self._user
+            if user.get("name") != ctx.user:
+                user = self._user = Shared(name=ctx.user)
+            event["user"] = user
+        if "host" not in event:
+            host = self._host
+            if host.get("hostname") != ctx.hostname:
+                host = self._host = Shared(hostname=ctx.hostname)
+            event["host"] = host
+        proc = event.get("process")
+        if proc is None:  # not setdefault: its default would be a dict made for every event
+            proc = event["process"] = {}
         if "pid" not in proc:
             proc["pid"] = _pid[0]
-        guard = event.setdefault("kernel_guard", {})
+        guard = event.get("kernel_guard")
+        if guard is None:
+            guard = event["kernel_guard"] = {}
         guard.setdefault("mode", ctx.mode)
         if ctx.author:
             guard.setdefault("recorded_by", ctx.author)
@@ -274,7 +287,13 @@ class Sequence:
             return next(self._counter)
 
     def __call__(self, event: Event) -> Event:
-        if "sequence" not in event["event"]:  # a reserved number is kept
-            event["event"]["sequence"] = self.reserve()
-        event.setdefault("kernel_guard", {}).setdefault("stream", self.stream)
+        ev = event["event"]
+        if "sequence" not in ev:  # a reserved number is kept
+            with self._lock:
+                ev["sequence"] = next(self._counter)
+        guard = event.get("kernel_guard")
+        if guard is None:
+            guard = event["kernel_guard"] = {}
+        if "stream" not in guard:
+            guard["stream"] = self.stream
         return event

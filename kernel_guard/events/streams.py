@@ -148,11 +148,82 @@ class StreamChain:
         self._advance(stream, event, digest)
         return line
 
+    def prepare(self, event: Event) -> Optional[bytes]:
+        """The event's canonical body with a placeholder for its prev, serialised now
+        (what the event holds when it is taken is what is written); None when it goes
+        the way of :meth:`serialise` (no stream, what orjson refuses, no native linker)."""
+        guard = event.get("kernel_guard")
+        if guard.__class__ is not dict or not guard.get("stream") or not (_link or _native_link()):
+            return None
+        guard["chain"] = {"prev": _PLACEHOLDER}
+        try:
+            return orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=repr)  # _canonical_fast, inline
+        except TypeError:
+            return None
+
+    def link(self, events: list, bodies: list) -> list:
+        """The lines of ``events`` in order (``bodies`` from :meth:`prepare`): each run of
+        one stream's prepared events is linked natively, the interpreter's lock released
+        (:mod:`._chain`); any other event by :meth:`serialise` in its place."""
+        lines: list = []
+        i, n = 0, len(events)
+        while i < n:
+            stream = _stream_of(events[i])
+            j = i
+            while j < n and bodies[j] is not None and events[j]["kernel_guard"]["stream"] == stream:
+                j += 1  # a prepared body's event has a stream
+            if j == i:
+                lines.append(self.serialise(events[i]))
+                i += 1
+                continue
+            i = self._link_run(stream, events[i:j], bodies[i:j], lines) + i
+        return lines
+
+    def _link_run(self, stream: str, events: list, bodies: list, lines: list) -> int:
+        """Link one stream's run into ``lines``: how many events it took (at least one)."""
+        prev = self._prev(stream)
+        try:
+            linked, digests = _native_link()(bodies, prev, _PLACEHOLDER)
+        except (RuntimeError, MemoryError):  # OpenSSL failed: the Python way, one by one
+            linked, digests = [], []
+        for event, digest in zip(events, digests):  # the dict says what its line says
+            chain = event["kernel_guard"]["chain"]
+            chain["prev"], chain["hash"] = prev, digest
+            prev = digest
+        lines.extend(linked)
+        if digests:
+            self._advance(stream, events[len(digests) - 1], digests[-1])
+        if len(digests) < len(events):  # one it could not link (a line break to escape ...)
+            lines.append(self.serialise(events[len(digests)]))
+            return len(digests) + 1
+        return len(digests)
+
     def _prev(self, stream: str) -> str:
         return self.heads.get(stream, (0, GENESIS))[1]
 
     def _advance(self, stream: str, event: Event, digest: str) -> None:
         self.heads[stream] = (int(event["event"].get("sequence") or 0), digest)
+
+
+#: what a prepared body holds in place of its prev until its run is linked
+_PLACEHOLDER = GENESIS
+_link = None  # the native linker, looked up on first use: False when there is none
+
+
+def _native_link():  # noqa: ANN202 - _chain.link or None
+    """:func:`._chain.link`, unless orjson or the module is missing or this process hashes
+    with the interpreter's own SHA-256 (the supervisor: the module maps OpenSSL)."""
+    global _link
+    if _link is None:
+        from . import digest
+
+        _link = False
+        if orjson is not None and not digest.builtin_preferred():
+            try:
+                from ._chain import link as _link  # type: ignore[no-redef]
+            except ImportError:  # not built: the Python way
+                pass
+    return _link or None
 
 
 def _stream_of(event: Event) -> Optional[str]:

@@ -111,6 +111,7 @@ class _Writer:
     _thread: Optional[threading.Thread]
     _on_writer: List[Processor]
     _serialise: Callable[[Event], bytes]
+    _chain: Any
     _finishing: Any
     _direct: List[Sink]
     _workers: Dict[str, Any]
@@ -126,11 +127,7 @@ class _Writer:
             finished = _run_processors(self._on_writer, event)
             if finished is None:
                 return None
-            try:
-                return finished, self._serialise(finished)
-            except Exception as exc:  # a serialiser bug must not lose the event
-                finished.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
-                return finished, to_json_line(finished)
+            return finished, self._serialised(finished)
 
     def _expire_aggregates(self, force: bool = False) -> None:
         """Feed the aggregators' summaries of ended intervals back in after them."""
@@ -174,38 +171,69 @@ class _Writer:
         """Write everything queued, honouring flush markers in order."""
         queue = self._queue
         while queue:
-            batch: List[Event] = []
-            lines: List[bytes] = []
-            while queue and len(batch) < _BATCH:
+            events: List[Event] = []
+            while queue and len(events) < _BATCH:
                 item = queue.popleft()
+                if item.__class__ is dict:  # most items: an event, not a marker
+                    events.append(item)
+                    continue
                 if isinstance(item, _FlushMarker):
-                    self._write(batch, lines)
-                    batch, lines = [], []
+                    self._write(*self._finish_batch(events))
+                    events = []
                     self._flush_sinks()
                     item.done.set()
                     continue
                 if isinstance(item, _Lines):
-                    self._write(batch, lines)
-                    batch, lines = [], []
+                    self._write(*self._finish_batch(events))
+                    events = []
                     self._write_lines(item.lines)
                     continue
                 if isinstance(item, _Deferred):
-                    event = _build(item.build)
-                    if item.sequence is not None:
-                        event["event"]["sequence"] = item.sequence
-                    with self._order:
-                        item = self._process(event, 0)
+                    item = self._built(item)
                     if item is None:
                         continue
-                finished = self._finish(item)
-                if finished is not None:
-                    # serialised now, as it was hashed: nothing the batch's later events
-                    # share with it can change what is written after its hash
-                    batch.append(finished[0])
-                    lines.append(finished[1])
-            self._write(batch, lines)
+                events.append(item)
+            self._write(*self._finish_batch(events))
         self._report_dropped()
         self._report_losses()
+
+    def _built(self, deferred: _Deferred) -> Optional[Event]:
+        """A deferred event, built now, with its reserved number, through the caller's processors."""
+        event = _build(deferred.build)
+        if deferred.sequence is not None:
+            event["event"]["sequence"] = deferred.sequence
+        with self._order:
+            return self._process(event, 0)
+
+    def _finish_batch(self, events: List[Event]) -> Tuple[List[Event], List[bytes]]:
+        """:meth:`_finish` for a batch: each event through the writer's processors and
+        serialised as it is taken (nothing a later event shares with it changes what is
+        written after its hash), then the batch chained at once, natively where it can be
+        (the hashing without the interpreter's lock: the cell runs meanwhile)."""
+        chain = self._chain
+        if chain is None or not events:
+            finished = [f for f in map(self._finish, events) if f is not None]
+            return [f[0] for f in finished], [f[1] for f in finished]
+        done: List[Event] = []
+        bodies: List[Optional[bytes]] = []
+        with self._finishing:
+            for event in events:
+                event = _run_processors(self._on_writer, event)
+                if event is not None:
+                    done.append(event)
+                    bodies.append(chain.prepare(event))
+            try:
+                return done, chain.link(done, bodies)
+            except Exception:  # a bug in linking must not lose the events: each the Python way
+                return done, [self._serialised(e) for e in done]
+
+    def _serialised(self, event: Event) -> bytes:
+        """One event's line by the serialiser; what it cannot write, noted and written plainly."""
+        try:
+            return self._serialise(event)
+        except Exception as exc:  # a serialiser bug must not lose the event
+            event.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
+            return to_json_line(event)
 
     def _report_dropped(self) -> None:
         self.losses.queue_full(self.dropped, self.queue_size)

@@ -183,6 +183,35 @@ def test_json_lines_are_the_same_with_and_without_orjson(monkeypatch):
         assert line.count(b"\n") == 1 and b'"big":1180591620717411303424' in line and b'"1":"<object' in line
 
 
+def test_parts_every_event_shares_cannot_be_changed_through_one() -> None:
+    """``ecs``, ``user`` and ``host`` are one object per process: changing one through an
+    event is refused (it would change every event); a copy, a pickle or a parsed line is a
+    plain dict again, and the line is what a dict of each would write."""
+    import copy
+    import json
+    import pickle
+
+    import pytest
+
+    from kernel_guard.events.processors import AddContext
+    from kernel_guard.events.schema import KernelContext
+
+    context = KernelContext(kernel_id="k1")
+    add = AddContext(context)
+    one, two = (add(make_event("exec-denied", outcome="failure", layer="audit")) for _ in range(2))
+    assert one["user"] is two["user"] and one["ecs"] is two["ecs"] and one["host"] is two["host"]
+    for part, key in (("ecs", "version"), ("user", "name"), ("host", "hostname")):
+        with pytest.raises(TypeError, match="every event shares"):
+            one[part][key] = "changed"
+        with pytest.raises(TypeError):
+            one[part].update(other="x")
+        assert type(copy.deepcopy(one)[part]) is dict and type(pickle.loads(pickle.dumps(one))[part]) is dict
+    assert json.loads(to_json(one))["user"] == {"name": context.user}
+    context.user = "someone-else"  # a context whose value changes: the next event says so
+    assert add(make_event("exec-denied", outcome="failure", layer="audit"))["user"] == {"name": "someone-else"}
+    assert one["user"] == {"name": two["user"]["name"]} != {"name": "someone-else"}
+
+
 def test_line_separators_inside_values_are_escaped() -> None:
     """U+2028, U+2029 and U+0085 are valid unescaped JSON, but str.splitlines breaks lines on them: escaped."""
     import json

@@ -50,7 +50,7 @@ def test_message_format_is_rfc5424_with_the_event_as_json():
     assert match, text
     assert int(match["pri"]) == 19 * 8 + 4  # local3.warning
     assert (match["host"], match["app"], match["procid"], match["msgid"]) == ("jupyter-alice", "kg", "42", "exec-denied")
-    assert json.loads(match["msg"]) == denied
+    assert json.loads(match["msg"]) == json.loads(json.dumps(denied))  # category and type: tuples in process
     cell = make_event("cell-executed", outcome="failure", layer="ipython")
     assert RFC5424.match(format_message(cell).decode())["pri"] == str(1 * 8 + 6)  # user.info, even for a failed cell
     recorded = make_event("exec-attempt", outcome="unknown", layer="audit")

@@ -9,7 +9,8 @@ import sys
 
 #: each costs the supervisor 0.4-3 MB, with what it imports in turn
 HEAVY = ("typing", "dataclasses", "inspect", "importlib.resources", "hashlib", "_hashlib", "secrets", "uuid",
-         "getpass", "msgspec", "orjson", "ctypes", "_ctypes", "ipaddress", "warnings", "socket", "selectors", "random", "kernel_guard.events.spool", "kernel_guard.launch.seccomp_filter",
+         "getpass", "msgspec", "orjson", "ctypes", "_ctypes", "ipaddress", "warnings", "socket", "selectors", "random", "kernel_guard.events.spool", "kernel_guard.events._chain",
+         "kernel_guard.launch.seccomp_filter",
          "traitlets")
 
 #: started as the launcher starts it (-I -S), the supervisor's set-up and record path run

@@ -99,7 +99,7 @@ def any_value(value: Any) -> Optional[Dict[str, Any]]:
         return {"doubleValue": value if math.isfinite(value) else _NON_FINITE[str(value)]}
     if isinstance(value, str):
         return {"stringValue": value}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # an event's category and type are shared tuples
         # a null keeps its place as an empty AnyValue, so indices still match
         return {"arrayValue": {"values": [any_value(v) or {} for v in value]}}
     if isinstance(value, dict):

@@ -98,7 +98,7 @@ def _shrunk(event: Event, limit: int) -> Event:
             return node[:keep] + "…"
         if isinstance(node, dict):
             return {k: cut(v, keep) for k, v in node.items()}
-        if isinstance(node, list):
+        if isinstance(node, (list, tuple)):  # an event's category and type are shared tuples
             return [cut(v, keep) for v in node[:32]]
         return node
 

@@ -1,0 +1,245 @@
+/* kernel_guard.events._chain: link a run of one stream's events, off the GIL.
+ *
+ * Why this exists: the writer thread shares the interpreter's lock with the
+ * cell.  Per event it serialises once (orjson, canonical: sorted keys), hashes
+ * those bytes and splices the hash into the chain object (streams.py).  The
+ * hash and the splice are two thirds of the writer's time per event, and they
+ * need no Python object: this module does them for a whole run of events
+ * with the lock released, so the other core runs the cell meanwhile.
+ *
+ * link(bodies, prev, placeholder) -> (lines, digests)
+ *     bodies       canonical bodies (bytes) of consecutive events of one stream,
+ *                  each serialised with chain == {"prev": placeholder}
+ *     prev         the hash (64 hex digits) of the event before the first
+ *     placeholder  the 64 characters each body holds in place of its prev
+ *     Each body's placeholder becomes the hash of the body before it; the
+ *     body, so completed, is hashed (SHA-256, OpenSSL's) and the hash is
+ *     spliced in after "prev": the line, with its newline.  Returns the lines
+ *     and hashes of the bodies it could link, in order: it stops at the first
+ *     body whose chain object is not there exactly once, or that holds a
+ *     character some readers take for a line end (U+2028, U+2029, U+0085).
+ *     The caller links that one the Python way (streams.py), which escapes
+ *     them, and goes on from there.  Every line is byte for byte what
+ *     streams._hashed_line writes for the same event.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#define HEX 64
+static const char MARK_HEAD[] = "\"chain\":{\"prev\":\"";
+#define MARK_HEAD_LEN (sizeof(MARK_HEAD) - 1)
+static const char HASH_HEAD[] = ",\"hash\":\"";
+#define HASH_HEAD_LEN (sizeof(HASH_HEAD) - 1)
+/* the line's length over its body's: ,"hash":" + 64 + " + newline */
+#define GROWTH (HASH_HEAD_LEN + HEX + 2)
+
+typedef struct {
+    const char *body;
+    Py_ssize_t len;
+    Py_ssize_t at;      /* offset of the placeholder in body */
+    char *out;          /* the line's buffer (a bytes object's, not yet shared) */
+} job_t;
+
+static EVP_MD *sha256;  /* fetched once: an implicit fetch per digest costs more than the digest */
+
+/* Offset of the only occurrence of `mark` in `body`, or -1 (none, or more than one). */
+static Py_ssize_t
+only_occurrence(const char *body, Py_ssize_t len, const char *mark, Py_ssize_t mark_len)
+{
+    const char *first = memmem(body, (size_t)len, mark, (size_t)mark_len);
+    if (first == NULL)
+        return -1;
+    const char *after = first + 1;
+    if (memmem(after, (size_t)(body + len - after), mark, (size_t)mark_len) != NULL)
+        return -1;
+    return first - body;
+}
+
+/* Whether `body` holds U+2028, U+2029 (E2 80 A8/A9) or U+0085 (C2 85) as UTF-8. */
+static int
+has_line_break(const char *body, Py_ssize_t len)
+{
+    const unsigned char *p = (const unsigned char *)body, *end = p + len;
+    for (; p + 1 < end; p++) {
+        if (p[0] == 0xC2 && p[1] == 0x85)
+            return 1;
+        if (p[0] == 0xE2 && p + 2 < end && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9))
+            return 1;
+    }
+    return 0;
+}
+
+static const char HEX_DIGITS[] = "0123456789abcdef";
+
+/* Fill each job's line and hash in turn; the lock is not held.  0 on success. */
+static int
+link_all(job_t *jobs, Py_ssize_t n, char (*digests)[HEX], const char *prev)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return -1;
+    unsigned char md[32];
+    unsigned int md_len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        job_t *job = &jobs[i];
+        Py_ssize_t cut = job->at + HEX + 1;   /* after prev's closing quote, before the brace */
+        Py_ssize_t rest = job->len - cut;
+        memcpy(job->out, job->body, (size_t)job->at);
+        memcpy(job->out + job->at, i ? digests[i - 1] : prev, HEX);
+        job->out[job->at + HEX] = '"';
+        /* the body as hashed: its prev in place, no hash yet */
+        if (!EVP_DigestInit_ex2(ctx, sha256, NULL) || !EVP_DigestUpdate(ctx, job->out, (size_t)cut)
+                || !EVP_DigestUpdate(ctx, job->body + cut, (size_t)rest)
+                || !EVP_DigestFinal_ex(ctx, md, &md_len) || md_len != 32) {
+            EVP_MD_CTX_free(ctx);
+            return -1;
+        }
+        for (int b = 0; b < 32; b++) {
+            digests[i][2 * b] = HEX_DIGITS[md[b] >> 4];
+            digests[i][2 * b + 1] = HEX_DIGITS[md[b] & 15];
+        }
+        char *p = job->out + cut;
+        memcpy(p, HASH_HEAD, HASH_HEAD_LEN);
+        memcpy(p + HASH_HEAD_LEN, digests[i], HEX);
+        p[HASH_HEAD_LEN + HEX] = '"';
+        memcpy(p + GROWTH - 1, job->body + cut, (size_t)rest);
+        job->out[job->len + GROWTH - 1] = '\n';
+    }
+    EVP_MD_CTX_free(ctx);
+    return 0;
+}
+
+/* The jobs for the bodies that can be linked (up to the first that cannot); their
+ * lines' bytes objects are appended to `lines`.  The count, or -1 with an error set. */
+static Py_ssize_t
+prepare(PyObject *bodies, const char *placeholder, job_t *jobs, PyObject *lines)
+{
+    char mark[MARK_HEAD_LEN + HEX + 2];
+    memcpy(mark, MARK_HEAD, MARK_HEAD_LEN);
+    memcpy(mark + MARK_HEAD_LEN, placeholder, HEX);
+    memcpy(mark + MARK_HEAD_LEN + HEX, "\"}", 2);
+    Py_ssize_t n = PyTuple_GET_SIZE(bodies);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(bodies, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "link: body %zd is %.100s, not bytes", i, Py_TYPE(item)->tp_name);
+            return -1;
+        }
+        const char *body = PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item);
+        Py_ssize_t at = only_occurrence(body, len, mark, (Py_ssize_t)sizeof(mark));
+        if (at < 0 || has_line_break(body, len))
+            return i;
+        PyObject *line = PyBytes_FromStringAndSize(NULL, len + GROWTH);
+        if (line == NULL)
+            return -1;
+        if (PyList_Append(lines, line) < 0) {
+            Py_DECREF(line);
+            return -1;
+        }
+        Py_DECREF(line);  /* the list holds it */
+        jobs[i] = (job_t){body, len, at + (Py_ssize_t)MARK_HEAD_LEN, PyBytes_AS_STRING(line)};
+    }
+    return n;
+}
+
+static PyObject *
+digests_list(char (*digests)[HEX], Py_ssize_t n)
+{
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *digest = PyUnicode_DecodeASCII(digests[i], HEX, NULL);
+        if (digest == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, digest);
+    }
+    return out;
+}
+
+static PyObject *
+chain_link(PyObject *module, PyObject *args)
+{
+    PyObject *bodies_arg;
+    const char *prev, *placeholder;
+    Py_ssize_t prev_len, placeholder_len;
+    if (!PyArg_ParseTuple(args, "Os#s#:link", &bodies_arg, &prev, &prev_len, &placeholder, &placeholder_len))
+        return NULL;
+    if (prev_len != HEX || placeholder_len != HEX)
+        return PyErr_Format(PyExc_ValueError, "link: prev and placeholder are %d characters", HEX);
+    /* a tuple: nobody can drop a body from it while they are read without the lock */
+    PyObject *bodies = PySequence_Tuple(bodies_arg);
+    if (bodies == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(bodies);
+    job_t *jobs = PyMem_Malloc(sizeof(job_t) * (size_t)(n ? n : 1));
+    char (*digests)[HEX] = PyMem_Malloc((size_t)HEX * (size_t)(n ? n : 1));
+    PyObject *lines = PyList_New(0), *result = NULL;
+    if (jobs == NULL || digests == NULL || lines == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t count = prepare(bodies, placeholder, jobs, lines);
+    if (count < 0)
+        goto done;
+    char prev_copy[HEX];
+    memcpy(prev_copy, prev, HEX);
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = link_all(jobs, count, digests, prev_copy);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetString(PyExc_RuntimeError, "link: OpenSSL's SHA-256 failed");
+        goto done;
+    }
+    PyObject *hashes = digests_list(digests, count);
+    if (hashes != NULL)
+        result = PyTuple_Pack(2, lines, hashes);
+    Py_XDECREF(hashes);
+done:
+    PyMem_Free(jobs);
+    PyMem_Free(digests);
+    Py_XDECREF(lines);
+    Py_DECREF(bodies);
+    return result;
+}
+
+static PyMethodDef chain_methods[] = {
+    {"link", chain_link, METH_VARARGS,
+     "link(bodies, prev, placeholder) -> (lines, hashes): chain a run of one stream's canonical bodies."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+chain_exec(PyObject *module)
+{
+    if (sha256 == NULL && (sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL has no SHA-256");
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot chain_slots[] = {
+    {Py_mod_exec, chain_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef chain_module = {
+    PyModuleDef_HEAD_INIT, "kernel_guard.events._chain",
+    "Link a run of one stream's events (SHA-256 and the splice) with the interpreter's lock released.",
+    0, chain_methods, chain_slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__chain(void)
+{
+    return PyModuleDef_Init(&chain_module);
+}
