@@ -3,9 +3,10 @@
  * Why this exists: the writer thread shares the interpreter's lock with the
  * cell.  Per event it serialises once (orjson, canonical: sorted keys), hashes
  * those bytes and splices the hash into the chain object (streams.py).  The
- * hash and the splice are two thirds of the writer's time per event, and they
- * need no Python object: this module does them for a whole run of events
- * with the lock released, so the other core runs the cell meanwhile.
+ * scan for the chain object, the hash and the splice need no Python object:
+ * this module does them for a whole run of events with the lock released (only
+ * the lines' bytes objects are made holding it), so the other core runs the
+ * cell meanwhile.
  *
  * link(bodies, prev, placeholder) -> (lines, digests)
  *     bodies       canonical bodies (bytes) of consecutive events of one stream,
@@ -32,6 +33,8 @@
 #define HEX 64
 static const char MARK_HEAD[] = "\"chain\":{\"prev\":\"";
 #define MARK_HEAD_LEN (sizeof(MARK_HEAD) - 1)
+/* the chain object as each body holds it: "chain":{"prev":"<placeholder>"} */
+#define MARK_LEN ((Py_ssize_t)MARK_HEAD_LEN + HEX + 2)
 static const char HASH_HEAD[] = ",\"hash\":\"";
 #define HASH_HEAD_LEN (sizeof(HASH_HEAD) - 1)
 /* the line's length over its body's: ,"hash":" + 64 + " + newline */
@@ -40,7 +43,6 @@ static const char HASH_HEAD[] = ",\"hash\":\"";
 typedef struct {
     const char *body;
     Py_ssize_t len;
-    Py_ssize_t at;      /* offset of the placeholder in body */
     char *out;          /* the line's buffer (a bytes object's, not yet shared) */
 } job_t;
 
@@ -53,21 +55,24 @@ only_occurrence(const char *body, Py_ssize_t len, const char *mark, Py_ssize_t m
     const char *first = memmem(body, (size_t)len, mark, (size_t)mark_len);
     if (first == NULL)
         return -1;
-    const char *after = first + 1;
+    const char *after = first + mark_len;  /* an occurrence cannot overlap: it starts with a quote */
     if (memmem(after, (size_t)(body + len - after), mark, (size_t)mark_len) != NULL)
         return -1;
     return first - body;
 }
 
-/* Whether `body` holds U+2028, U+2029 (E2 80 A8/A9) or U+0085 (C2 85) as UTF-8. */
+/* Whether `body` holds U+2028, U+2029 (E2 80 A8/A9) or U+0085 (C2 85) as UTF-8.
+ * memchr's vector scan for the lead bytes: most bodies are ASCII and hold neither. */
 static int
 has_line_break(const char *body, Py_ssize_t len)
 {
-    const unsigned char *p = (const unsigned char *)body, *end = p + len;
-    for (; p + 1 < end; p++) {
-        if (p[0] == 0xC2 && p[1] == 0x85)
+    const unsigned char *start = (const unsigned char *)body, *end = start + len, *p;
+    for (p = start; (p = memchr(p, 0xC2, (size_t)(end - p))) != NULL && p + 1 < end; p++) {
+        if (p[1] == 0x85)
             return 1;
-        if (p[0] == 0xE2 && p + 2 < end && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9))
+    }
+    for (p = start; (p = memchr(p, 0xE2, (size_t)(end - p))) != NULL && p + 2 < end; p++) {
+        if (p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9))
             return 1;
     }
     return 0;
@@ -75,22 +80,29 @@ has_line_break(const char *body, Py_ssize_t len)
 
 static const char HEX_DIGITS[] = "0123456789abcdef";
 
-/* Fill each job's line and hash in turn; the lock is not held.  0 on success. */
-static int
-link_all(job_t *jobs, Py_ssize_t n, char (*digests)[HEX], const char *prev)
+/* Link the jobs in turn, the lock not held: up to the first whose body cannot be
+ * linked (its chain object not there exactly once, or a line break to escape).
+ * The count linked, or -1 when OpenSSL failed. */
+static Py_ssize_t
+link_all(job_t *jobs, Py_ssize_t n, char (*digests)[HEX], const char *prev, const char *mark)
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL)
         return -1;
     unsigned char md[32];
     unsigned int md_len = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
         job_t *job = &jobs[i];
-        Py_ssize_t cut = job->at + HEX + 1;   /* after prev's closing quote, before the brace */
+        Py_ssize_t at = only_occurrence(job->body, job->len, mark, MARK_LEN);
+        if (at < 0 || has_line_break(job->body, job->len))
+            break;
+        at += (Py_ssize_t)MARK_HEAD_LEN;      /* the placeholder */
+        Py_ssize_t cut = at + HEX + 1;        /* after prev's closing quote, before the brace */
         Py_ssize_t rest = job->len - cut;
-        memcpy(job->out, job->body, (size_t)job->at);
-        memcpy(job->out + job->at, i ? digests[i - 1] : prev, HEX);
-        job->out[job->at + HEX] = '"';
+        memcpy(job->out, job->body, (size_t)at);
+        memcpy(job->out + at, i ? digests[i - 1] : prev, HEX);
+        job->out[at + HEX] = '"';
         /* the body as hashed: its prev in place, no hash yet */
         if (!EVP_DigestInit_ex2(ctx, sha256, NULL) || !EVP_DigestUpdate(ctx, job->out, (size_t)cut)
                 || !EVP_DigestUpdate(ctx, job->body + cut, (size_t)rest)
@@ -110,18 +122,14 @@ link_all(job_t *jobs, Py_ssize_t n, char (*digests)[HEX], const char *prev)
         job->out[job->len + GROWTH - 1] = '\n';
     }
     EVP_MD_CTX_free(ctx);
-    return 0;
+    return i;
 }
 
-/* The jobs for the bodies that can be linked (up to the first that cannot); their
- * lines' bytes objects are appended to `lines`.  The count, or -1 with an error set. */
-static Py_ssize_t
-prepare(PyObject *bodies, const char *placeholder, job_t *jobs, PyObject *lines)
+/* A line's buffer for each body (bytes objects, appended to `lines`), while the lock
+ * is held.  0, or -1 with an error set. */
+static int
+allocate(PyObject *bodies, job_t *jobs, PyObject *lines)
 {
-    char mark[MARK_HEAD_LEN + HEX + 2];
-    memcpy(mark, MARK_HEAD, MARK_HEAD_LEN);
-    memcpy(mark + MARK_HEAD_LEN, placeholder, HEX);
-    memcpy(mark + MARK_HEAD_LEN + HEX, "\"}", 2);
     Py_ssize_t n = PyTuple_GET_SIZE(bodies);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(bodies, i);
@@ -129,11 +137,7 @@ prepare(PyObject *bodies, const char *placeholder, job_t *jobs, PyObject *lines)
             PyErr_Format(PyExc_TypeError, "link: body %zd is %.100s, not bytes", i, Py_TYPE(item)->tp_name);
             return -1;
         }
-        const char *body = PyBytes_AS_STRING(item);
         Py_ssize_t len = PyBytes_GET_SIZE(item);
-        Py_ssize_t at = only_occurrence(body, len, mark, (Py_ssize_t)sizeof(mark));
-        if (at < 0 || has_line_break(body, len))
-            return i;
         PyObject *line = PyBytes_FromStringAndSize(NULL, len + GROWTH);
         if (line == NULL)
             return -1;
@@ -142,9 +146,9 @@ prepare(PyObject *bodies, const char *placeholder, job_t *jobs, PyObject *lines)
             return -1;
         }
         Py_DECREF(line);  /* the list holds it */
-        jobs[i] = (job_t){body, len, at + (Py_ssize_t)MARK_HEAD_LEN, PyBytes_AS_STRING(line)};
+        jobs[i] = (job_t){PyBytes_AS_STRING(item), len, PyBytes_AS_STRING(line)};
     }
-    return n;
+    return 0;
 }
 
 static PyObject *
@@ -186,19 +190,23 @@ chain_link(PyObject *module, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t count = prepare(bodies, placeholder, jobs, lines);
-    if (count < 0)
+    if (allocate(bodies, jobs, lines) < 0)
         goto done;
-    char prev_copy[HEX];
+    char mark[MARK_LEN], prev_copy[HEX];
+    memcpy(mark, MARK_HEAD, MARK_HEAD_LEN);
+    memcpy(mark + MARK_HEAD_LEN, placeholder, HEX);
+    memcpy(mark + MARK_HEAD_LEN + HEX, "\"}", 2);
     memcpy(prev_copy, prev, HEX);
-    int failed;
+    Py_ssize_t count;
     Py_BEGIN_ALLOW_THREADS
-    failed = link_all(jobs, count, digests, prev_copy);
+    count = link_all(jobs, n, digests, prev_copy, mark);
     Py_END_ALLOW_THREADS
-    if (failed) {
+    if (count < 0) {
         PyErr_SetString(PyExc_RuntimeError, "link: OpenSSL's SHA-256 failed");
         goto done;
     }
+    if (PyList_SetSlice(lines, count, n, NULL) < 0)  /* the buffers of the bodies not linked */
+        goto done;
     PyObject *hashes = digests_list(digests, count);
     if (hashes != NULL)
         result = PyTuple_Pack(2, lines, hashes);
