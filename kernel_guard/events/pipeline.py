@@ -153,6 +153,7 @@ class EventPipeline(_Writer):
             if self._stream_pending:
                 self._stream_pending = False
                 self._stream_started()
+                _flush_on_sigterm(self)
 
     def _stream_ended(self, reason: str) -> None:
         """Close this process's stream: its last event, naming its own number.  A forked
@@ -369,7 +370,6 @@ def _continue_in_forked_child(pipeline: EventPipeline) -> None:
     # writes nothing, and its fork costs no synchronous write (0.5-1 ms measured)
     pipeline._stream_pending = True
     _close_in_forked_child(pipeline)
-    _flush_on_sigterm(pipeline)
 
 
 def _close_in_forked_child(pipeline: EventPipeline) -> None:
@@ -391,7 +391,12 @@ def _finalize_at_child_exit(pipeline: EventPipeline) -> None:
 def _flush_on_sigterm(pipeline: EventPipeline) -> None:
     """A forked child ended by SIGTERM (``Pool.terminate()``, which ``with Pool``
     calls) first writes what it counted and ends its stream, then dies of the same
-    signal as it would have.  Only where SIGTERM still has its default action."""
+    signal as it would have.  Only where SIGTERM still has its default action, and
+    only once the child has recorded something (its stream opened): a Python
+    handler runs when the main thread next checks for signals, and a SIGTERM that
+    comes just before a worker blocks on the pool's queue lock is then never
+    handled, where the default action ends the process at once (a fork ``Pool``
+    that recorded nothing hung at its end, waiting for such a worker)."""
     import signal
 
     def flush_then_die(signum: int, _frame: Any) -> None:

@@ -187,6 +187,28 @@ def test_a_forked_child_that_records_nothing_writes_no_stream(tmp_path: Path) ->
     assert out.returncode == 0 and "the record is whole" in out.stdout, out.stdout + out.stderr
 
 
+def _sigterm_action(n: int) -> str:
+    """In a pool worker: SIGTERM's action after recording ``n`` refusals."""
+    import signal
+
+    _refuse_many(n)
+    return "default" if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else "flush first"
+
+
+def test_a_forked_child_takes_sigterm_only_once_it_has_recorded_something(tmp_path: Path) -> None:
+    """A worker that recorded nothing keeps SIGTERM's default action: a Python handler
+    runs only when the main thread next checks, and a SIGTERM that came just before
+    the worker blocked on the pool's queue lock was never handled (``with Pool`` then
+    hung at its end). One that recorded something flushes first (the test below)."""
+    path = tmp_path / "e.jsonl"
+    with _as_process_pipeline(path, interval=0):
+        for n, expected in ((0, "default"), (2, "flush first")):
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                assert pool.map(_sigterm_action, [n]) == [expected]
+                pool.close()
+                pool.join()
+
+
 def _refuse_then_wait(n: int) -> int:
     _refuse_many(n)
     time.sleep(30)  # still at work when the pool is terminated
