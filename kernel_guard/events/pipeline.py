@@ -85,10 +85,9 @@ class EventPipeline(_Writer):
         self._serialise: Callable[[Event], bytes] = to_json_line
         self._chain: Any = None  # its batch form (prepare, link): the writer's batches
         if self._on_writer and hasattr(self._on_writer[-1], "serialise"):
-            self._chain = self._on_writer.pop()
-            self._serialise = self._chain.serialise
-            if not hasattr(self._chain, "link"):
-                self._chain = None
+            chain = self._on_writer.pop()
+            self._serialise = chain.serialise
+            self._chain = chain if hasattr(chain, "link") else None
         # reserves numbers for events built later (emit_later)
         self._numbering = next((p for p in self._on_caller if isinstance(p, Sequence)), None)
         self._finishing = threading.Lock()

@@ -58,20 +58,21 @@ class AddContext:
 
     def __init__(self, context: KernelContext) -> None:
         self.context = context
-        self._user = self._host = Shared()  # made again when the context's value changes
+        self._parts: dict[str, Shared] = {}  # user, host: made again when the context's value changes
+
+    def _shared(self, part: str, field: str, value: object) -> Shared:
+        """The object every event shares as ``part`` (``{field: value}``)."""
+        shared = self._parts.get(part)
+        if shared is None or shared[field] != value:
+            shared = self._parts[part] = Shared({field: value})
+        return shared
 
     def __call__(self, event: Event) -> Event:
         ctx = self.context
         if "user" not in event:
-            user = self._user
-            if user.get("name") != ctx.user:
-                user = self._user = Shared(name=ctx.user)
-            event["user"] = user
+            event["user"] = self._shared("user", "name", ctx.user)
         if "host" not in event:
-            host = self._host
-            if host.get("hostname") != ctx.hostname:
-                host = self._host = Shared(hostname=ctx.hostname)
-            event["host"] = host
+            event["host"] = self._shared("host", "hostname", ctx.hostname)
         proc = event.get("process")
         if proc is None:  # not setdefault: its default would be a dict made for every event
             proc = event["process"] = {}
@@ -289,8 +290,7 @@ class Sequence:
     def __call__(self, event: Event) -> Event:
         ev = event["event"]
         if "sequence" not in ev:  # a reserved number is kept
-            with self._lock:
-                ev["sequence"] = next(self._counter)
+            ev["sequence"] = self.reserve()
         guard = event.get("kernel_guard")
         if guard is None:
             guard = event["kernel_guard"] = {}

@@ -152,12 +152,11 @@ class StreamChain:
         """The event's canonical body with a placeholder for its prev, serialised now
         (what the event holds when it is taken is what is written); None when it goes
         the way of :meth:`serialise` (no stream, what orjson refuses, no native linker)."""
-        guard = event.get("kernel_guard")
-        if guard.__class__ is not dict or not guard.get("stream") or not (_link or _native_link()):
+        if _stream_of(event) is None or _native_link() is None:
             return None
-        guard["chain"] = {"prev": _PLACEHOLDER}
+        event["kernel_guard"]["chain"] = {"prev": _PLACEHOLDER}
         try:
-            return orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=repr)  # _canonical_fast, inline
+            return _canonical_fast(event)
         except TypeError:
             return None
 
