@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Callable, Iterable, Optional
 
-__all__ = ["LIBRARIES", "Library", "install_fixups", "judge", "libraries_on_stack", "missing_program", "physical_cores", "probed_by"]
+__all__ = ["LIBRARIES", "Library", "after_import", "install_fixups", "judge", "libraries_on_stack", "missing_program", "physical_cores", "probed_by"]
 
 
 class Library(namedtuple("Library", "name modules probes fix", defaults=((), ""))):
@@ -201,6 +201,17 @@ class _AfterImport:
                 spec.loader.exec_module = exec_module  # type: ignore[method-assign]
                 return spec
         return None
+
+
+def after_import(name: str, fixup: Callable[[Any], None]) -> None:
+    """Run ``fixup(module)`` once module ``name`` is imported: now, if it already is,
+    else right after its import (the finder :func:`install_fixups` puts first)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        fixup(module)
+        return
+    _FIXUPS[name] = fixup
+    install_fixups()
 
 
 def install_fixups() -> None:

@@ -148,8 +148,16 @@ def _create_profile_dir() -> None:
 
 
 def _guard_multiprocessing(enforce_exec: bool) -> None:
-    """Fork is the start method that works without exec; spawn/forkserver get a clear error."""
-    import multiprocessing
+    """Fork is the start method that works without exec; spawn/forkserver get a clear
+    error.  Set when multiprocessing is first imported: imported by the launcher, every
+    ``logging`` record of the kernel would ask it for the process's name (0.2-0.3 us)."""
+    from ..audit import probes
+
+    probes.after_import("multiprocessing", lambda module: _fork_by_default(module, enforce_exec))
+
+
+def _fork_by_default(multiprocessing: Any, enforce_exec: bool) -> None:
+    """multiprocessing, just imported: fork by default, and a clear error from spawnv_passfds."""
     import multiprocessing.util as mp_util
 
     multiprocessing.set_start_method("fork", force=True)
