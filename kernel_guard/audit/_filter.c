@@ -45,6 +45,7 @@
 
 #define MAX_NAMES 64
 #define MAX_FILTERS 16
+#define NAME_BUCKETS 64  /* a power of two */
 
 /* What makes a write-open a persistence write: the policy's (dirs, globs, files). */
 typedef struct {
@@ -59,12 +60,15 @@ typedef struct {
     Py_ssize_t count;
     const char *names[MAX_NAMES];  /* UTF-8 of the interned strings below */
     PyObject *interned[MAX_NAMES];
+    /* the names by their first four bytes: a bucket's first index, each name's next
+     * (-1 ends); an event compares with the few names that start as it does */
+    signed char bucket_head[NAME_BUCKETS];
+    signed char bucket_next[MAX_NAMES];
     int seen_check;              /* set by the install-time check event */
     writes_t writes;             /* dirs == NULL: every write-open goes to the callback */
     int record_only;             /* quieted once an enforcing filter is added after it */
     int quiet;
-    int kept[MAX_NAMES];         /* indices of the names that still pass once quiet */
-    int kept_count;
+    char kept[MAX_NAMES];        /* the names that still pass once quiet */
 } filter_t;
 
 /* every filter added, for the record-only ones an enforcing filter quiets */
@@ -120,6 +124,16 @@ plain_read(PyObject *args)
 static int
 may_be_credential(PyObject *path)
 {
+    /* every open raises this check: a last letter other than environ's or mem's
+     * settles it without a comparison */
+    Py_ssize_t n = PyUnicode_GetLength(path);
+    Py_UCS4 last = n > 0 ? PyUnicode_ReadChar(path, n - 1) : 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();  /* cannot tell: compare below */
+    }
+    else if (last != 'n' && last != 'm') {
+        return 0;
+    }
     static PyObject *suffixes[2] = {NULL, NULL};
     if (suffixes[0] == NULL) {
         suffixes[0] = PyUnicode_InternFromString("environ");
@@ -370,38 +384,44 @@ open_needs_no_policy(const filter_t *f, PyObject *args)
     return ordinary_write(f, args);
 }
 
+/* The bucket of a name or event: its first four bytes (fewer if shorter).  Every
+ * audit event of the process is looked up, most of them uninteresting (a logging
+ * record raises five): a linear scan compared them with twenty names starting "o". */
+static inline unsigned
+bucket_of(const char *s)
+{
+    unsigned h = 0;
+    for (int k = 0; k < 4 && s[k] != '\0'; k++) {
+        h = h * 31u + (unsigned char)s[k];
+    }
+    return h & (NAME_BUCKETS - 1);
+}
+
+/* The index of event among f's names, or -1. */
+static inline int
+find_name(const filter_t *f, const char *event)
+{
+    for (int i = f->bucket_head[bucket_of(event)]; i >= 0; i = f->bucket_next[i]) {
+        if (strcmp(f->names[i], event) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
 static int
 filter_hook(const char *event, PyObject *args, void *data)
 {
     filter_t *f = (filter_t *)data;
-    Py_ssize_t i;
-    if (f->quiet) {
-        /* the launcher's record-only filter, once the enforcing one records: it runs
-         * for every event of the kernel, so it compares only the few names it keeps */
-        int k;
-        for (k = 0; k < f->kept_count; k++) {
-            const char *name = f->names[f->kept[k]];
-            if (name[0] == event[0] && strcmp(name, event) == 0) {
-                break;
-            }
-        }
-        if (k == f->kept_count) {
-            return 0;
-        }
-        i = f->kept[k];
-    }
-    else {
-        for (i = 0; i < f->count; i++) {
-            const char *name = f->names[i];
-            if (name[0] == event[0] && strcmp(name, event) == 0) {
-                break;
-            }
-        }
-    }
-    if (i == f->count) {
+    int i = find_name(f, event);
+    if (i < 0) {
         if (event[0] == 'k' && strcmp(event, CHECK_EVENT) == 0) {
             f->seen_check = 1;
         }
+        return 0;
+    }
+    if (f->quiet && !f->kept[i]) {
+        /* the launcher's record-only filter, once the enforcing one records */
         return 0;
     }
     /* Runtime hooks run for every interpreter; the callback belongs to one.
@@ -455,6 +475,7 @@ set_names(filter_t *f, PyObject *obj)
         return -1;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(names);
+    memset(f->bucket_head, -1, sizeof f->bucket_head);
     if (n > MAX_NAMES) {
         Py_DECREF(names);
         PyErr_Format(PyExc_ValueError, "add_hook: at most %d event names", MAX_NAMES);
@@ -479,6 +500,9 @@ set_names(filter_t *f, PyObject *obj)
         f->interned[i] = name;
         f->names[i] = utf8;
         f->count = i + 1;
+        unsigned b = bucket_of(utf8);
+        f->bucket_next[i] = f->bucket_head[b];
+        f->bucket_head[b] = (signed char)i;
     }
     Py_DECREF(names);
     return PyErr_Occurred() ? -1 : 0;
@@ -540,9 +564,7 @@ set_record_only(filter_t *f, PyObject *obj)
             Py_DECREF(kept);
             return -1;
         }
-        if (r) {
-            f->kept[f->kept_count++] = (int)i;
-        }
+        f->kept[i] = (char)(r != 0);
     }
     Py_DECREF(kept);
     return 0;

@@ -159,3 +159,26 @@ def test_a_record_only_filter_keeps_only_its_names_once_an_enforcing_one_follows
     self-protection event it keeps, while the enforcing one sees both."""
     out = _run(QUIET, tmp_path).strip()
     assert out == "['open', 'object.__setattr__'] ['open', 'object.__setattr__']", out
+
+
+#: every name the hook takes, then events that share its first bytes or its bucket
+NAMES_CHECK = """
+import json, sys
+from kernel_guard.audit import _filter
+from kernel_guard.audit.hook import INTERESTING_EVENTS
+names = sorted(INTERESTING_EVENTS) + ["a", "ab", "x.y.z.w"]
+seen = []
+_filter.add_hook(names, lambda event, args: seen.append(event))
+near = ["os.", "os.k", "os.kil", "os.killp", "os.killpgx", "object.__getattr__", "objec", "o", "",
+        "ope", "openx", "sys._getframe", "sys.addaudithoo", "ctypes.dlsym/", "abc", "b", "x.y.z"]
+for event in names + near:
+    sys.audit(event)
+print(json.dumps([seen, names]))
+"""
+
+
+def test_the_filter_passes_exactly_its_names_whatever_they_share() -> None:
+    """Names that start alike (twenty start "os." or "o") and events one letter off
+    them: each name reaches the callback once, nothing else does."""
+    seen, names = json.loads(_run(NAMES_CHECK, Path(".")))
+    assert seen == names
