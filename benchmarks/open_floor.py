@@ -4,9 +4,12 @@ Any seccomp filter puts every system call on the kernel's slower entry path (a
 Python ``open()`` makes five), and any Landlock domain that handles file-system
 rights runs its check at every open, reads included.  Fresh processes time
 ``open(path, "rb").close()`` on a file in a writable folder, then load either
-the least the launcher could have (``minimal``: a one-rule filter and a domain
-that handles writes only, with that folder writable) or what it has
-(``launcher``: the default profile with the launcher's truncation and image-gate
+the least any filter and domain could have (``minimal``: a one-rule filter and a
+domain that handles writes only, with that folder writable), the least the
+launcher's design could have (``nested``: the same, nested in the signal-scope
+domain the launcher shares with its supervisor, as every launcher kernel's is:
+a second layer, checked at every open too), or what it has (``launcher``: that
+outer domain, the default profile with the launcher's truncation and image-gate
 rules, and its domain: writes beneath the folder, exec of the interpreter), and
 time it again.  No audit hook: the extension kernel shows that part.
 """
@@ -25,7 +28,7 @@ from typing import Dict
 if __package__:
     from .stats import interleaved, median
 
-LAYERS = ("minimal", "launcher")
+LAYERS = ("minimal", "nested", "launcher")
 
 
 def _time_open(path: str, n: int) -> float:
@@ -47,8 +50,10 @@ def _load(variant: str, folder: str) -> None:
     profile = profiles.load_profile("default")
     seccomp_filter.set_no_new_privs()
     programs = (os.path.realpath(sys.executable),) if variant == "launcher" else ()
+    if variant != "minimal":
+        landlock.restrict_outer()
     landlock.restrict(landlock.Domain((folder,), programs))
-    if variant == "minimal":
+    if variant != "launcher":
         filt = sc.SyscallFilter(sc.ALLOW)
         filt.add_rule(sc.ERRNO(1), "kexec_load")
         filt.load()
@@ -87,4 +92,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
     else:
-        sys.exit("usage: open_floor.py --child minimal|launcher N (run benchmarks/run.py instead)")
+        sys.exit("usage: open_floor.py --child minimal|nested|launcher N (run benchmarks/run.py instead)")

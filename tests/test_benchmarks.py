@@ -45,7 +45,7 @@ def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(t
     assert set(doc["scenarios"]["syscalls"]["floor"]["guard"]) == {"getppid", "stat"}
     assert {"write", "open_read", "stat", "joblib_first", "pool_round_trip"} <= set(
         doc["scenarios"]["landlock"]["ratios"]["launcher"])
-    assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "launcher"}
+    assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "nested", "launcher"}
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
     assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum"}
 
