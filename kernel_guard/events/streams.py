@@ -163,19 +163,26 @@ class StreamChain:
     def link(self, events: list, bodies: list) -> list:
         """The lines of ``events`` in order (``bodies`` from :meth:`prepare`): each run of
         one stream's prepared events is linked natively, the interpreter's lock released
-        (:mod:`._chain`); any other event by :meth:`serialise` in its place."""
+        (:mod:`._chain`); any other event by :meth:`serialise` in its place.  All or
+        nothing: if it raises, the heads are as they were (the caller writes the batch
+        again from them, and the record shows no gap for lines never written)."""
         lines: list = []
+        saved = dict(self.heads)
         i, n = 0, len(events)
-        while i < n:
-            stream = _stream_of(events[i])
-            j = i
-            while j < n and bodies[j] is not None and events[j]["kernel_guard"]["stream"] == stream:
-                j += 1  # a prepared body's event has a stream
-            if j == i:
-                lines.append(self.serialise(events[i]))
-                i += 1
-                continue
-            i = self._link_run(stream, events[i:j], bodies[i:j], lines) + i
+        try:
+            while i < n:
+                stream = _stream_of(events[i])
+                j = i
+                while j < n and bodies[j] is not None and events[j]["kernel_guard"]["stream"] == stream:
+                    j += 1  # a prepared body's event has a stream
+                if j == i:
+                    lines.append(self.serialise(events[i]))
+                    i += 1
+                    continue
+                i = self._link_run(stream, events[i:j], bodies[i:j], lines) + i
+        except BaseException:
+            self.heads = saved
+            raise
         return lines
 
     def _link_run(self, stream: str, events: list, bodies: list, lines: list) -> int:

@@ -126,3 +126,29 @@ def test_a_failing_link_loses_nothing_and_the_record_verifies(tmp_path, monkeypa
     assert sum('"exec-denied"' in line for line in lines) == 20
     result = _verify(str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_link_failing_midway_leaves_no_gap(tmp_path, monkeypatch) -> None:
+    """A bug after the batch's first run was linked (a line break to escape ends a run):
+    the batch is written the Python way from the heads as they were before it, so the
+    record verifies."""
+    real, calls = StreamChain._link_run, []
+
+    def fails_second(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug in linking")
+        return real(self, *args)
+
+    monkeypatch.setattr(StreamChain, "_link_run", fails_second)
+    path = tmp_path / "events.jsonl"
+    pipe = _pipeline(path)
+    for i in range(20):
+        reason = "line\u2028break" if i == 10 else f"refused {i}"
+        pipe.emit(make_event("exec-denied", outcome="failure", layer="audit", reason=reason))
+    pipe.close()
+    assert len(calls) >= 2
+    lines = path.read_text().splitlines()
+    assert sum('"exec-denied"' in line for line in lines) == 20
+    result = _verify(str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
