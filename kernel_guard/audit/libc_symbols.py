@@ -157,11 +157,22 @@ def exec_family(names: Iterable[str]) -> frozenset[str]:
 
 def derive_exec_symbols(floor: Iterable[str], maps: str = "/proc/self/maps") -> frozenset[str]:
     """``floor`` plus every exec-family name the loaded libc exports (only the floor
-    when the libc cannot be found or read)."""
+    when the libc cannot be found or read).  A libc file read before is not read
+    again while it is the same file (device, inode, size, change time): the
+    launcher builds two hooks' policies in one start."""
     path = loaded_libc(maps)
     if path is None:
         return frozenset(floor)
     try:
-        return frozenset(floor) | dynamic_symbols(path, EXEC_FAMILY)
+        st = os.stat(path)
+        identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
+        found = _DERIVED.get(identity)
+        if found is None:
+            found = _DERIVED[identity] = dynamic_symbols(path, EXEC_FAMILY)
+        return frozenset(floor) | found
     except (OSError, ValueError, struct.error):
         return frozenset(floor)
+
+
+#: exec-family names by libc file identity (one entry in practice)
+_DERIVED: dict[tuple, frozenset[str]] = {}

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from ..exceptions import ExecRefused
-from .recording import _State, _argv, _record, _refuse_or_record, _short, _text
+from .recording import _State, _argv, _collect_setup, _record, _refuse_or_record, _short, _text
 
 __all__ = ["EXEC_SYMBOLS", "SIGNAL_SYMBOLS"]
 
@@ -137,6 +137,11 @@ def refuse_exec(enforce: bool, technique: str, summary: str, proc: dict[str, Any
     if verdict != "refuse":
         _answer_absent(enforce, technique, summary, proc, verdict, library)
         return
+    if not enforce and _State.setup_programs is not None:
+        # what _refuse_or_record does then, without redacting a summary nobody reads: a
+        # long command line wakes detectors whose patterns compile then (3-8 ms of start)
+        _collect_setup(proc)
+        return
     hint = library.fix if library else (ExecRefused.interpreter_hint if interpreter_allowed else None)
     if library is not None and enforce:
         notice.library_hint(library.fix)
@@ -150,6 +155,8 @@ def _answer_absent(enforce: bool, technique: str, summary: str, proc: dict[str, 
     """ENOENT, as for a program that is not installed; recorded as what it is, not as a failure."""
     from ..exceptions import ProgramAbsent
 
+    if _State.setup_programs is not None:
+        return  # the launcher's own set-up: one launcher-setup event names its programs
     what = f"starting a program ({technique}: {_short(summary)})"
     if verdict == "missing":
         action, reason = "exec-not-found", f"{what}: no such program (answered ENOENT, as the system would)"
@@ -157,8 +164,6 @@ def _answer_absent(enforce: bool, technique: str, summary: str, proc: dict[str, 
         action = "library-probe"
         reason = (f"{library.name} probed for {os.path.basename(proc['executable'])} ({technique}); answered as "
                   "if it were not installed (ENOENT): the library goes on without it")
-    if _State.setup_programs is not None:
-        return  # the launcher's own set-up: one launcher-setup event names its programs
     _record(action, "unknown", reason, technique, process=proc,
             **({"library": library.name} if library is not None else {}))
     if enforce:

@@ -101,17 +101,20 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
         _record(denied, "failure", f"refused {what}", technique, process=process, **fields)
         raise exc(what, hint=hint, layer="audit")
     if _State.setup_programs is not None and allowed == "exec-attempt":
-        # the launcher's own set-up (ldconfig, uname, its supervisor, libseccomp's
-        # syscall() lookup), before any notebook code: one launcher-setup event
-        # names them, not an exec-attempt each
-        entry = process or {"technique": technique, "what": what}
-        if entry not in _State.setup_programs:
-            _State.setup_programs.append(entry)
+        _collect_setup(process or {"technique": technique, "what": what})
         return
     if not _State.quiet_record_hook:
         _record(allowed, "unknown", f"recorded, not refused (audit mode, or kernel start-up): {what}", technique,
                 process=process, **fields)
         notice.would_refuse(what)
+
+
+def _collect_setup(entry: dict[str, Any]) -> None:
+    """The launcher's own set-up (ldconfig, uname, its supervisor, libseccomp's
+    syscall() lookup), before any notebook code: one launcher-setup event names
+    them, not an exec-attempt each."""
+    if _State.setup_programs is not None and entry not in _State.setup_programs:
+        _State.setup_programs.append(entry)
 
 
 @contextlib.contextmanager

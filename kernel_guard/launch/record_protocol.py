@@ -60,13 +60,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Callable, List, Optional, Tuple, Union
 
-try:  # the line parser over simdjson (optional, like every native part)
-    from ._linecheck import claims as _fast_claims
-except ImportError:  # pragma: no cover - not built: the Python path reads every line
-    _fast_claims = None
+#: the line parser over simdjson (optional, like every native part), loaded at the
+#: first check: the kernel imports this module for the message header alone, and
+#: need not map a C++ library for it (1.2 ms of every launcher kernel's start)
+_UNLOADED = object()
+_fast_claims: Any = _UNLOADED
 
 __all__ = ["CUSTODIAN_ACTIONS", "Claim", "Claims", "HEADER", "MAX_LINE", "MAX_PAYLOAD", "MAX_PENDING_TOTAL",
-           "Refused", "check_line", "check_lines", "split_lines", "split_message", "valid_stream_id"]
+           "Refused", "check_line", "check_lines", "native_parser", "split_lines", "split_message",
+           "valid_stream_id"]
 
 #: message header: kind (b"L" whole lines, b"C" a chunk of a longer line), sender pid (ignored)
 HEADER = struct.Struct("!cI")
@@ -83,6 +85,19 @@ CUSTODIAN_ACTIONS = frozenset({"chain-checkpoint", "lines-refused", "custodian-l
 _STREAM_ID = re.compile(r"[0-9a-f]{24}\Z")
 #: a list or an object cannot be looked up among the actions: such a line is refused (``action``)
 _COMPOUND = (list, dict)
+
+
+def native_parser() -> Optional[Callable[[bytes], Any]]:
+    """``_linecheck.claims``, loaded once; None where it was not built (the Python
+    path then reads every line)."""
+    global _fast_claims
+    if _fast_claims is _UNLOADED:
+        try:
+            from ._linecheck import claims
+        except ImportError:  # pragma: no cover - not built
+            claims = None
+        _fast_claims = claims
+    return _fast_claims
 
 
 class Refused(Exception):
@@ -157,7 +172,8 @@ def check_lines(lines: List[bytes], own_stream: Optional[str], ascii: bool = Fal
     cannot read a line exactly as Python does, or was not built, the Python path
     (:func:`_read_slowly`) does.  ``ascii``: the caller saw the whole message is
     ASCII (every line is UTF-8)."""
-    fast, judge, out = _fast_claims, _judge, []
+    fast = _fast_claims if _fast_claims is not _UNLOADED else native_parser()
+    judge, out = _judge, []
     append = out.append
     for line in lines:
         claims = fast(line) if fast is not None else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 from dataclasses import dataclass
@@ -110,8 +111,11 @@ class SeccompUnavailable(KernelGuardError):
     """The filter could not be built, loaded or verified on this system."""
 
 
+@functools.lru_cache(maxsize=None)
 def bindings() -> ModuleType:
-    """libseccomp's Python bindings: the official module, else pyseccomp."""
+    """libseccomp's Python bindings: the official module, else pyseccomp.  Found once
+    (a failure is not kept: each call raises it again): a profile's parse asks for
+    them about seventy times, and a failed ``import seccomp`` searches the path."""
     try:
         import seccomp  # type: ignore[import-not-found]
 

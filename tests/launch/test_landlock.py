@@ -231,9 +231,12 @@ def test_without_landlock_the_kernel_runs_every_exec_is_refused_and_status_says_
         lines = status.stdout.splitlines()
         assert lines[0] == "False True True" and "not available" in lines[1], status.stdout
         # the guard sets multiprocessing up when a cell first imports it, not at the start
-        # (imported, it would cost every logging record of the kernel a look-up)
-        before = kernel.execute("import sys\nprint('multiprocessing' in sys.modules)")
-        assert before.stdout.strip() == "False", before.stdout + before.error_text
+        # (imported, it would cost every logging record of the kernel a look-up); the
+        # custodian's line parser is the supervisor's, never loaded in the kernel
+        before = kernel.execute("import sys\nprint('multiprocessing' in sys.modules, "
+                                "'kernel_guard.launch._linecheck' in sys.modules, "
+                                "'kernel_guard.launch.custodian_sink' in sys.modules)")
+        assert before.stdout.strip() == "False False True", before.stdout + before.error_text
         spawn = kernel.execute("import multiprocessing as mp\nprint(mp.get_start_method())\n"
                                "mp.get_context('spawn').Process(target=print).start()")
         assert spawn.stdout.strip() == "fork", spawn.stdout
