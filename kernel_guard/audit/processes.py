@@ -81,7 +81,14 @@ def _allowed(executable: str, allowed_programs: frozenset) -> bool:
 def _check_dlopen(name: Any) -> None:
     """Record loading libc-like libraries (once per name): the ctypes exec route."""
     text = "<main program>" if name is None else _text(name)
-    if (name is None or _LIBC_LIKE.search(text)) and text not in _State.seen_libraries:
+    if not (name is None or _LIBC_LIKE.search(text)):
+        return
+    if _State.setup_programs is not None:
+        # the launcher's own (libseccomp's bindings): named in launcher-setup, and a
+        # cell that loads the library later is still recorded
+        _collect_setup({"technique": "ctypes.dlopen", "what": f"ctypes loaded {text}"})
+        return
+    if text not in _State.seen_libraries:
         _State.seen_libraries.add(text)
         _record("library-loaded", "unknown", f"ctypes loaded {text}: its exec functions are refused",
                 "ctypes.dlopen", file={"path": text})

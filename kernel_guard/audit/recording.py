@@ -100,8 +100,11 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
     if enforce:
         _record(denied, "failure", f"refused {what}", technique, process=process, **fields)
         raise exc(what, hint=hint, layer="audit")
-    if _State.setup_programs is not None and allowed == "exec-attempt":
-        _collect_setup(process or {"technique": technique, "what": what})
+    if _State.setup_programs is not None and allowed in ("exec-attempt", "persistence-write"):
+        # IPython's profile skeleton in the launcher's private folder is its own work too
+        file = fields.get("file")
+        _collect_setup(process or ({"technique": technique, "file": file} if file else
+                                   {"technique": technique, "what": what}))
         return
     if not _State.quiet_record_hook:
         _record(allowed, "unknown", f"recorded, not refused (audit mode, or kernel start-up): {what}", technique,
@@ -111,17 +114,19 @@ def _refuse_or_record(enforce: bool, exc: type[Refused], denied: str, allowed: s
 
 def _collect_setup(entry: dict[str, Any]) -> None:
     """The launcher's own set-up (ldconfig, uname, its supervisor, libseccomp's
-    syscall() lookup), before any notebook code: one launcher-setup event names
-    them, not an exec-attempt each."""
+    syscall() lookup, the profile it creates in its private IPython folder), before
+    any notebook code: one launcher-setup event names them, not an exec-attempt or
+    a persistence-write each."""
     if _State.setup_programs is not None and entry not in _State.setup_programs:
         _State.setup_programs.append(entry)
 
 
 @contextlib.contextmanager
 def launcher_setup() -> Iterator[list[dict[str, Any]]]:
-    """While the launcher sets a kernel up, collect the programs it starts (and its
-    exec-capable ctypes lookups) instead of recording each as ``exec-attempt``;
-    yields the list (ECS process fields, or technique and what, each once).
+    """While the launcher sets a kernel up, collect the programs it starts, its
+    exec-capable ctypes lookups and its writes to start-up paths instead of recording
+    each as ``exec-attempt`` or ``persistence-write``; yields the list (ECS process
+    fields, technique and file, or technique and what, each once).
 
     Only the record-only start-up hook collects: an enforcing hook still refuses,
     so nothing that runs in this stretch is let through that would not be otherwise.

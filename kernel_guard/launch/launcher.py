@@ -330,17 +330,21 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
 
 def _record_setup(programs: list[dict[str, Any]]) -> None:
     """One ``launcher-setup`` event naming the programs step 1 ran (ldconfig, uname,
-    the supervisor): the launcher's own work, before any notebook code, is not an
-    ``exec-attempt``."""
+    the supervisor) and the files of IPython's profile it created in its private
+    folder: the launcher's own work, before any notebook code, is not an
+    ``exec-attempt`` or a ``persistence-write``."""
     from .. import runtime
     from ..events.schema import make_event
 
     started = [p for p in programs if "executable" in p]
+    writes = [p for p in programs if "file" in p]
     names = sorted({os.path.basename(p["executable"] or "?") for p in started})
+    wrote = f"; it wrote {len(writes)} files of IPython's profile in its own folder" if writes else ""
     runtime.emit(make_event("launcher-setup", outcome="success", layer="launcher",
                             reason=f"the launcher ran {len(started)} programs to set the kernel up, before any "
-                                   f"notebook code: {', '.join(names) or 'none'}",
-                            programs=started, lookups=[p for p in programs if "executable" not in p]))
+                                   f"notebook code: {', '.join(names) or 'none'}{wrote}",
+                            programs=started, writes=writes,
+                            lookups=[p for p in programs if "executable" not in p and "file" not in p]))
 
 
 def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any, Any]:

@@ -323,8 +323,10 @@ def notify_fd(filt: Any) -> int:
     return int(lib.seccomp_notify_fd(ctypes.c_void_p(filt._filter)))
 
 
+@functools.lru_cache(maxsize=None)
 def _libc() -> Any:
-    # ctypes.CDLL(None) is the already-loaded C library: no find_library, no exec
+    # ctypes.CDLL(None) is the already-loaded C library: no find_library, no exec; once,
+    # during the launcher's set-up (each load is a ctypes.dlopen audit event)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     libc.prctl.restype = ctypes.c_int

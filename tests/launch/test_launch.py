@@ -502,9 +502,10 @@ def test_numpy_and_matplotlib_work_under_the_default_profile(spec_prefix: str, t
 
 
 def test_the_launchers_own_setup_is_recorded_once_as_launcher_setup() -> None:
-    """A launcher kernel (uid 1000, audit hook recording) starts without any exec-attempt: one
-    launcher-setup event names the programs it ran (ldconfig, its supervisor); a cell's own
-    subprocess is still recorded as exec-attempt."""
+    """A launcher kernel (uid 1000, audit hook recording) starts without any exec-attempt or
+    persistence-write: one launcher-setup event names the programs it ran (ldconfig, its
+    supervisor) and the profile files it wrote; a cell's own subprocess is still recorded
+    as exec-attempt."""
     with unprivileged_root() as root, specs_on_path(os.path.join(root, "prefix"), ("guarded",)):
         kernel = LaunchedKernel(os.path.join(root, "k"), "guarded", env={"KERNEL_GUARD_MODE": "audit"},
                                 user=NOTEBOOK_USER).start()
@@ -513,18 +514,26 @@ def test_the_launchers_own_setup_is_recorded_once_as_launcher_setup() -> None:
             start = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "cell-executed" for e in evs),
                                       timeout=15)
             actions = [e["event"]["action"] for e in start]
-            assert "kernel-started" in actions and "exec-attempt" not in actions, "\n".join(str(x) for x in [
+            # nor a persistence-write or library-loaded: IPython's profile in the launcher's own
+            # folder and libseccomp's bindings loading libc are its work too
+            assert "kernel-started" in actions and not {"exec-attempt", "persistence-write", "library-loaded"} \
+                & set(actions), "\n".join(str(x) for x in [
                 (e["event"]["action"], e.get("process", {}).get("args"), e["event"].get("reason")) for e in start])
             (setup,) = [e for e in start if e["event"]["action"] == "launcher-setup"]
             assert setup["event"]["outcome"] == "success" and setup["kernel_guard"]["layer"] == "launcher"
             programs = setup["kernel_guard"]["programs"]
             assert any("ldconfig" in os.path.basename(p["executable"]) for p in programs), programs
             assert any("kernel_guard.launch.supervisor" in p["args"] for p in programs), programs
+            writes = [w["file"]["path"] for w in setup["kernel_guard"]["writes"]]
+            assert writes and all("/profile_default/" in w for w in writes), writes
             kernel.mark()
             result = kernel.execute("import subprocess\ntry:\n    subprocess.run(['/bin/true', 'after-setup'])\n"
                                     "except OSError:\n    pass")
             assert result.status == "ok", result.error_text
             kernel.wait_event(lambda e: e["event"]["action"] == "exec-attempt"
                               and "after-setup" in e.get("process", {}).get("args", []))
+            loaded = kernel.execute("import ctypes\nctypes.CDLL('libc.so.6')")
+            assert loaded.status == "ok", loaded.error_text
+            kernel.wait_event(lambda e: e["event"]["action"] == "library-loaded")
         finally:
             kernel.shutdown()
