@@ -10,7 +10,9 @@ copies of events:
 * ``exec-denied``: an ordinary refused command in the reason, the command line
   and argv (typical);
 * ``candidate``: the same with ``curl -u user:password``, and a cell assigning a
-  token: the gate lets the detectors run (what a secret costs).
+  token: the gate lets the detectors run (what a secret costs);
+* ``cell beyond ASCII``: the ordinary cell with an accented word and an emoji in
+  a comment (the compiled scan leaves such text to the Python gate).
 
 Building the events is timed apart and subtracted.  Target: typical events
 cost at most 5 us each; the judged figure is the larger of the two.
@@ -38,6 +40,7 @@ TARGET_US = 5.0
 CODE = ("df = pd.read_csv('data/sales.csv')\nsummary = df.groupby('region').revenue.sum()\n"
         "summary.plot(kind='bar')")
 COMMAND = "ls -la /home/jovyan/work/data"
+ACCENTED_CODE = CODE + "  # chiffre d'affaires par r\u00e9gion \U0001f4c8"
 SECRET_CODE = "token = '" + "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2 + "'\nclient = Github(token)"
 SECRET_COMMAND = "curl -u alice:" + "Curl-Passw0rd" + " https://api.example.org/x"
 
@@ -56,7 +59,8 @@ def denied(command: str = COMMAND) -> dict:
 
 KINDS: Dict[str, Callable[[], dict]] = {
     "cell": cell, "exec-denied": denied,
-    "candidate cell": lambda: cell(SECRET_CODE), "candidate exec-denied": lambda: denied(SECRET_COMMAND)}
+    "candidate cell": lambda: cell(SECRET_CODE), "candidate exec-denied": lambda: denied(SECRET_COMMAND),
+    "cell beyond ASCII": lambda: cell(ACCENTED_CODE)}
 
 
 def _per_event(process: Callable[[dict], object], build: Callable[[], dict], n: int) -> float:

@@ -365,12 +365,21 @@ def clean(texts: Sequence[str]) -> bool:
     return NATIVE_GATE is not None and NATIVE_GATE.clean(texts)
 
 
+#: the characters a case-insensitive pattern takes for an ASCII letter and that
+#: ``str.lower`` keeps as they are (it makes the Kelvin sign "k", the dotted capital
+#: I "i" and a combining dot); tests/events/test_events.py checks every code point
+_FOLDS = str.maketrans({"\u0131": "i", "\u017f": "s"})
+#: any other character beyond ASCII spells no ASCII keyword: the gate reads it as "+",
+#: a word character no keyword holds, so the words around it only grow
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
 def detectors_for(text: str) -> list[Detector]:
-    """The detectors whose keywords ``text`` holds, in catalogue order."""
+    """The detectors whose keywords ``text`` holds, in catalogue order (text beyond
+    ASCII too: a French comment or an emoji does not run the whole catalogue)."""
     lowered = text.lower()
     if not lowered.isascii():
-        # case folding beyond ASCII (the Kelvin sign, the long s) defeats the gate: run everything
-        return list(DETECTORS)
+        lowered = _NON_ASCII.sub("+", lowered.translate(_FOLDS))
     found = set(filter(lowered.__contains__, _ANCHORS))
     if "@" in lowered and "://" in lowered:
         found.add("://")  # URL userinfo
@@ -403,11 +412,12 @@ def _chosen(found: set[str]) -> list[Detector]:
 
 
 def _aws_candidate(text: str) -> bool:
-    """Whether ``text`` has a run of 40 base64 characters with a capital (an AWS secret key could be there)."""
-    if len(text) < 40 or ("/" not in text and "+" not in text) or text.islower() or not text.isascii():
-        return len(text) >= 40 and not text.isascii()
-    runs = text.encode("ascii").translate(_AWS_SPLIT).split()
-    return max(map(len, runs)) >= 40
+    """Whether ``text`` has a run of 40 base64 characters with a capital (an AWS secret key could be there).
+    A character beyond ASCII ends a run, as it ends the pattern's."""
+    if len(text) < 40 or ("/" not in text and "+" not in text) or text.islower():
+        return False
+    runs = text.encode("ascii", "replace").translate(_AWS_SPLIT).split()
+    return max(map(len, runs), default=0) >= 40
 
 
 def redact_text(text: str, literals: Iterable[str] = ()) -> str:

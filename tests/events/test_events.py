@@ -164,6 +164,60 @@ def test_redaction_shortcut_matches_running_every_pattern():
         assert [d.name for d in skipped if d.sub(text) != text] == [], text
 
 
+def test_redaction_shortcut_holds_beyond_ascii():
+    """Text beyond ASCII takes the gate too (a French comment, an emoji, the guard's own
+    ellipsis), and skipping a detector there never changes the result either: checked
+    against every detector, with the characters a case-insensitive pattern reads as an
+    ASCII letter (the dotless i, the long s, the Kelvin sign, the dotted capital I)
+    inside keywords and non-ASCII letters inside tokens."""
+    import random
+
+    from kernel_guard.events.secrets import DETECTORS, detectors_for
+
+    pieces = ["token=", "Password: ", "Authorization: Bearer ", "api_key=", "https://u:p@h/", "ghp_" + "a" * 30,
+              "AKIA" + "B" * 16, "glpat-" + "c" * 20, "sk-" + "d" * 24, "curl -u a:", "mysql -p", "--password ",
+              "x", " ", "=", ":", "'", "\n", "/", "-----BEGIN PRIVATE KEY-----", "hooks.slack.com/services/T1/B2/x",
+              "\u00e9", "\u2026", "\u2713", "\U0001f642", "\u65e5\u672c", "\uff21\uff22", "\u0131", "\u017f",
+              "\u212a", "\u0130", "pa\u017f\u017fword=", "to\u212aen=", "secret_\u0131d=", "PR\u0130VATE KEY",
+              "ghp_" + "a" * 15 + "\u00e9" + "a" * 15, "sk-" + "\u00e9" * 24, "mot de passe=", "contrase\u00f1a=",
+              "api_key=\u00e9" + "x" * 20, "c\u0430fe", "\u00e9curl -u a:b", "wJalrXUtnFEMI/K7MDENG/bPxRfiCY\u00e9EXAMPLEKEY"]
+    rng = random.Random(20261207)
+    narrowed = 0
+    for _ in range(1500):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+        chosen = {d.name for d in detectors_for(text)}
+        narrowed += not text.isascii() and len(chosen) < len(DETECTORS)
+        assert [d.name for d in DETECTORS if d.name not in chosen and d.sub(text) != text] == [], text
+    assert narrowed > 500  # the gate is taken beyond ASCII, not only the safe answer
+
+
+def test_a_bare_aws_secret_beside_text_beyond_ascii_is_redacted():
+    """The bare AWS secret key shape is looked for in text beyond ASCII as in ASCII: a run
+    of 40 base64 characters, which a character beyond ASCII ends (as it ends the pattern)."""
+    from kernel_guard.events.secrets import REDACTED, redact_text
+
+    key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    assert redact_text(f"cl\u00e9 \u2192 {key} \U0001f511") == f"cl\u00e9 \u2192 {REDACTED} \U0001f511"
+    assert redact_text(f"r\u00e9sum\u00e9{key}") == f"r\u00e9sum\u00e9{REDACTED}"
+    split = key[:20] + "\u00e9" + key[20:]
+    assert redact_text(f"caf\u00e9 {split}") == f"caf\u00e9 {split}"  # two runs of 20: no key
+
+
+def test_every_character_a_pattern_takes_for_an_ascii_letter_reaches_the_gate_as_one():
+    """Case-insensitive patterns match a few characters beyond ASCII as ASCII letters; the
+    gate must read each of them as that letter, or a keyword spelled with one is missed."""
+    import re
+
+    from kernel_guard.events import secrets
+
+    letter = re.compile("(?i)[a-z]")
+    for code in range(0x80, 0x110000):
+        char = chr(code)
+        if letter.fullmatch(char):
+            folded = char.lower().translate(secrets._FOLDS)
+            assert any(c.isascii() and c.isalpha() and letter.fullmatch(c) for c in folded), hex(code)
+
+
 def test_json_lines_are_the_same_with_and_without_orjson(monkeypatch):
     """orjson (when installed) and the standard library write byte-identical lines; odd values never raise."""
     from kernel_guard.events import schema as events
