@@ -205,12 +205,13 @@ def _check_open(args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, file
                               f"writing {_short(path)}", file={"path": found})
 
 
-_PYC = re.compile(r"/__pycache__/[^/]+\.pyc(\.\d+)?\Z")
+_PYC = re.compile(r"/__pycache__(/[^/]+\.pyc(\.\d+)?)?\Z")
 
 
 def _import_system_caching(path: str) -> bool:
     """Python's import system writing its bytecode cache (``__pycache__/*.pyc``, through a
-    temporary ``.pyc.<n>``), as the calling frames say: its own caching, not the cell's."""
+    temporary ``.pyc.<n>``, in a ``__pycache__`` folder it creates first), as the calling
+    frames say: its own caching, not the cell's."""
     if not _PYC.search(path):
         return False
     try:
@@ -226,18 +227,18 @@ def _import_system_caching(path: str) -> bool:
     return False
 
 
-def _bytecode_not_cached(enforce: bool, path: str) -> None:
+def _bytecode_not_cached(enforce: bool, path: str, technique: str = "open", verb: str = "writing") -> None:
     """Refused as any write there is (the import system goes on without its cache), and
-    recorded once per file as what it is, not as a failure nobody caused."""
+    recorded once per file or folder as what it is, not as a failure nobody caused."""
     from .recording import _record
 
     if path not in _NOTED:
         _NOTED.add(path)
         _record("bytecode-not-cached", "unknown",
                 f"Python's bytecode cache was not written ({_short(path)}): the Python environment is read-only "
-                "in this kernel, so the module is compiled at each import instead", "open", file={"path": path})
+                "in this kernel, so the module is compiled at each import instead", technique, file={"path": path})
     if enforce:
-        raise PersistenceRefused(f"writing {_short(path)}", layer="audit")
+        raise PersistenceRefused(f"{verb} {_short(path)}", layer="audit")
 
 
 _NOTED: set[str] = set()
@@ -287,8 +288,12 @@ def _check_change(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re
     # creating a folder replaces nothing: only inside protected places; the rest
     # also for a folder that holds one (removing or chmod-ing ~/.ipython)
     check = is_persistence_path if event == "os.mkdir" else replaces_persistence
-    if where is None or check(where, dirs, globs, files):
-        _refuse_path(enforce, event, verb, os.fsdecode(path), where, dir_fd)
+    if where is not None and not check(where, dirs, globs, files):
+        return
+    if where is not None and event == "os.mkdir" and _import_system_caching(where):
+        _bytecode_not_cached(enforce, where, event, verb)  # the folder its cache goes in
+        return
+    _refuse_path(enforce, event, verb, os.fsdecode(path), where, dir_fd)
 
 
 def _refuse_path(enforce: bool, event: str, what: str, path: str, where: str | None, dir_fd: Any) -> None:

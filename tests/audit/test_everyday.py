@@ -7,6 +7,7 @@ starts for real is refused with that library's fix, repeated after the library's
 
 from __future__ import annotations
 
+import os
 import textwrap
 from typing import Iterator
 
@@ -85,6 +86,33 @@ def test_a_probe_is_recorded_as_what_it_is_and_real_use_names_the_fix(fresh: Gua
     result = fresh.execute("git.Repo.init('repo').git.status()")
     assert result.status == "error"
     assert "dulwich" in [line for line in result.stderr.splitlines() if line.strip()][-1], result.stderr
+
+
+def test_a_package_without_its_bytecode_cache_imports_and_records_no_failure(fresh: GuardedKernel) -> None:
+    """A package in the Python environment with no ``__pycache__`` yet (a fresh checkout, an
+    install that compiled nothing): the import system's attempt to create that folder is
+    refused as any write there is, recorded once as bytecode-not-cached, not as a failure
+    nobody caused, and the import works."""
+    import shutil
+    import sysconfig
+
+    package = os.path.join(sysconfig.get_paths()["purelib"], "kg_uncached_package")
+    os.makedirs(package)
+    with open(os.path.join(package, "__init__.py"), "w") as fh:
+        fh.write("VALUE = 42\n")
+    try:
+        fresh.mark()
+        # as Python does by default (PYTHONDONTWRITEBYTECODE, set on many CI machines, not)
+        result = fresh.execute("import sys\nsys.dont_write_bytecode = False\n"
+                               "import kg_uncached_package\nprint(kg_uncached_package.VALUE)")
+        assert result.status == "ok" and result.stdout.strip() == "42", result.error_text
+        events = fresh.new_events(until=lambda evs: any(e["event"]["action"] == "cell-executed" for e in evs))
+        assert [e["event"]["action"] for e in events if e["event"]["outcome"] == "failure"] == []
+        noted = [e.get("file", {}).get("path") for e in events if e["event"]["action"] == "bytecode-not-cached"]
+        assert noted == [os.path.join(package, "__pycache__")], noted
+        assert not os.path.exists(os.path.join(package, "__pycache__"))
+    finally:
+        shutil.rmtree(package, ignore_errors=True)
 
 
 @pytest.fixture()
