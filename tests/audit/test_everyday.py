@@ -102,7 +102,7 @@ def test_a_package_without_its_bytecode_cache_imports_and_records_no_failure(fre
         fh.write("VALUE = 42\n")
     try:
         fresh.mark()
-        # as Python does by default (PYTHONDONTWRITEBYTECODE, set on many CI machines, not)
+        # Python's default, which PYTHONDONTWRITEBYTECODE (set on many CI machines) turns off
         result = fresh.execute("import sys\nsys.dont_write_bytecode = False\n"
                                "import kg_uncached_package\nprint(kg_uncached_package.VALUE)")
         assert result.status == "ok" and result.stdout.strip() == "42", result.error_text

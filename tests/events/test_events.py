@@ -180,7 +180,8 @@ def test_redaction_shortcut_holds_beyond_ascii():
               "\u00e9", "\u2026", "\u2713", "\U0001f642", "\u65e5\u672c", "\uff21\uff22", "\u0131", "\u017f",
               "\u212a", "\u0130", "pa\u017f\u017fword=", "to\u212aen=", "secret_\u0131d=", "PR\u0130VATE KEY",
               "ghp_" + "a" * 15 + "\u00e9" + "a" * 15, "sk-" + "\u00e9" * 24, "mot de passe=", "contrase\u00f1a=",
-              "api_key=\u00e9" + "x" * 20, "c\u0430fe", "\u00e9curl -u a:b", "wJalrXUtnFEMI/K7MDENG/bPxRfiCY\u00e9EXAMPLEKEY"]
+              "api_key=\u00e9" + "x" * 20, "c\u0430fe", "\u00e9curl -u a:b",
+              "wJalrXUtnFEMI/K7MDENG/bPxRfiCY\u00e9EXAMPLEKEY"]
     rng = random.Random(20261207)
     narrowed = 0
     for _ in range(1500):
