@@ -288,11 +288,12 @@ def _check_change(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re
     # creating a folder replaces nothing: only inside protected places; the rest
     # also for a folder that holds one (removing or chmod-ing ~/.ipython)
     check = is_persistence_path if event == "os.mkdir" else replaces_persistence
-    if where is not None and not check(where, dirs, globs, files):
-        return
-    if where is not None and event == "os.mkdir" and _import_system_caching(where):
-        _bytecode_not_cached(enforce, where, event, verb)  # the folder its cache goes in
-        return
+    if where is not None:
+        if not check(where, dirs, globs, files):
+            return
+        if event == "os.mkdir" and _import_system_caching(where):
+            _bytecode_not_cached(enforce, where, event, verb)  # the folder its cache goes in
+            return
     _refuse_path(enforce, event, verb, os.fsdecode(path), where, dir_fd)
 
 

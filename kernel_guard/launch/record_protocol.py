@@ -172,8 +172,7 @@ def check_lines(lines: List[bytes], own_stream: Optional[str], ascii: bool = Fal
     cannot read a line exactly as Python does, or was not built, the Python path
     (:func:`_read_slowly`) does.  ``ascii``: the caller saw the whole message is
     ASCII (every line is UTF-8)."""
-    fast = _fast_claims if _fast_claims is not _UNLOADED else native_parser()
-    judge, out = _judge, []
+    fast, judge, out = native_parser(), _judge, []
     append = out.append
     for line in lines:
         claims = fast(line) if fast is not None else None
