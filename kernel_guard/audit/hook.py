@@ -52,7 +52,7 @@ from ..exceptions import (
 from . import dirfd, libc_symbols, probes, processes
 from .persistence import (_CHANGE_EVENTS, _MOVE_EVENTS, _check_change, _check_move, _check_open, _is_proc_secret,
                           _move_ends, _refuse_path, _resolve, default_persistence, glob_pattern, is_persistence_path,
-                          replaces_persistence)
+                          persistence_starts, replaces_persistence)
 from .processes import (_EXEC_EVENTS, EXEC_SYMBOLS, SIGNAL_SYMBOLS, _allowed, _check_dlopen, _guard_fork_exec,
                         _process_fields, refuse_exec)
 from .recording import _record, _refuse_or_record, _State, launcher_setup
@@ -105,9 +105,10 @@ PROTECTED_ENV = frozenset({
 
 # Policy tuple layout (a plain tuple: immutable, no replaceable descriptors).
 # (enforce, persist_dirs, persist_globs, persist_files, protected_env,
-#  protected_pids, protected_ids, allowed_programs, exec_symbols, signal_symbols)
+#  protected_pids, protected_ids, allowed_programs, exec_symbols, signal_symbols,
+#  persist_starts)
 Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozenset, frozenset, frozenset,
-               frozenset, frozenset]
+               frozenset, frozenset, Tuple[str, ...]]
 
 
 # -- persistence paths -------------------------------------------------------
@@ -121,7 +122,7 @@ Policy = Tuple[bool, Tuple[str, ...], re.Pattern, frozenset, frozenset, frozense
 def _decide(event: str, args: tuple, policy: Policy) -> None:
     """Record and, when enforcing, refuse one interesting event."""
     (enforce, persist_dirs, persist_globs, persist_files, protected_env, protected_pids, protected_ids,
-     allowed_programs, exec_symbols, signal_symbols) = policy
+     allowed_programs, exec_symbols, signal_symbols, _starts) = policy
     if not enforce and _State.quiet_record_hook and event not in _SELF_PROTECTION:
         # a record-only hook that an enforcing one has taken over from (the
         # launcher's first hook) would record nothing: it checks nothing but
@@ -185,7 +186,7 @@ def build_policy(enforce: bool, extra_persistence: Iterable[str] = (), extra_env
     dirs, globs, files = default_persistence(extra_persistence)
     return (bool(enforce), dirs, glob_pattern(globs), files, PROTECTED_ENV | frozenset(extra_env),
             frozenset(protected_pids), frozenset(), frozenset(allowed_programs),
-            libc_symbols.derive_exec_symbols(EXEC_SYMBOLS), SIGNAL_SYMBOLS)
+            libc_symbols.derive_exec_symbols(EXEC_SYMBOLS), SIGNAL_SYMBOLS, persistence_starts(dirs, globs, files))
 
 
 def _make_hook(policy: Policy) -> Callable[[str, tuple], None]:
@@ -242,12 +243,12 @@ def install(mode: str, **policy_options: Any) -> bool:
 def _add_hook(hook: Callable[[str, tuple], None], policy: Policy) -> None:
     """Add ``hook`` behind the native filter when it is built, else as a Python hook.
 
-    The filter gets the persistence paths, to let an ordinary write pass in C as
-    ``_check_open`` would; a record-only filter is told what it keeps once an
+    The filter gets the persistence paths and what each starts with, to let an
+    ordinary write pass in C as ``_check_open`` would; a record-only filter is told what it keeps once an
     enforcing one records everything (as ``_State.quiet_record_hook`` does here)."""
     if _audit_filter is not None:
         record_only = None if policy[0] else sorted(_SELF_PROTECTION)
-        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook, policy[1:4], record_only)
+        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook, (*policy[1:4], policy[10]), record_only)
         _State.kind = "native"
     else:
         sys.addaudithook(hook)

@@ -28,7 +28,8 @@ try:
 except ImportError:  # built without a C compiler
     _audit_filter = None
 
-__all__ = ["default_persistence", "glob_pattern", "is_persistence_path", "replaces_persistence"]
+__all__ = ["default_persistence", "glob_pattern", "is_persistence_path", "persistence_starts",
+           "replaces_persistence"]
 
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -129,6 +130,15 @@ def _segment_glob(glob: str) -> str:
 def glob_pattern(globs: Iterable[str]) -> re.Pattern:
     """One compiled pattern matching any of the shell-style path ``globs``."""
     return re.compile("|".join(f"(?:{_segment_glob(g)})" for g in globs) or r"(?!)")
+
+
+def persistence_starts(dirs: Iterable[str], globs: Iterable[str], files: Iterable[str]) -> tuple[str, ...]:
+    """What every persistence path starts with, as :func:`is_persistence_path` judges one
+    spelling (but for the names it matches anywhere: ``.pth``, ``sitecustomize.*``,
+    ``usercustomize.*``): each protected folder, each protected file, and each glob up to
+    its first wildcard.  The native filter lets a write pass without the whole comparison
+    only when its path starts with none of them."""
+    return tuple(sorted({*dirs, *files, *(re.split(r"[*?]", g, maxsplit=1)[0] for g in globs)}))
 
 
 def _resolve(path: str) -> str:

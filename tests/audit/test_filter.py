@@ -182,3 +182,86 @@ def test_the_filter_passes_exactly_its_names_whatever_they_share() -> None:
     them: each name reaches the callback once, nothing else does."""
     seen, names = json.loads(_run(NAMES_CHECK, Path(".")))
     assert seen == names
+
+
+#: two filters over one tree: one given only the persistence data (every write-open takes
+#: the whole comparison), one also given what every persistence path starts with; then
+#: write-opens of generated paths, each answered by the filters that did not call
+STARTS_CHECK = """
+import json, os, random, re, sys
+from kernel_guard.audit import _filter
+from kernel_guard.audit.persistence import glob_pattern, persistence_starts
+root = os.path.realpath(sys.argv[1])
+os.chdir(root)
+dirs = (root + "/env/", root + "/env/lib/site/", root + "/cfg/\\u00e9t\\u00e9/", root + "/cfg-kernels/")
+globs = (root + "/ipy/*/startup/*", root + "/ipy/*_config.py", root + "/ipy/extensions/*", root + "/i?y/x")
+files = frozenset({root + "/.bashrc", root + "/\\udcff.profile"})
+pattern = glob_pattern(globs)
+calls = {"whole": [], "starts": []}
+_filter.add_hook(["open"], lambda e, a: calls["whole"].append(a[0]), (dirs, pattern, files))
+_filter.add_hook(["open"], lambda e, a: calls["starts"].append(a[0]),
+                 (dirs, pattern, files, persistence_starts(dirs, globs, files)))
+parts = ["env", "env-x", "en", "lib", "site", "site-x", "cfg", "\\u00e9t\\u00e9", "\\u00e9t", "\\udcff", "cfg-kernels",
+         "cfg-kernel", "ipy", "ipyx", "iby", "profile_default", "startup", "startupx", "extensions", "x", "a.txt",
+         "ipython_config.py", "evil.pth", "evil.pthx", "sitecustomize.py", "usercustomize", ".bashrc", ".bashrc.bak",
+         ".profile", "\\udcff.profile", "\\u4e2d\\u6587.csv"]
+rng = random.Random(int(sys.argv[2]))
+paths = set()
+while len(paths) < 1500:
+    rel = "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+    paths.add(rel if rng.random() < 0.3 else root + "/" + rel)
+for path in paths:  # the folders first, so that no file stands where a folder is meant
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+differ = []
+for path in sorted(paths):
+    before = {k: len(v) for k, v in calls.items()}
+    try:
+        open(path, "w").close()
+    except OSError:
+        pass
+    after = {k: len(v) for k, v in calls.items()}
+    if after["whole"] - before["whole"] != after["starts"] - before["starts"]:
+        differ.append(path)
+print(json.dumps({"differ": differ, "whole": len(calls["whole"]), "starts": len(calls["starts"]),
+                  "tried": len(paths)}))
+"""
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "lstat-walk"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_what_persistence_paths_start_with_spares_only_writes_the_policy_allows(
+        tmp_path: Path, openat2: bool, seed: int) -> None:
+    """1,500 generated write-opens (nested protected folders, names one letter off a folder,
+    a glob's wildcard, a protected file or a persistence name, text beyond ASCII and bytes
+    that are not UTF-8): the filter that searches what every persistence path starts with
+    calls the policy for exactly the writes the whole comparison sends it."""
+    code = ("" if openat2 else WITHOUT_OPENAT2) + STARTS_CHECK
+    result = json.loads(_run(code, tmp_path, str(seed)))
+    assert result["differ"] == []
+    # both kinds were tried: writes that reach the policy, and writes that pass in C
+    assert 100 < result["whole"] < result["tried"] - 100, result
+
+
+def test_persistence_starts_are_folders_files_and_each_glob_before_its_first_wildcard() -> None:
+    from kernel_guard.audit.persistence import persistence_starts
+
+    starts = persistence_starts(("/env/",), ("/h/.ipython/*/startup/*", "/h/.i?ython/x", "/h/ipython_config.py"),
+                                ("/h/.bashrc",))
+    assert starts == ("/env/", "/h/.bashrc", "/h/.i", "/h/.ipython/", "/h/ipython_config.py")
+
+
+BAD_STARTS = """
+import re
+from kernel_guard.audit import _filter
+for starts in ((1,), ("a\\x00b",), ("\\ud800",), ["/x/"]):
+    try:
+        _filter.add_hook(["open"], print, ((), re.compile("x"), frozenset(), starts))
+    except (TypeError, UnicodeError) as exc:
+        print(type(exc).__name__)
+"""
+
+
+def test_starts_that_are_not_file_system_text_are_refused_when_the_hook_is_added() -> None:
+    """A start that is not str, holds a NUL, cannot be encoded, or a list: the hook is not added."""
+    out = _run(BAD_STARTS, Path(".")).split()
+    assert out == ["TypeError", "TypeError", "UnicodeEncodeError", "TypeError"], out
