@@ -88,12 +88,13 @@ class CellError(RuntimeError):
 class BenchKernel:
     """One kernel of one configuration, started and driven through jupyter_client."""
 
-    def __init__(self, config: str, workspace: Workspace) -> None:
+    def __init__(self, config: str, workspace: Workspace, extra_env: Optional[Dict[str, str]] = None) -> None:
         from jupyter_client import KernelManager
         from jupyter_client.kernelspec import KernelSpecManager
 
         self.config = config
         self.workspace = workspace
+        self.extra_env = dict(extra_env or {})
         ksm = KernelSpecManager(kernel_dirs=[workspace.specs])
         self.manager = KernelManager(kernel_name=f"bench-{config}", kernel_spec_manager=ksm)
         runtime_dir = os.path.join(workspace.root, "runtime")
@@ -114,7 +115,7 @@ class BenchKernel:
         # default, which would round start-up times; retry every 2 ms instead
         context.setsockopt(zmq.RECONNECT_IVL, 2)
         started = time.perf_counter()
-        self.manager.start_kernel(env=self.workspace.env(self.config), stderr=self._stderr)
+        self.manager.start_kernel(env={**self.workspace.env(self.config), **self.extra_env}, stderr=self._stderr)
         self.client = self.manager.client(context=context)
         self.client.start_channels()
         self.client.kernel_info()
@@ -165,6 +166,7 @@ class BenchKernel:
         try:
             if self.client is not None:
                 self.client.stop_channels()
+                self.client.context.term()  # its own, made in start()
             if self.manager.has_kernel:
                 self.manager.shutdown_kernel(now=True)
         finally:
@@ -227,12 +229,14 @@ class BenchKernel:
                     return
 
 
-def start_all(workspace: Workspace, configs: Tuple[str, ...] = CONFIGS) -> Dict[str, BenchKernel]:
-    """One running kernel per configuration (stopped again if one fails to start)."""
+def start_all(workspace: Workspace, configs: Tuple[str, ...] = CONFIGS,
+              extra_env: Optional[Dict[str, str]] = None) -> Dict[str, BenchKernel]:
+    """One running kernel per configuration (stopped again if one fails to start);
+    ``extra_env`` is added to each one's environment."""
     kernels: Dict[str, BenchKernel] = {}
     try:
         for config in configs:
-            kernel = BenchKernel(config, workspace)
+            kernel = BenchKernel(config, workspace, extra_env)
             kernel.start()
             kernels[config] = kernel
     except BaseException:

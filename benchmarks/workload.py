@@ -31,6 +31,13 @@ from .stats import all_met, interleaved, median, ratio, rounded
 
 TARGET = 1.03
 
+#: one BLAS thread in every kernel (the callgrind count below runs so too): after a
+#: cell, OpenBLAS's threads spin, waiting for more work, and took the CPU from the next
+#: kernel's run on a 2-core machine; measured, the spread of guarded/plain between
+#: fresh kernels halved (standard deviation 0.03-0.09 -> 0.016-0.035), for every
+#: configuration alike
+ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 #: runs of the cell per kernel (their median is the kernel's sample; one with
 #: --quick): one run can meet a full garbage collection of the whole heap, the next none
 RUNS_PER_KERNEL = 3
@@ -111,7 +118,7 @@ def instructions(scale: float) -> Optional[Dict[str, float]]:
     code = f"CELL = {WORKLOAD.replace('SCALE', repr(scale))!r}\n" + IN_PROCESS
     counts: Dict[str, Dict[str, int]] = {"none": {}, "guard": {}}
     with tempfile.TemporaryDirectory(prefix="kg-bench-callgrind-") as root:
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
+        env = {**os.environ, **ONE_BLAS_THREAD, "PYTHONHASHSEED": "0",
                "KERNEL_GUARD_SINKS": f"file://{root}/events.jsonl", "XDG_STATE_HOME": root, "HOME": root}
         for variant in counts:
             for work in ("0", "1"):
@@ -130,7 +137,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
     cell = WORKLOAD.replace("SCALE", repr(scale))
     samples: Dict[str, list] = {c: [] for c in CONFIGS}
     for index in range(repetitions):
-        kernels = start_all(workspace, tuple(interleaved(CONFIGS, index)))
+        kernels = start_all(workspace, tuple(interleaved(CONFIGS, index)), ONE_BLAS_THREAD)
         try:
             for kernel in kernels.values():
                 kernel.execute(SETUP)

@@ -96,3 +96,20 @@ def test_cell_latency_with_every_target_met_is_met():
     result = cell_latency.summarise(samples, per_block, cells=4, blocks=1)
     assert any(row["target"] == "info" for row in result["rows"])
     assert result["met"] is True, result["rows"]
+
+
+def test_the_workload_kernels_run_one_blas_thread():
+    """What the workload scenario adds to its kernels' environment reaches the kernel."""
+    from benchmarks import kernels, workload
+
+    workspace = kernels.Workspace()
+    try:
+        running = kernels.start_all(workspace, ("plain",), workload.ONE_BLAS_THREAD)
+        try:
+            seen = running["plain"].value("import os", "{k: os.environ.get(k) for k in %r}"
+                                          % sorted(workload.ONE_BLAS_THREAD))
+        finally:
+            kernels.stop_all(running)
+    finally:
+        workspace.cleanup()
+    assert seen == workload.ONE_BLAS_THREAD
