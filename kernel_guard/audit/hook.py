@@ -244,8 +244,9 @@ def _add_hook(hook: Callable[[str, tuple], None], policy: Policy) -> None:
     """Add ``hook`` behind the native filter when it is built, else as a Python hook.
 
     The filter gets the persistence paths and what each starts with, to let an
-    ordinary write pass in C as ``_check_open`` would; a record-only filter is told what it keeps once an
-    enforcing one records everything (as ``_State.quiet_record_hook`` does here)."""
+    ordinary write pass in C as ``_check_open`` would; a record-only filter is told
+    what it keeps once an enforcing one records everything (as
+    ``_State.quiet_record_hook`` does here)."""
     if _audit_filter is not None:
         record_only = None if policy[0] else sorted(_SELF_PROTECTION)
         _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook, (*policy[1:4], policy[10]), record_only)
