@@ -13,6 +13,7 @@ the floor: the derivation can only add names.
 from __future__ import annotations
 
 import array
+import functools
 import os
 import re
 import struct
@@ -165,14 +166,13 @@ def derive_exec_symbols(floor: Iterable[str], maps: str = "/proc/self/maps") -> 
         return frozenset(floor)
     try:
         st = os.stat(path)
-        identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
-        found = _DERIVED.get(identity)
-        if found is None:
-            found = _DERIVED[identity] = dynamic_symbols(path, EXEC_FAMILY)
-        return frozenset(floor) | found
+        return frozenset(floor) | _exec_names(path, st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
     except (OSError, ValueError, struct.error):
         return frozenset(floor)
 
 
-#: exec-family names by libc file identity (one entry in practice)
-_DERIVED: dict[tuple, frozenset[str]] = {}
+@functools.lru_cache(maxsize=4)
+def _exec_names(path: str, *identity: int) -> frozenset[str]:
+    """The exec-family names the libc at ``path`` exports, read once per file identity
+    (device, inode, size, change time; a failure is not kept)."""
+    return frozenset(dynamic_symbols(path, EXEC_FAMILY))
