@@ -13,15 +13,18 @@ kernel's own latency plus one ZeroMQ round trip, the same for every configuratio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import zmq
+
+from .stats import interleaved
 
 CONFIGS = ("plain", "extension", "launcher")
 GUARDED = ("extension", "launcher")
@@ -251,3 +254,18 @@ def stop_all(kernels: Dict[str, BenchKernel]) -> None:
             kernel.shutdown()
         except Exception:
             pass
+
+
+@contextlib.contextmanager
+def fresh(workspace: Workspace, index: int, extra_env: Optional[Dict[str, str]] = None,
+          configs: Tuple[str, ...] = CONFIGS) -> Iterator[Dict[str, BenchKernel]]:
+    """New kernels for repetition ``index``, started in its turn order (ABC, CBA ...)
+    and stopped when the block ends.  Two identical kernels differ in speed by
+    several percent for their whole life (their memory layout), so a scenario that
+    timed one kernel per configuration would measure that draw, not the guard: the
+    median over fresh kernels averages it out."""
+    kernels = start_all(workspace, tuple(interleaved(configs, index)), extra_env)
+    try:
+        yield kernels
+    finally:
+        stop_all(kernels)

@@ -1,15 +1,15 @@
 """Scenario 8: what the launcher's Landlock domain costs files and parallel work.
 
-Inside each running kernel (the launcher's is in its Landlock domain, with the
-interpreter as its only allowed program): writing a small file and opening one
-for reading (Landlock checks writes when a file is opened), a ``stat``, the
-first ``joblib.Parallel(n_jobs=2)`` call (loky starts its workers by exec of the
-interpreter, which the supervisor lets through: the exec round trip is in it),
-and a ``ProcessPoolExecutor`` round trip with two workers.  The extension
-alone has no Landlock and refuses every exec: it is timed on files only.
-And, in fresh processes, what any filter and domain add to an open for reading
-against what the launcher's add (:mod:`.open_floor`): the floor under the
-launcher's open.
+Inside each kernel, new ones for each repetition (:func:`.kernels.fresh`; the
+launcher's is in its Landlock domain, with the interpreter as its only allowed
+program): writing a small file and opening one for reading (Landlock checks
+writes when a file is opened), a ``stat``, the first ``joblib.Parallel(n_jobs=2)``
+call (loky starts its workers by exec of the interpreter, which the supervisor
+lets through: the exec round trip is in it), and a ``ProcessPoolExecutor`` round
+trip with two workers.  The extension alone has no Landlock and refuses every
+exec: it is timed on files only.  And, in fresh processes, what any filter and
+domain add to an open for reading against what the launcher's add
+(:mod:`.open_floor`): the floor under the launcher's open.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 if __package__:
     from . import open_floor
-    from .kernels import CONFIGS, GUARDED, BenchKernel
+    from .kernels import CONFIGS, GUARDED, Workspace, fresh
     from .stats import all_met, interleaved, median, ratio, rounded
 
 #: the extension alone refuses every exec, loky's and the pool's spawn included
@@ -81,21 +81,22 @@ def _bench_parallel():
 '''
 
 
-def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[str, Any]:
+def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
     n = 300 if quick else 1000
-    for config, kernel in kernels.items():
-        kernel.execute(CODE)
-        kernel.value("", f"_bench_files({n // 10})")  # warm-up
-        if config in PARALLEL_CONFIGS:
-            kernel.value("", "_bench_parallel()")
     samples: Dict[str, Dict[str, list]] = {c: {m: [] for m in METRICS} for c in CONFIGS}
     for index in range(repetitions):
-        for config in interleaved(CONFIGS, index):
-            timed = kernels[config].value("", f"_bench_files({n})")
-            if config in PARALLEL_CONFIGS:
-                timed.update(kernels[config].value("", "_bench_parallel()", timeout=300))
-            for metric, value in timed.items():
-                samples[config][metric].append(value)
+        with fresh(workspace, index) as kernels:
+            for config, kernel in kernels.items():
+                kernel.execute(CODE)
+                kernel.value("", f"_bench_files({n // 10})")  # warm-up
+                if config in PARALLEL_CONFIGS:
+                    kernel.value("", "_bench_parallel()")
+            for config in interleaved(CONFIGS, index):
+                timed = kernels[config].value("", f"_bench_files({n})")
+                if config in PARALLEL_CONFIGS:
+                    timed.update(kernels[config].value("", "_bench_parallel()", timeout=300))
+                for metric, value in timed.items():
+                    samples[config][metric].append(value)
     results = {c: {m: median(v) for m, v in s.items() if v} for c, s in samples.items()}
     rows = []
     ratios: Dict[str, Dict[str, Any]] = {}
@@ -122,6 +123,7 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[
         "repetitions": repetitions,
         "results": {c: {k: rounded(v, 3) for k, v in r.items()} for c, r in results.items()},
         "ratios": ratios,
+        "samples": {c: {m: [rounded(x, 3) for x in v] for m, v in ms.items() if v} for c, ms in samples.items()},
         "target": "file operations <= 1.05x, parallel calls <= 1.2x a plain kernel",
         "met": all_met(rows),
         "rows": rows,

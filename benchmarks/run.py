@@ -82,17 +82,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             _guarded(results, "cell_latency", lambda: cell_latency.run(workspace, cells, blocks))
         if "workload" in wanted:
             _guarded(results, "workload", lambda: workload.run(workspace, reps, quick))
-        in_kernels = wanted & {"syscalls", "refusal", "sinks", "landlock", "memory"}
-        if in_kernels:
+        if "syscalls" in wanted:
+            _guarded(results, "syscalls", lambda: syscalls.run(workspace, reps, quick))
+        if "landlock" in wanted:
+            _guarded(results, "landlock", lambda: landlock.run(workspace, reps, quick))
+        if wanted & {"refusal", "sinks", "memory"}:
             running = kernels.start_all(workspace)
             try:
-                if "syscalls" in wanted:
-                    _guarded(results, "syscalls", lambda: syscalls.run(running, reps, quick))
                 if "refusal" in wanted:
                     _guarded(results, "refusal", lambda: refusal.run(running, reps, quick))
-                if "landlock" in wanted:
-                    _guarded(results, "landlock", lambda: landlock.run(running, reps, quick))
-                if "memory" in wanted:  # after the others: the supervisor in steady state
+                if "memory" in wanted:  # after the refusals: the supervisor in steady state
                     _guarded(results, "memory", lambda: memory.run(running, reps))
                 if "sinks" in wanted:  # last: the flood leaves its mark on the kernel
                     sink_runs = 1 if quick else min(reps, 3)

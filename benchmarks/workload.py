@@ -26,7 +26,7 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional
 
-from .kernels import CONFIGS, GUARDED, Workspace, start_all, stop_all
+from .kernels import CONFIGS, GUARDED, Workspace, fresh
 from .stats import all_met, interleaved, median, ratio, rounded
 
 TARGET = 1.03
@@ -137,8 +137,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
     cell = WORKLOAD.replace("SCALE", repr(scale))
     samples: Dict[str, list] = {c: [] for c in CONFIGS}
     for index in range(repetitions):
-        kernels = start_all(workspace, tuple(interleaved(CONFIGS, index)), ONE_BLAS_THREAD)
-        try:
+        with fresh(workspace, index, ONE_BLAS_THREAD) as kernels:
             for kernel in kernels.values():
                 kernel.execute(SETUP)
                 kernel.execute(cell)  # warm-up: first imports, caches
@@ -148,8 +147,6 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
                     runs[config].append(kernels[config].value(cell, "_bench_elapsed"))
             for config, values in runs.items():
                 samples[config].append(median(values))
-        finally:
-            stop_all(kernels)
     results = {c: median(samples[c]) * 1e3 for c in CONFIGS}
     ratios = {c: ratio(results[c], results["plain"]) for c in GUARDED}
     rows = [{"metric": "cell mix, ms (median)", "config": c, "plain": rounded(results["plain"], 2),
