@@ -14,6 +14,11 @@ supervisor is (``-I -S``, nothing of ours imported), in the same run, under
 any supervisor written in Python.  The kernels' own PSS is shown for scale:
 the plain kernel's also with NumPy and pandas imported, as notebooks do.
 
+A shared page's share falls with every process that maps it, so PSS depends on
+what else runs: here the benchmark's three kernels and nothing else it started
+(no pool workers left from another scenario).  The pair's private pages (USS)
+are shown too: what no other process shares, the least one more kernel adds.
+
 The supervisor and its witness are non-dumpable: reading their memory map
 takes root (or ``CAP_SYS_PTRACE``); without it the rows say "unreadable".
 """
@@ -41,16 +46,26 @@ def _bench_memory_activity():
 '''
 
 
-def pss_mb(pid: int) -> Optional[float]:
-    """A process's PSS in MB, or None when its memory map cannot be read."""
+def rollup_mb(pid: int) -> Optional[Dict[str, float]]:
+    """A process's PSS and private pages (USS) in MB, or None when its memory map
+    cannot be read."""
+    wanted = {"Pss:": "pss", "Private_Clean:": "private", "Private_Dirty:": "private"}
+    sizes = {"pss": 0.0, "private": 0.0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                key = wanted.get(line.split(None, 1)[0] if line.strip() else "")
+                if key:
+                    sizes[key] += int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
         return None
-    return None
+    return sizes
+
+
+def pss_mb(pid: int) -> Optional[float]:
+    """A process's PSS in MB, or None when its memory map cannot be read."""
+    sizes = rollup_mb(pid)
+    return None if sizes is None else sizes["pss"]
 
 
 def supervisor_and_witness(kernel_pid: int) -> tuple[int, int]:
@@ -65,11 +80,14 @@ def supervisor_and_witness(kernel_pid: int) -> tuple[int, int]:
 
 
 def _pair(kernel_pid: int) -> Dict[str, Optional[float]]:
+    """PSS of the supervisor, of its witness and of both; and both's private pages."""
     supervisor, witness = supervisor_and_witness(kernel_pid)
-    sup = pss_mb(supervisor) if supervisor else None
-    wit = pss_mb(witness) if witness else None
-    both = sup + wit if sup is not None and wit is not None else None
-    return {"supervisor": sup, "witness": wit, "sum": both}
+    sup = rollup_mb(supervisor) if supervisor else None
+    wit = rollup_mb(witness) if witness else None
+    read = sup is not None and wit is not None
+    return {"supervisor": sup and sup["pss"], "witness": wit and wit["pss"],
+            "sum": sup["pss"] + wit["pss"] if read else None,
+            "private": sup["private"] + wit["private"] if read else None}
 
 
 def _steady(kernel: BenchKernel, repetitions: int) -> Dict[str, Optional[float]]:
@@ -80,7 +98,7 @@ def _steady(kernel: BenchKernel, repetitions: int) -> Dict[str, Optional[float]]
         kernel.execute("_bench_memory_activity()")
         time.sleep(2.0)  # the writer's tick and the custodian's checkpoint: what is queued is written
         rounds.append(_pair(kernel.pid))
-    return {key: _median_or_none([r[key] for r in rounds]) for key in ("supervisor", "witness", "sum")}
+    return {key: _median_or_none([r[key] for r in rounds]) for key in ("supervisor", "witness", "sum", "private")}
 
 
 def interpreter_floor() -> Optional[float]:
@@ -140,6 +158,11 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int) -> Dict[str, Any]:
         _row("kernel PSS, MB (for scale)", sizes.get("launcher"), plain=scale),
         {**_row("kernel PSS with NumPy and pandas, MB (for scale)", None, plain=sizes.get("plain+numpy+pandas")),
          "config": "plain"},
+        # PSS splits the interpreter's and the libraries' pages among every process
+        # that maps them, so it falls as more run (measured: 0.5 MB less with loky's
+        # two workers up); the private pages are what no other process shares
+        _row("supervisor + witness private pages (USS), steady, MB: the least one more kernel adds",
+             steady["private"]),
     ]
     return {
         "title": "supervisor and witness memory",

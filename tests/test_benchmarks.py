@@ -47,7 +47,8 @@ def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(t
         doc["scenarios"]["landlock"]["ratios"]["launcher"])
     assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "nested", "launcher"}
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
-    assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum"}
+    assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum",
+                                                                                "private"}
 
 
 def _info_row(metric: str) -> dict:
