@@ -71,10 +71,12 @@ class Workspace:
             "KERNEL_GUARD_SINKS": f"file://{self.sink}",
             "KERNEL_GUARD_MODE": "enforce",
             "PYTHONWARNINGS": "ignore",
-            # one hash seed for every kernel: with random seeds, dict and set layouts
-            # differ per process and pure-Python speed differs by up to 20% between
-            # identical kernels, more than the differences measured here
-            "PYTHONHASHSEED": "0",
+            # a random hash seed for every kernel, as in use: the launcher starts
+            # isolated (-I), as installed, and so ignores PYTHON* variables; a fixed
+            # seed for the others alone would compare one draw of dict and set layouts
+            # with the launcher's many (measured: plain kernels with seed 0 and random
+            # seeds, nine fresh pairs each, differ by under 2%, less than the spread)
+            "PYTHONHASHSEED": "random",
             # debugpy's start-up warning about frozen modules, not a difference between configurations
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
             **extra,

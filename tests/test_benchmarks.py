@@ -49,6 +49,11 @@ def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(t
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
     assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum",
                                                                                 "private"}
+    # one sample per fresh kernel: --repetitions 1 starts one kernel of each configuration
+    for name, metric in (("syscalls", "getppid"), ("landlock", "open_read"), ("workload", None)):
+        samples = doc["scenarios"][name]["samples"]
+        assert set(samples) == {"plain", "extension", "launcher"}, name
+        assert all(len(s if metric is None else s[metric]) == 1 for s in samples.values()), (name, samples)
 
 
 def _info_row(metric: str) -> dict:
@@ -114,3 +119,23 @@ def test_the_workload_kernels_run_one_blas_thread():
     finally:
         workspace.cleanup()
     assert seen == workload.ONE_BLAS_THREAD
+
+
+def test_each_repetition_gets_new_kernels_each_with_its_own_hash_seed():
+    """``fresh`` starts new kernels for a repetition and stops them after it; each draws
+    its hash seed, as the launcher's kernels (isolated, so deaf to PYTHONHASHSEED) do."""
+    from benchmarks import kernels
+
+    workspace = kernels.Workspace()
+    seen = []
+    try:
+        for index in range(2):
+            with kernels.fresh(workspace, index, configs=("plain",)) as running:
+                kernel = running["plain"]
+                seen.append((kernel.pid, kernel.value("", "hash('kernel_guard')")))
+            assert not kernel.manager.is_alive()
+    finally:
+        workspace.cleanup()
+    (first_pid, first_hash), (second_pid, second_hash) = seen
+    assert first_pid != second_pid
+    assert first_hash != second_hash
