@@ -6,9 +6,10 @@ add context, aggregate repeats, number and redact (:mod:`.processors`,
 :mod:`.aggregate`, the secret shapes of :mod:`.secrets`, whose one-pass
 scan in C, ``_gate.c``, lets events without a candidate skip the detectors)
 and chain each process's stream (:mod:`.streams`: one serialisation, hashed
-and written); the pipeline queues events off the
-caller's thread and writes them to the sinks (:mod:`.pipeline`,
-:mod:`.sinks`), spooling for those on the network (:mod:`.spool`) and
+and written; orjson where it is installed, else the interpreter's C codec through
+:mod:`.json_codec`, which the supervisor uses without importing ``json``); the
+pipeline queues events off the caller's thread and writes them to the sinks
+(:mod:`.pipeline`, :mod:`.sinks`), spooling for those on the network (:mod:`.spool`) and
 reporting what it could not keep (:mod:`.losses`).  It records, it never
 refuses: what is stopped is stopped by the other layers.  Events written from
 inside the kernel can be suppressed by code that defeats the in-process

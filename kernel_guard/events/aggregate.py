@@ -23,13 +23,13 @@ through unaggregated (the pipeline's bounded queue still protects memory).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .json_codec import loads
 from .schema import Event, new_event_id, timestamp, to_json
 
 __all__ = ["NEVER_AGGREGATED", "Aggregate"]
@@ -153,7 +153,7 @@ class Aggregate:
         """One ``events-aggregated`` event standing for ``slot.count`` identical events:
         the first of them, its action and time its own, the count and the first
         occurrence's id added (the key's fields are the same in all of them)."""
-        event: Event = json.loads(to_json(slot.sample))  # a deep, JSON-clean copy
+        event: Event = loads(to_json(slot.sample))  # a deep, JSON-clean copy
         ev = event.setdefault("event", {})
         action = ev.get("action")
         seconds = round(now - slot.started, 3)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import threading
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
@@ -96,6 +95,17 @@ class AddContext:
         return event
 
 
+def _compiled(patterns: Iterable[str]) -> list:
+    """The operator's own patterns (``redact_patterns``) compiled: ``re`` is imported only
+    for some (a supervisor leaves it out otherwise, docs/launcher.md "Memory")."""
+    patterns = list(patterns)
+    if not patterns:
+        return []
+    import re
+
+    return [re.compile(p) for p in patterns]
+
+
 class Redact:
     """Remove secrets from every field that can hold text from the user.
 
@@ -120,7 +130,7 @@ class Redact:
 
     def __init__(self, extra_patterns: Iterable[str] = (), environ: dict[str, str] | None = None) -> None:
         self.literals = _secret_env_values(environ)
-        self.extra = [re.compile(p) for p in extra_patterns]
+        self.extra = _compiled(extra_patterns)
         self._gate = native_gate(self.literals)
 
     def text(self, text: str) -> str:

@@ -10,14 +10,14 @@ write them.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import threading
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Dict
+
+from .json_codec import dumps
 
 try:
     import orjson
@@ -128,7 +128,9 @@ _CATEGORY = {
 _CATEGORIES = {action: (tuple(category), tuple(types)) for action, (category, types) in _CATEGORY.items()}
 _INFO = (("process",), ("info",))
 
-_JUPYTER_KERNEL_FILE = re.compile(r"kernel-(?P<id>[0-9A-Za-z._-]+)\.json$")
+#: jupyter_server's connection file name (the pattern is compiled where it is used: ``re`` is
+#: not imported by a supervisor, docs/launcher.md "Memory")
+_JUPYTER_KERNEL_FILE = r"kernel-(?P<id>[0-9A-Za-z._-]+)\.json$"
 
 
 _second: tuple[int, str] = (-1, "")  # (a second, its "YYYY-MM-DDTHH:MM:SS"): formatted once
@@ -250,10 +252,6 @@ def make_event(
     return event
 
 
-# one encoder for every event: json.dumps with options builds a new one per call
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
-
-
 def to_json(event: Event) -> str:
     """One line of JSON, no trailing newline; never raises on odd values."""
     return to_json_line(event)[:-1].decode("utf-8")
@@ -272,7 +270,7 @@ def to_json_line(event: Event) -> bytes:
             return escape_line_breaks(line)
         except TypeError:  # orjson.JSONEncodeError
             pass
-    return escape_line_breaks((_ENCODER.encode(event) + "\n").encode("utf-8", "replace"))
+    return escape_line_breaks((dumps(event, default=repr) + "\n").encode("utf-8", "replace"))
 
 
 #: characters valid unescaped in JSON that Python's str.splitlines (and readers
@@ -318,8 +316,10 @@ class KernelContext:
         """
         if not path:
             return None
+        import re
+
         name = os.path.basename(path)
-        match = _JUPYTER_KERNEL_FILE.search(name)
+        match = re.search(_JUPYTER_KERNEL_FILE, name)
         return match.group("id") if match else os.path.splitext(name)[0] or None
 
 
@@ -363,6 +363,8 @@ def validate_event(event: Event) -> list[str]:
     outcome = event.get("event", {}).get("outcome")
     if outcome is not None and outcome not in _OUTCOMES:
         problems.append(f"event.outcome {outcome!r} is not one of {sorted(_OUTCOMES)}")
+    import re
+
     ts = event.get("@timestamp", "")
     if ts and not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ts):
         problems.append(f"@timestamp {ts!r} is not RFC 3339 UTC")

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
+    import re
     from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .secret_shapes import SHAPES
@@ -52,6 +52,49 @@ _SECRET_KEYWORDS = ("passw", "pwd", "passphrase", "secret", "token", "key", "cre
 _SECRET_NAME = r"[A-Za-z0-9_.-]{0,64}?(?:" + SECRET_WORDS + r")[A-Za-z0-9_.-]{0,64}"
 #: weaker words: a value after them is redacted only when it looks random
 _WEAK_WORDS = r"key|auth|creds?|sig"
+#: what every match of SECRET_WORDS holds, lower-cased, but "_pat" (which must end a word
+#: there: GRPC_..._PATH, LD_LIBRARY_PATH are no secrets' names): the gate's keywords, or its own
+_NAME_KEYWORDS = tuple(k for k in _SECRET_KEYWORDS if k != "_pat") + ("sharedaccess",)
+#: the same for secret_env_name's pattern, which adds "auth"
+_ENV_KEYWORDS = _NAME_KEYWORDS + ("auth",)
+#: its alternatives that are plain words: in ASCII text, each is a match by itself
+_ENV_WORDS = ("pwd", "passphrase", "secret", "token", "credential", "cookie", "auth")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(source: str) -> "re.Pattern[str]":
+    """A pattern compiled when first used, as are the detectors': ``re`` (with ``enum``,
+    0.5 MB) is imported by a process whose text has held a candidate, not by every
+    supervisor (docs/launcher.md, "Memory")."""
+    import re
+
+    return re.compile(source)
+
+
+def _escaped(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def _may_hold(text: str, keywords: tuple[str, ...]) -> bool:
+    """False only when ``text`` cannot match a pattern every match of which holds one of
+    ``keywords``, or "_pat" ending a word, case-insensitively: ASCII text without any (the
+    folds of a case-insensitive pattern beyond ASCII, the Kelvin sign's "k" ..., are left
+    to the pattern)."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    if any(keyword in lowered for keyword in keywords):
+        return True
+    at = lowered.find("_pat")
+    while at >= 0:  # "_pat" at the end of a word (SECRET_WORDS' _pat\b, the environment's _PAT$)
+        after = lowered[at + 4:at + 5]
+        if not (after.isalnum() or after == "_"):
+            return True
+        at = lowered.find("_pat", at + 1)
+    return False
+
 
 #: the last part of a secret-looking name that says its value is not the secret
 _NOT_SECRET_PARTS = frozenset({
@@ -88,7 +131,7 @@ class Detector:
         """The compiled pattern, compiled when first needed: with the gates in front, most
         processes run a few detectors or none, and ~130 compiled patterns cost ~1.5 MB."""
         if self._compiled is None:
-            compiled = re.compile(self.source)
+            compiled = _compiled(self.source)
             grouped = "s" in compiled.groupindex or self.judge is not None
             self._replace = self._group if grouped else REDACTED
             self._compiled = compiled
@@ -125,7 +168,7 @@ def _value(match: "re.Match[str]") -> str:
 
 def _secret_name(name: str) -> bool:
     """Whether a name that holds a secret word names the secret itself (not its file, length, URL ...)."""
-    parts = [p for p in re.split(r"[_.\-]+", name.lower()) if p]
+    parts = [p for p in _compiled(r"[_.\-]+").split(name.lower()) if p]
     if not parts or name in _NOT_SECRET_ENV:
         return False
     return parts[-1] not in _NOT_SECRET_PARTS
@@ -221,7 +264,7 @@ SHAPE_DETECTORS: tuple[Detector, ...] = tuple(Detector(name, keywords, pattern) 
 DETECTORS: tuple[Detector, ...] = SHAPE_DETECTORS + CONTEXT
 
 #: flags whose next argument is a secret: --password X, --token X
-_SECRET_FLAG = re.compile(r"(?i)^--?" + _SECRET_NAME + "$")
+_SECRET_FLAG = r"(?i)^--?" + _SECRET_NAME + "$"
 #: programs whose -u takes user:password (and whose -u user alone is no secret)
 _USER_PASSWORD_TOOLS = frozenset({"curl", "wget", "lftp"})
 #: programs whose -pPASS / -p PASS is a password (elsewhere -p is often a port)
@@ -236,11 +279,17 @@ _SETTERS = frozenset({"set", "add", "modify"})
 
 #: names that look secret and are not: the shell's working folders
 _NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
+#: an environment variable's name that says its value is a secret
+_SECRET_ENV_NAME = r"(?i)" + SECRET_WORDS + r"|_PAT$|auth"
 
 
 def secret_env_name(name: str) -> bool:
     """Whether an environment variable's name says its value is a secret."""
-    return name not in _NOT_SECRET_ENV and re.search(r"(?i)" + SECRET_WORDS + r"|_PAT$|auth", name) is not None
+    if name in _NOT_SECRET_ENV:
+        return False
+    if name.isascii() and any(word in name.lower() for word in _ENV_WORDS):
+        return True  # JUPYTERHUB_API_TOKEN ...: no pattern needed
+    return _may_hold(name, _ENV_KEYWORDS) and _compiled(_SECRET_ENV_NAME).search(name) is not None
 
 
 # -- the gate -------------------------------------------------------------------------
@@ -285,7 +334,7 @@ def _trie_pattern(words: Iterable[str]) -> str:
 
     def build(node: dict) -> str:
         ends = "" in node
-        branches = [re.escape(char) + build(child) for char, child in sorted(node.items()) if char]
+        branches = [_escaped(char) + build(child) for char, child in sorted(node.items()) if char]
         if not branches:
             return ""
         body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
@@ -312,7 +361,7 @@ def _named_by(found: str) -> frozenset[int]:
 
 _KEYWORD_SET = frozenset(_KEYWORDS)
 
-_AWS_BARE = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_AWS_BARE = r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
 _AWS_SPLIT = bytes(c if chr(c).isalnum() and c < 128 or chr(c) in "/+" else 32 for c in range(256))
 
 
@@ -371,7 +420,7 @@ def clean(texts: Sequence[str]) -> bool:
 _FOLDS = str.maketrans({"\u0131": "i", "\u017f": "s"})
 #: any other character beyond ASCII spells no ASCII keyword: the gate reads it as "+",
 #: a word character no keyword holds, so the words around it only grow
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_NON_ASCII = r"[^\x00-\x7f]"
 
 
 def detectors_for(text: str) -> list[Detector]:
@@ -379,7 +428,7 @@ def detectors_for(text: str) -> list[Detector]:
     ASCII too: a French comment or an emoji does not run the whole catalogue)."""
     lowered = text.lower()
     if not lowered.isascii():
-        lowered = _NON_ASCII.sub("+", lowered.translate(_FOLDS))
+        lowered = _compiled(_NON_ASCII).sub("+", lowered.translate(_FOLDS))
     found = set(filter(lowered.__contains__, _ANCHORS))
     if "@" in lowered and "://" in lowered:
         found.add("://")  # URL userinfo
@@ -398,7 +447,7 @@ def detectors_for(text: str) -> list[Detector]:
 def _keyword_gate() -> "re.Pattern[str]":
     """Every position where a keyword starts, the longest one there (compiled once)."""
     if not _GATE:
-        _GATE.append(re.compile("(?=(" + _trie_pattern(_KEYWORDS) + "))"))
+        _GATE.append(_compiled("(?=(" + _trie_pattern(_KEYWORDS) + "))"))
     return _GATE[0]
 
 
@@ -436,7 +485,7 @@ def redact_with(detectors: Iterable[Detector], text: str) -> str:
     for detector in detectors:
         text = detector.sub(text)
     if _aws_candidate(text):
-        text = _AWS_BARE.sub(_aws_secret, text)
+        text = _compiled(_AWS_BARE).sub(_aws_secret, text)
     return text
 
 
@@ -451,9 +500,11 @@ def redact_and_cut(text: str, limit: int, literals: Iterable[str] = ()) -> str:
 
 def _hidden_value(program: str, before: str, flag: str, value: str) -> Optional[str]:
     """The redacted form of ``value`` (given ``program`` and the two arguments before it), or None."""
-    if _SECRET_FLAG.match(flag) and _secret_name(flag.lstrip("-")) and not value.startswith("-"):
+    if (flag.startswith("-") and _may_hold(flag, _NAME_KEYWORDS) and _compiled(_SECRET_FLAG).match(flag)
+            and _secret_name(flag.lstrip("-")) and not value.startswith("-")):
         return REDACTED
-    if before in _SETTERS and re.fullmatch(_SECRET_NAME, flag, re.IGNORECASE) and _secret_name(flag):
+    if (before in _SETTERS and _may_hold(flag, _NAME_KEYWORDS)
+            and _compiled("(?i)" + _SECRET_NAME).fullmatch(flag) and _secret_name(flag)):
         return REDACTED  # aws configure set aws_secret_access_key VALUE
     if program in _USER_PASSWORD_TOOLS and flag in ("-u", "--user", "--proxy-user") and ":" in value:
         return value.split(":", 1)[0] + ":" + REDACTED

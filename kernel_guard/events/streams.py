@@ -21,13 +21,13 @@ cannot reach were not changed afterwards.
 
 from __future__ import annotations
 
-import json
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Optional
 
 from .digest import sha256_hex
+from .json_codec import dumps, loads
 from .schema import Event, escape_line_breaks, to_json_line
 
 try:
@@ -48,8 +48,7 @@ def new_stream_id() -> str:
 
 def canonical(event: Any) -> bytes:
     """The bytes the chain hashes, as any reader can rebuild them from the parsed JSON."""
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      default=repr).encode("ascii")
+    return dumps(event, sort_keys=True, ensure_ascii=True, default=repr).encode("ascii")
 
 
 def _canonical_fast(event: Any) -> bytes:
@@ -70,7 +69,7 @@ def _digest(event: Any) -> str:
 def _copy(event: Event) -> Event:
     """A deep copy with JSON's types: what a reader of the line will parse, made from the
     line itself (a lone surrogate, which no UTF-8 line can hold, is what the line holds)."""
-    return json.loads(to_json_line(event))
+    return loads(to_json_line(event))
 
 
 def _without_hash(event: Event) -> Event:

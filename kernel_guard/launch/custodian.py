@@ -28,7 +28,6 @@ are lost inside it (the end it writes says after which number).
 
 from __future__ import annotations
 
-import json
 import select
 # the C module, not socket.py: its enums and selectors cost the supervisor 0.15-0.36 MB
 from _socket import MSG_TRUNC, SCM_CREDENTIALS, SHUT_RDWR, SO_PASSCRED, SOL_SOCKET
@@ -42,6 +41,7 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
 
     from .record_protocol import Claim
 
+from ..events.json_codec import loads
 from ..events.schema import Event, make_event, to_json_line
 from ..events.streams import chain_hash
 from .record_protocol import (CREDENTIALS, CREDENTIALS_SPACE, HEADER, MAX_LINE, MAX_PAYLOAD, MAX_PENDING_TOTAL,
@@ -88,7 +88,7 @@ def _template(line: bytes) -> dict:
     """User, host and kernel of a stream's first line (decoded whole: once per stream),
     for the end the custodian may write for it."""
     try:
-        event = json.loads(line)  # the standard library's: it takes what the check took (1e999 ...)
+        event = loads(line)  # the standard library's codec: it takes what the check took (1e999 ...)
     except ValueError:
         raise Refused("json") from None
     guard = event["kernel_guard"]

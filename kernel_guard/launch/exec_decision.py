@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal  # the C module: signal.py makes enums of every constant (its import and enum's: 0.25 MB)
 import time
 from collections import OrderedDict
 TYPE_CHECKING = False
@@ -251,7 +251,7 @@ class ExecDecider:
             respond(self.listener, notif.id, allow=True)
             return [self.image_allowed(notif.pid, exe, pending)]
         try:
-            os.kill(_tgid(notif.pid) or notif.pid, signal.SIGKILL)  # outside the kernel's signal scope
+            os.kill(_tgid(notif.pid) or notif.pid, _signal.SIGKILL)  # outside the kernel's signal scope
         except OSError:
             pass
         respond(self.listener, notif.id, allow=False)

@@ -26,13 +26,13 @@ before it serves anything.
 
 from __future__ import annotations
 
-import json
-
 # typing only for the type checker: the supervisor imports this before its witness is
 # forked, and every module imported then stays in the witness's memory too
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Optional
+
+from ..events.json_codec import loads
 
 __all__ = ["ENV", "HandedSettings", "hand_over", "kinds", "received", "take_settings", "take_syscalls"]
 
@@ -88,6 +88,8 @@ def hand_over(guard: Any) -> str:
         syscalls = [[arch, nr, name, abi] for (arch, nr), (name, abi) in notified_syscall_table().items()]
     except Exception:  # noqa: BLE001 - no libseccomp: the supervisor says so and does not start
         syscalls = []
+    import json  # the launcher's side; the supervisor reads with the codec alone
+
     return json.dumps({"settings": settings, "filter": hardening.build(),
                        "witness_filter": hardening.build_witness(), "syscalls": syscalls})
 
@@ -102,7 +104,7 @@ def _plain(value: Any) -> Any:
 def received(text: str) -> dict[str, Any]:
     """The hand-over as the supervisor found it (``{}`` when there is none)."""
     try:
-        handed = json.loads(text) if text else {}
+        handed = loads(text) if text else {}
     except ValueError:
         return {}
     return handed if isinstance(handed, dict) else {}

@@ -51,7 +51,6 @@ supervisor's, or pass for the supervisor, its witness or the custodian.
 
 from __future__ import annotations
 
-import re
 from _socket import CMSG_SPACE
 import struct
 from types import SimpleNamespace
@@ -82,7 +81,7 @@ MAX_LINE = 16 << 20
 MAX_PENDING_TOTAL = 32 << 20
 #: actions only the custodian writes (in its own stream, or the end of a stream it closes)
 CUSTODIAN_ACTIONS = frozenset({"chain-checkpoint", "lines-refused", "custodian-lost"})
-_STREAM_ID = re.compile(r"[0-9a-f]{24}\Z")
+_HEX_DIGITS = "0123456789abcdef"
 #: a list or an object cannot be looked up among the actions: such a line is refused (``action``)
 _COMPOUND = (list, dict)
 
@@ -301,4 +300,4 @@ def _no_constant(name: str) -> Any:
 
 def valid_stream_id(stream: str) -> bool:
     """A stream id as kernels make them (24 hex digits): checked when a stream is first seen."""
-    return _STREAM_ID.match(stream) is not None
+    return stream.__class__ is str and len(stream) == 24 and not stream.strip(_HEX_DIGITS)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
+import _signal  # the C module: signal.py makes enums of every constant (its import and enum's: 0.25 MB)
 import sys
 from types import SimpleNamespace
 
@@ -45,10 +45,9 @@ __all__ = ["main", "start_runtime"]
 def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[int, int], tuple[str, str]],
            witness: int, witness_form: str) -> int:
     """Open the record, hand-shake, receive the listener, serve until the kernel is gone."""
-    import json
-
     from _socket import socket
 
+    from ..events.json_codec import dumps, loads
     from ..events.schema import make_event
     from ..events.sinks.file import reopen_all
     from .supervisor_loop import Supervisor
@@ -59,10 +58,10 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
     custodian = _start_custodian(args, rt)
     # the kernel's filter sends signals aimed at any of these to us (any tid names its process)
     tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
-    control.send(b"ready " + json.dumps({"tids": tids, "witness": witness}).encode())
+    control.send(b"ready " + dumps({"tids": tids, "witness": witness}).encode())
     try:
         msg, fds = _receive_fds(control, 65536)
-        allowed = frozenset(json.loads(msg).get("allowed", ())) if msg.startswith(b"{") else frozenset()
+        allowed = frozenset(loads(msg).get("allowed", ())) if msg.startswith(b"{") else frozenset()
     except (OSError, ValueError, AttributeError):
         fds, allowed = [], frozenset()
     if not fds:
@@ -73,12 +72,12 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
     # From here SIGTERM only wakes the loop, which ends and records why: a SIGTERM
     # raised as an exception could land between the loop's end and the record.
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    _signal.signal(_signal.SIGTERM, lambda *_: None)
     # logrotate's postrotate: the record's files are opened anew before the next write
-    signal.signal(signal.SIGHUP, lambda *_: reopen_all())
-    signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
+    _signal.signal(_signal.SIGHUP, lambda *_: reopen_all())
+    _signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
     why = sup.run(stop_r)  # an exception here is a loss: the witness records it
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     if custodian is not None:
         custodian.stop()
     rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
@@ -167,8 +166,8 @@ def _leave_kernel_session() -> None:
     (``killpg``, ``kill(0)``) reaches us, and no terminal the kernel controls can
     make us its foreground group (terminal signals bypass Landlock's scope)."""
     os.setsid()
-    for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(signum, signal.SIG_IGN)
+    for signum in (_signal.SIGHUP, _signal.SIGQUIT, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU):
+        _signal.signal(signum, _signal.SIG_IGN)
 
 
 #: the supervisor's options (:func:`.supervisor_handle.supervisor_argv` writes them), each
@@ -198,8 +197,8 @@ def _parse(argv: list[str]) -> SimpleNamespace:
 def _keep_lean() -> None:
     """Leave out what the supervisor does not need, for memory (docs/launcher.md,
     "Memory"): it serialises and hashes only its own few events (the kernel's lines
-    it forwards as they came), so the standard library's json and the interpreter's
-    own SHA-256 serve; orjson (which imports dataclasses, uuid ...) and OpenSSL would
+    it forwards as they came), so the interpreter's C JSON codec (``json_codec``) and
+    its own SHA-256 serve; orjson (which imports dataclasses, uuid ...) and OpenSSL would
     cost every kernel's supervisor 3 MB and 1.2 MB.  What ``urllib.parse`` imports
     for rare cases is loaded on first use: ``ipaddress`` (0.4 MB) to check a
     bracketed host (a sink URL such as ``http://[::1]:4318/``, never a file
@@ -240,12 +239,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     # die with the kernel where its signal reaches us (no signal scope); if it is
     # already gone, the prctl came too late
-    hardening.prctl(hardening.PR_SET_PDEATHSIG, signal.SIGTERM)
+    hardening.prctl(hardening.PR_SET_PDEATHSIG, _signal.SIGTERM)
     if os.getppid() != args.kernel_pid:
         return 3
     _leave_kernel_session()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for the kernel's cells
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # interrupts are for the kernel's cells
+    _signal.signal(_signal.SIGTERM, lambda *_: sys.exit(0))
     handover_text = os.environ.pop(handover.ENV, "")
     handed = handover.received(handover_text)
     # the witness program is started while exec still works: before the hardening

@@ -19,16 +19,16 @@ under its filter (:mod:`.survivors`), and stops once no process uses the filter.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import select
-import signal
+import _signal  # the C module: signal.py makes enums of every constant (its import and enum's: 0.25 MB)
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     import socket  # at run time the supervisor's sockets are the C module _socket's (supervisor.py)
     from typing import Callable, Optional
 
+from ..events.json_codec import dumps, loads
 from . import survivors
 from .exec_decision import ExecDecider
 from .notifications import Notification, receive, respond
@@ -122,7 +122,7 @@ class Supervisor:
         if not data:
             return False
         try:
-            request = json.loads(data)
+            request = loads(data)
         except ValueError:
             return True  # ignore garbage: the kernel side is not trusted
         if isinstance(request, dict) and request.get("op") == "status":
@@ -138,7 +138,7 @@ class Supervisor:
                      "pipeline": rt.pipeline.stats() if rt is not None else None,
                      "seccomp": proc_status()}
             try:
-                self.control.send(json.dumps(reply).encode())
+                self.control.send(dumps(reply, ensure_ascii=True).encode())
             except OSError:
                 return False
         return True
@@ -157,7 +157,7 @@ class Supervisor:
         while True:
             for fd, ev in poller.poll(500):
                 if fd == stop_fd:
-                    if _woken_by(stop_fd, signal.SIGTERM):
+                    if _woken_by(stop_fd, _signal.SIGTERM):
                         return "SIGTERM"
                     continue
                 if fd == self.listener:

@@ -21,7 +21,7 @@ until they end.
 from __future__ import annotations
 
 import os
-import signal
+import _signal  # the C module: signal.py makes enums of every constant (its import and enum's: 0.25 MB)
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any
@@ -79,7 +79,7 @@ def end(pids: list[int]) -> list[int]:
     failed = []
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, _signal.SIGKILL)
         except ProcessLookupError:
             pass
         except OSError:

@@ -28,7 +28,7 @@ Two forms, the first wherever the package was built with a C compiler:
 from __future__ import annotations
 
 import os
-import signal
+import _signal  # the C module: signal.py makes enums of every constant (its import and enum's: 0.25 MB)
 import sys
 from types import SimpleNamespace
 
@@ -165,7 +165,7 @@ def fork_witness(args: SimpleNamespace, handed: dict[str, Any]) -> tuple[int, in
 
 def _witness(read_end: int, args: SimpleNamespace, handed: dict[str, Any]) -> int:
     """Wait for the supervisor to end; unless it ended cleanly, record the loss."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     supervisor_pid = os.getppid()
     said = b""
     while chunk := os.read(read_end, 64):

@@ -145,6 +145,41 @@ def test_the_shells_working_folders_are_not_secrets() -> None:
 
     assert not secret_env_name("PWD") and not secret_env_name("OLDPWD")
     assert secret_env_name("DB_PWD") and secret_env_name("GITLAB_PAT") and secret_env_name("OPENAI_API_KEY")
+    assert not secret_env_name("LD_LIBRARY_PATH") and not secret_env_name("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH")
+
+
+def test_names_are_judged_by_the_patterns_whatever_the_keyword_test_skips() -> None:
+    """The keyword test in front of the name patterns (it spares a process ``re`` while no
+    name holds a keyword) never says no where a pattern matches: 20,000 names of keyword
+    parts, near misses, "_PAT" at word ends and not, and characters a case-insensitive
+    pattern folds (the Kelvin sign, long s, dotless i, dotted capital I); and the
+    environment's and argv's judgements are the patterns' own."""
+    import random
+    import re
+
+    from kernel_guard.events import secrets
+
+    env_pattern = re.compile(r"(?i)" + secrets.SECRET_WORDS + r"|_PAT$|auth")
+    words = re.compile(r"(?i)" + secrets.SECRET_WORDS)
+    flag = re.compile(secrets._SECRET_FLAG)
+    parts = ["PASSWORD", "passwd", "Pwd", "PASSPHRASE", "secret", "TOKEN", "api-key", "API_KEY", "apikey",
+             "access_key", "private-key", "ACCOUNTKEY", "sharedaccesssignature", "SharedAccessKey", "signing_key",
+             "encryption-key", "session_key", "master-key", "credential", "_PAT", "_pat", "_PATH", "_PAT1",
+             "cookie", "auth", "AUTH", "pas", "tok", "ke", "_pa", "DB", "MY", "_", "-", ".", "--", "\u212a",
+             "\u017f", "\u0131", "\u0130", "\n", "X", "9", "path", "url", "pa\u017f\u017fword", "to\u212aen",
+             "credent\u0131al", "\u212aey", "_PA\u0165"]
+    rng = random.Random(11)
+    for _ in range(20000):
+        name = "".join(rng.choice(parts) for _ in range(rng.randint(1, 5)))
+        if env_pattern.search(name):
+            assert secrets._may_hold(name, secrets._ENV_KEYWORDS), name
+        if words.search(name):
+            assert secrets._may_hold(name, secrets._NAME_KEYWORDS), name
+        assert secrets.secret_env_name(name) == (name not in ("PWD", "OLDPWD") and env_pattern.search(name) is not None)
+        value = "v4lue-" + name
+        hidden = secrets._hidden_value("tool", "set", "--" + name, value)
+        if flag.match("--" + name) and secrets._secret_name(name):
+            assert hidden == secrets.REDACTED, name
 
 
 # -- the catalogue: one fake value per rule, in each context ------------------------------------

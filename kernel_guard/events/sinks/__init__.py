@@ -20,19 +20,55 @@ The layers, the path of an event and of an exec, who may write what: docs/archit
 
 from __future__ import annotations
 
-import json
-
 from bisect import bisect_right
 from itertools import accumulate
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import urlsplit
 
 from ...exceptions import ConfigError, SinkError
+from ..json_codec import loads
 from ..schema import Event
 
-__all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "line_runs", "open_sink", "validate_sink_url"]
+__all__ = ["SCHEMES", "Sink", "SinkOptions", "describe_url", "file_path", "line_runs", "open_sink", "split_url",
+           "validate_sink_url"]
+
+#: what the path of a ``file:///`` URL may hold for ``urlsplit`` to read it as scheme
+#: "file", no host, that path, and ``unquote`` to leave the path as it is: no "%",
+#: "?", "#", space or control character.  Such a URL (every sink URL of the examples)
+#: is read without ``urllib.parse``, which imports ``re`` and ``enum`` (0.5 MB for every
+#: kernel's supervisor, docs/launcher.md "Memory"); tests/events/test_sink_urls.py
+#: compares the two readings
+_PLAIN_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-~+")
+
+
+class _PlainFileURL:
+    """What ``urlsplit`` makes of ``file:///`` and a plain path."""
+
+    __slots__ = ("path",)
+    scheme, netloc, query, fragment, hostname, port = "file", "", "", "", None, None
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def split_url(url: str) -> Any:
+    """``urllib.parse.urlsplit(url)``; a plain file URL's parts without importing it."""
+    if url.startswith("file:///") and _PLAIN_PATH.issuperset(url[7:]):
+        return _PlainFileURL(url[7:])
+    from urllib.parse import urlsplit
+
+    return urlsplit(url)
+
+
+def file_path(url: str) -> str:
+    """The path a ``file://`` URL names (``unquote`` of its path, as ``urlsplit`` reads it)."""
+    parts = split_url(url)
+    if parts.__class__ is _PlainFileURL:
+        return parts.path
+    from urllib.parse import unquote
+
+    return unquote(parts.path)
 
 
 class SinkOptions:
@@ -101,7 +137,7 @@ class Sink:
     def emit_lines(self, lines: List[bytes]) -> None:
         """Write events already serialised as JSON lines (the custodian forwards the
         kernel's as they came).  Default: parse and :meth:`emit`."""
-        self.emit([json.loads(line) for line in lines])
+        self.emit([loads(line) for line in lines])
 
     def flush(self) -> None:
         """Push out anything buffered (default: nothing is)."""
@@ -152,7 +188,7 @@ def _network(module: str) -> Callable[..., Sink]:
         except ImportError as exc:
             raise SinkError(f"sink {describe_url(url)} cannot be used: {exc} "
                             "(the Python installation lacks a module it needs, such as ssl)") from exc
-        opener = SCHEMES[urlsplit(url).scheme]
+        opener = SCHEMES[split_url(url).scheme]
         if opener is factory:
             raise SinkError(f"sink {describe_url(url)}: kernel_guard.events.sinks.{module} did not register its scheme")
         return opener(url) if options is None else opener(url, options)
@@ -178,7 +214,7 @@ _OTLP_HINT = ("write otlp+http://host:4318/v1/logs or otlp+https://host:4318/v1/
 
 def describe_url(url: str) -> str:
     """The URL without user info or query (never log credentials)."""
-    parts = urlsplit(url)
+    parts = split_url(url)
     netloc = parts.hostname or ""
     try:
         if parts.port:
@@ -210,7 +246,7 @@ def validate_sink_url(url: str) -> str:
         raise ConfigError(f"a sink URL must be text, not {type(url).__name__} {url!r}"[:200])
     _check_url_text(url)
     try:
-        parts = urlsplit(url)
+        parts = split_url(url)
     except ValueError as exc:
         raise ConfigError(f"sink URL {url[:100]!r} cannot be parsed ({exc}): write scheme://host:port/path, "
                           "e.g. syslog+tcp://[::1]:514") from None
@@ -228,8 +264,8 @@ def validate_sink_url(url: str) -> str:
             f"unknown sink scheme in {describe_url(url) or url!r}: use one of {known}"
         )
     if scheme == "file":
-        path = urlsplit(url).path
-        if not path.startswith("/") or urlsplit(url).netloc not in ("", "localhost"):
+        path = split_url(url).path
+        if not path.startswith("/") or split_url(url).netloc not in ("", "localhost"):
             raise ConfigError(
                 f"file sink {url!r} needs an absolute path: write file:///abs/path/events.jsonl"
             )
@@ -253,5 +289,5 @@ def validate_sink_url(url: str) -> str:
 def open_sink(url: str, options: Optional[SinkOptions] = None) -> Sink:
     """Open the sink for a URL (raises SinkError when it cannot be used)."""
     validate_sink_url(url)
-    factory = SCHEMES[urlsplit(url).scheme]
+    factory = SCHEMES[split_url(url).scheme]
     return factory(url) if options is None else factory(url, options)

@@ -26,11 +26,10 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
     from typing import List
-from urllib.parse import unquote, urlsplit
 
 from ...exceptions import SinkError
 from ..schema import Event, to_json_line
-from . import Sink, line_runs
+from . import Sink, file_path, line_runs
 
 __all__ = ["FileSink", "reopen_all"]
 
@@ -65,7 +64,7 @@ class FileSink(Sink):
     @classmethod
     def from_url(cls, url: str) -> "FileSink":
         """Open ``file:///abs/path``."""
-        return cls(unquote(urlsplit(url).path))
+        return cls(file_path(url))
 
     def _open(self) -> None:
         """Open (or create) the path: never following a link, never blocking, a regular file only."""
