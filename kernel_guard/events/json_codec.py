@@ -50,14 +50,13 @@ def dumps(value: Any, *, sort_keys: bool = False, ensure_ascii: bool = False,
 class _Context:
     """What ``make_scanner`` reads from a JSONDecoder: its defaults."""
 
-    __slots__ = ("strict", "object_hook", "object_pairs_hook", "parse_float", "parse_int", "parse_constant", "memo")
+    __slots__ = ("strict", "object_hook", "object_pairs_hook", "parse_float", "parse_int", "parse_constant")
 
     def __init__(self) -> None:
         self.strict = True
         self.object_hook = self.object_pairs_hook = None
         self.parse_float, self.parse_int = float, int
         self.parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
-        self.memo: dict = {}
 
 
 _scan = make_scanner(_Context()) if make_scanner is not None else None

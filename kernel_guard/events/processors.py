@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
 from .schema import Event, KernelContext, Shared
 from .secrets import (NATIVE_GATE, REDACTED, clean, detectors_for, native_gate, redact_argv, redact_text, redact_with,
                       secret_env_name)
-from .secrets import _aws_candidate
+from .secrets import _aws_candidate, _compiled
 from .secrets import redact_and_cut as _secrets_cut
 from .streams import new_stream_id
 
@@ -95,17 +95,6 @@ class AddContext:
         return event
 
 
-def _compiled(patterns: Iterable[str]) -> list:
-    """The operator's own patterns (``redact_patterns``) compiled: ``re`` is imported only
-    for some (a supervisor leaves it out otherwise, docs/launcher.md "Memory")."""
-    patterns = list(patterns)
-    if not patterns:
-        return []
-    import re
-
-    return [re.compile(p) for p in patterns]
-
-
 class Redact:
     """Remove secrets from every field that can hold text from the user.
 
@@ -130,7 +119,7 @@ class Redact:
 
     def __init__(self, extra_patterns: Iterable[str] = (), environ: dict[str, str] | None = None) -> None:
         self.literals = _secret_env_values(environ)
-        self.extra = _compiled(extra_patterns)
+        self.extra = [_compiled(p) for p in extra_patterns]  # re only for some (docs/launcher.md, "Memory")
         self._gate = native_gate(self.literals)
 
     def text(self, text: str) -> str:

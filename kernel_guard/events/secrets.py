@@ -64,17 +64,11 @@ _ENV_WORDS = ("pwd", "passphrase", "secret", "token", "credential", "cookie", "a
 @functools.lru_cache(maxsize=None)
 def _compiled(source: str) -> "re.Pattern[str]":
     """A pattern compiled when first used, as are the detectors': ``re`` (with ``enum``,
-    0.5 MB) is imported by a process whose text has held a candidate, not by every
-    supervisor (docs/launcher.md, "Memory")."""
+    0.5 MB) is imported by a process whose text has held a candidate, or that has an
+    operator's own patterns, not by every supervisor (docs/launcher.md, "Memory")."""
     import re
 
     return re.compile(source)
-
-
-def _escaped(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 def _may_hold(text: str, keywords: tuple[str, ...]) -> bool:
@@ -325,6 +319,8 @@ _PROGRAM_KEYWORD = {w: next(k for k in ("curl", "wget", "lftp", "http", "mysql",
 
 def _trie_pattern(words: Iterable[str]) -> str:
     """One regular expression matching any of ``words``, factored by prefix (longest first)."""
+    import re  # once, for the gate's pattern, when a long word first needs it
+
     trie: dict = {}
     for word in words:
         node = trie
@@ -334,7 +330,7 @@ def _trie_pattern(words: Iterable[str]) -> str:
 
     def build(node: dict) -> str:
         ends = "" in node
-        branches = [_escaped(char) + build(child) for char, child in sorted(node.items()) if char]
+        branches = [re.escape(char) + build(child) for char, child in sorted(node.items()) if char]
         if not branches:
             return ""
         body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
