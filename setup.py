@@ -46,6 +46,8 @@ setup(
         Extension("kernel_guard.audit._filter", ["kernel_guard/audit/_filter.c"], optional=True),
         # optional too: without it the redaction gate is the Python one alone (slower per event)
         Extension("kernel_guard.events._gate", ["kernel_guard/events/_gate.c"], optional=True),
+        # optional: the aggregation key of every emitted event; without it, aggregate._key in Python
+        Extension("kernel_guard.events._aggregate_key", ["kernel_guard/events/_aggregate_key.c"], optional=True),
         # optional: the writer's chain (SHA-256 and the splice) for a run of events with the
         # interpreter's lock released, over OpenSSL (Debian: libssl-dev); without it, per event in Python
         Extension("kernel_guard.events._chain", ["kernel_guard/events/_chain.c"], libraries=["crypto"],

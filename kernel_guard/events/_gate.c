@@ -254,26 +254,45 @@ Gate_clean_fields(GateObject *self, PyObject *args)
     PyObject *event, *fields;
     if (!PyArg_ParseTuple(args, "O!O!:clean_fields", &PyDict_Type, &event, &PyTuple_Type, &fields))
         return NULL;
+    /* the pairs come grouped by object: each object is looked up once, and held (a
+     * lookup compares keys, which may run Python code that changes the event) */
+    PyObject *outer = NULL, *node = NULL, *result = Py_True;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields); i++) {
         PyObject *pair = PyTuple_GET_ITEM(fields, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "clean_fields: fields are (object, field) pairs");
-            return NULL;
+            result = NULL;
+            break;
         }
-        PyObject *node = PyDict_GetItemWithError(event, PyTuple_GET_ITEM(pair, 0));
-        if (node == NULL && PyErr_Occurred())
-            return NULL;
+        if (outer == NULL || PyTuple_GET_ITEM(pair, 0) != outer) {
+            outer = PyTuple_GET_ITEM(pair, 0);
+            Py_CLEAR(node);
+            node = PyDict_GetItemWithError(event, outer);
+            if (node == NULL && PyErr_Occurred()) {
+                result = NULL;
+                break;
+            }
+            Py_XINCREF(node);
+        }
         if (node == NULL || !PyDict_Check(node))
             continue;
         PyObject *value = PyDict_GetItemWithError(node, PyTuple_GET_ITEM(pair, 1));
-        if (value == NULL && PyErr_Occurred())
-            return NULL;
-        if (value == NULL)
+        if (value == NULL) {
+            if (PyErr_Occurred()) {
+                result = NULL;
+                break;
+            }
             continue;
-        if (!(PyUnicode_Check(value) ? value_clean(self, value) : collection_clean(self, value)))
-            Py_RETURN_FALSE;
+        }
+        /* the scan runs no Python code: the borrowed value stays valid through it */
+        if (!(PyUnicode_Check(value) ? value_clean(self, value) : collection_clean(self, value))) {
+            result = Py_False;
+            break;
+        }
     }
-    Py_RETURN_TRUE;
+    Py_XDECREF(node);
+    Py_XINCREF(result);
+    return result;
 }
 
 static int

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
     from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .json_codec import loads
-from .schema import Event, new_event_id, timestamp, to_json
+from .schema import Event, Shared, new_event_id, timestamp, to_json
 
 __all__ = ["NEVER_AGGREGATED", "Aggregate"]
 
@@ -80,6 +80,19 @@ def _key(event: Event) -> Key:
     )
 
 
+def _key_maker() -> "Callable[[Event], Key]":
+    """:func:`_key`, read natively where :mod:`._aggregate_key` is built (the same tuple,
+    a fifth of the cost; any part it does not read exactly as ``_key`` does goes to ``_key``)."""
+    try:
+        from ._aggregate_key import KeyMaker
+    except ImportError:
+        return _key
+    return KeyMaker((dict, Shared), _key)
+
+
+_key_of = _key_maker()
+
+
 class Aggregate:
     """Processor that counts repeats of an event instead of passing each one on."""
 
@@ -99,7 +112,7 @@ class Aggregate:
         """The event itself, or None when it was counted into an aggregate."""
         if self.interval <= 0 or (event.get("event") or {}).get("action") in NEVER_AGGREGATED:
             return event
-        key = _key(event)
+        key = _key_of(event)
         with self._lock:
             try:
                 slot = self._slots.get(key)  # hashes the key once (a hash() before it was a second time)

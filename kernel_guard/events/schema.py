@@ -151,10 +151,10 @@ def timestamp() -> str:
     return f"{cached[1]}.{int((now - second) * 1e6):06d}Z"
 
 
-#: random bytes are read in blocks, one block per thread: a getrandom call per event was
-#: half of an id's cost.  A forked child starts a new generation (its parent's blocks are
-#: not its own: ids would repeat).
-_RANDOM_BLOCK = 16 * 256
+#: ids are made in blocks, one block per thread: a getrandom call per event was half of an
+#: id's cost, and formatting each id on its own most of the rest.  A forked child starts a
+#: new generation (its parent's blocks are not its own: ids would repeat).
+_IDS_PER_BLOCK = 256
 _random = threading.local()
 _generation = 0
 
@@ -165,24 +165,38 @@ def _new_generation() -> None:
 
 
 os.register_at_fork(after_in_child=_new_generation)
-#: the RFC 4122 variant's first hex digit (10xx) for any random one
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+#: a random hex digit -> the RFC 4122 variant's first digit (10xx) made from it
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+#: each column of a UUID's text: the random hex digit it takes (0-31), or the byte it holds
+#: ("-", the version "4", or "v": the variant digit made from random digit 16)
+_UUID_COLUMNS = (*range(8), b"-", *range(8, 12), b"-", b"4", *range(13, 16), b"-", b"v", *range(17, 20), b"-",
+                 *range(20, 32))
 
 
-def _random_hex32() -> str:
-    """32 random hex digits from this thread's block (read anew when used up or after a fork)."""
-    local = _random
-    if getattr(local, "generation", -1) != _generation or local.pos >= _RANDOM_BLOCK:
-        local.block, local.pos, local.generation = os.urandom(_RANDOM_BLOCK).hex(), 0, _generation
-    pos = local.pos
-    local.pos = pos + 16
-    return local.block[2 * pos:2 * pos + 32]
+def _uuid4_block(count: int = _IDS_PER_BLOCK) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, formatted column by column over all of
+    them at once (37 slice copies instead of a format per id)."""
+    digits = os.urandom(16 * count).hex().encode("ascii")
+    width = len(_UUID_COLUMNS) + 1  # and a space between ids
+    out = bytearray(b" " * (width * count))
+    for column, source in enumerate(_UUID_COLUMNS):
+        if source == b"v":
+            out[column::width] = digits[16::32].translate(_VARIANT)
+        elif isinstance(source, bytes):
+            out[column::width] = source * count
+        else:
+            out[column::width] = digits[source::32]
+    return out.decode("ascii").split()
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as text, without building a ``uuid.UUID`` (3x cheaper)."""
-    h = _random_hex32()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    """A random (version 4) UUID as text: a tenth of ``str(uuid.uuid4())``'s cost (measured)."""
+    local = _random
+    ids = getattr(local, "ids", None)
+    if not ids or local.generation != _generation:
+        ids = local.ids = _uuid4_block()
+        local.generation = _generation
+    return ids.pop()
 
 
 class Shared(dict):

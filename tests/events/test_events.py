@@ -306,7 +306,9 @@ def test_event_ids_are_unique_across_threads_and_forks() -> None:
     for thread in threads:
         thread.join()
     assert len(set(found)) == 20_000
-    assert all(uuid.UUID(i).version == 4 for i in found[:100])
+    # each is what str(uuid.uuid4()) would write: canonical text, version 4, RFC 4122 variant
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122
+               for i in found)
 
 
 def test_a_forked_childs_events_name_its_own_pid() -> None:
