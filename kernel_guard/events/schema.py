@@ -175,7 +175,7 @@ _UUID_COLUMNS = (*range(8), b"-", *range(8, 12), b"-", b"4", *range(13, 16), b"-
 
 def _uuid4_block(count: int = _IDS_PER_BLOCK) -> list[str]:
     """``count`` random (version 4) UUIDs as text, formatted column by column over all of
-    them at once (37 slice copies instead of a format per id)."""
+    them at once (36 slice copies instead of a format per id)."""
     digits = os.urandom(16 * count).hex().encode("ascii")
     width = len(_UUID_COLUMNS) + 1  # and a space between ids
     out = bytearray(b" " * (width * count))
