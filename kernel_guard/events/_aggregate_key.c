@@ -85,11 +85,15 @@ KeyMaker_call(KeyMakerObject *self, PyObject *args, PyObject *kwargs)
     if (!is_plain(self, event))
         return PyObject_CallOneArg(self->fallback, event);
     PyObject *ev = NULL, *guard = NULL, *proc = NULL, *user = NULL, *file = NULL;
-    int odd = 0, status;
-    if ((status = part(self, event, S_event, &ev)) || (status = part(self, event, S_kernel_guard, &guard))
-            || (status = part(self, event, S_process, &proc)) || (status = part(self, event, S_user, &user)))
-        odd = status;
-    if (status < 0)
+    /* each step: -1 an error, 1 a part only the fallback reads exactly, 0 go on */
+    int odd = part(self, event, S_event, &ev);
+    if (!odd)
+        odd = part(self, event, S_kernel_guard, &guard);
+    if (!odd)
+        odd = part(self, event, S_process, &proc);
+    if (!odd)
+        odd = part(self, event, S_user, &user);
+    if (odd < 0)
         return NULL;
     /* file is read only when it is a dict (any other value: None, as aggregate._key does) */
     PyObject *file_value = odd ? NULL : PyDict_GetItemWithError(event, S_file);

@@ -264,7 +264,7 @@ Gate_clean_fields(GateObject *self, PyObject *args)
             result = NULL;
             break;
         }
-        if (outer == NULL || PyTuple_GET_ITEM(pair, 0) != outer) {
+        if (PyTuple_GET_ITEM(pair, 0) != outer) {  /* outer starts NULL: never an item */
             outer = PyTuple_GET_ITEM(pair, 0);
             Py_CLEAR(node);
             node = PyDict_GetItemWithError(event, outer);

@@ -264,8 +264,7 @@ def validate_sink_url(url: str) -> str:
             f"unknown sink scheme in {describe_url(url) or url!r}: use one of {known}"
         )
     if scheme == "file":
-        path = split_url(url).path
-        if not path.startswith("/") or split_url(url).netloc not in ("", "localhost"):
+        if not parts.path.startswith("/") or parts.netloc not in ("", "localhost"):
             raise ConfigError(
                 f"file sink {url!r} needs an absolute path: write file:///abs/path/events.jsonl"
             )
