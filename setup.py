@@ -48,6 +48,10 @@ setup(
         Extension("kernel_guard.events._gate", ["kernel_guard/events/_gate.c"], optional=True),
         # optional: the aggregation key of every emitted event; without it, aggregate._key in Python
         Extension("kernel_guard.events._aggregate_key", ["kernel_guard/events/_aggregate_key.c"], optional=True),
+        # optional: make_event, its timestamp and id; without them, schema.py's Python ones
+        Extension("kernel_guard.events._event", ["kernel_guard/events/_event.c"], optional=True),
+        # optional: the context every event carries (AddContext's call); without it, in Python
+        Extension("kernel_guard.events._context", ["kernel_guard/events/_context.c"], optional=True),
         # optional: the writer's chain (SHA-256 and the splice) for a run of events with the
         # interpreter's lock released, over OpenSSL (Debian: libssl-dev); without it, per event in Python
         Extension("kernel_guard.events._chain", ["kernel_guard/events/_chain.c"], libraries=["crypto"],

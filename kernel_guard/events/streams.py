@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports this (docs/launcher.md, "Memory")
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
 from .digest import sha256_hex
 from .json_codec import dumps, loads
@@ -112,6 +112,7 @@ class StreamChain:
 
     def __init__(self) -> None:
         self.heads: dict[str, tuple[int, str]] = {}  # stream -> (last sequence, last hash)
+        self._native_preparer: "Callable[[Event], Optional[bytes]] | None" = None
 
     def reset(self) -> None:
         """A forked child writes its own stream: its parent's heads are not its own."""
@@ -151,7 +152,22 @@ class StreamChain:
         """The event's canonical body with a placeholder for its prev, serialised now
         (what the event holds when it is taken is what is written); None when it goes
         the way of :meth:`serialise` (no stream, what orjson refuses, no native linker)."""
-        if _stream_of(event) is None or _native_link() is None:
+        return self.preparer()(event)
+
+    def preparer(self) -> "Callable[[Event], Optional[bytes]]":
+        """:meth:`prepare` as the writer calls it for each event of a batch: natively
+        where :mod:`._chain` is built (its Python steps cost as much as the serialising)."""
+        native = _native()
+        if native is None:
+            return self._prepare
+        preparer = self._native_preparer
+        if preparer is None:
+            preparer = self._native_preparer = native.Preparer(
+                orjson.dumps, orjson.OPT_SORT_KEYS, repr, _PLACEHOLDER, self._prepare).prepare
+        return preparer
+
+    def _prepare(self, event: Event) -> Optional[bytes]:
+        if _stream_of(event) is None or _native() is None:
             return None
         event["kernel_guard"]["chain"] = {"prev": _PLACEHOLDER}
         try:
@@ -170,37 +186,31 @@ class StreamChain:
         i, n = 0, len(events)
         try:
             while i < n:
-                stream = _stream_of(events[i])
-                j = i
-                while j < n and bodies[j] is not None and events[j]["kernel_guard"]["stream"] == stream:
-                    j += 1  # a prepared body's event has a stream
-                if j == i:
+                if bodies[i] is None:
                     lines.append(self.serialise(events[i]))
                     i += 1
-                    continue
-                i = self._link_run(stream, events[i:j], bodies[i:j], lines) + i
+                else:
+                    i += self._link_run(events, bodies, i, lines)
         except BaseException:
             self.heads = saved
             raise
         return lines
 
-    def _link_run(self, stream: str, events: list, bodies: list, lines: list) -> int:
-        """Link one stream's run into ``lines``: how many events it took (at least one)."""
-        prev = self._prev(stream)
+    def _link_run(self, events: list, bodies: list, start: int, lines: list) -> int:
+        """Link the run of one stream's prepared events that begins at ``start`` into
+        ``lines`` (each event's chain object told its prev and hash): how many events it
+        took.  One it could not link (a line break to escape ...) is taken by
+        :meth:`serialise`, alone."""
+        stream = events[start]["kernel_guard"]["stream"]
         try:
-            linked, digests = _native_link()(bodies, prev, _PLACEHOLDER)
+            linked, digests = _native().link_run(events, bodies, start, self._prev(stream), _PLACEHOLDER)
         except (RuntimeError, MemoryError):  # OpenSSL failed: the Python way, one by one
             linked, digests = [], []
-        for event, digest in zip(events, digests):  # the dict says what its line says
-            chain = event["kernel_guard"]["chain"]
-            chain["prev"], chain["hash"] = prev, digest
-            prev = digest
+        if not digests:
+            lines.append(self.serialise(events[start]))
+            return 1
         lines.extend(linked)
-        if digests:
-            self._advance(stream, events[len(digests) - 1], digests[-1])
-        if len(digests) < len(events):  # one it could not link (a line break to escape ...)
-            lines.append(self.serialise(events[len(digests)]))
-            return len(digests) + 1
+        self._advance(stream, events[start + len(digests) - 1], digests[-1])
         return len(digests)
 
     def _prev(self, stream: str) -> str:
@@ -212,23 +222,29 @@ class StreamChain:
 
 #: what a prepared body holds in place of its prev until its run is linked
 _PLACEHOLDER = GENESIS
-_link = None  # the native linker, looked up on first use: False when there is none
+_native_module: Any = None  # the native linker's module, looked up on first use: False when there is none
+
+
+def _native():  # noqa: ANN202 - the _chain module or None
+    """:mod:`._chain`, unless orjson or the module is missing or this process hashes
+    with the interpreter's own SHA-256 (the supervisor: the module maps OpenSSL)."""
+    global _native_module
+    if _native_module is None:
+        from . import digest
+
+        _native_module = False
+        if orjson is not None and not digest.builtin_preferred():
+            try:
+                from . import _chain as _native_module  # type: ignore[no-redef]
+            except ImportError:  # not built: the Python way
+                pass
+    return _native_module or None
 
 
 def _native_link():  # noqa: ANN202 - _chain.link or None
-    """:func:`._chain.link`, unless orjson or the module is missing or this process hashes
-    with the interpreter's own SHA-256 (the supervisor: the module maps OpenSSL)."""
-    global _link
-    if _link is None:
-        from . import digest
-
-        _link = False
-        if orjson is not None and not digest.builtin_preferred():
-            try:
-                from ._chain import link as _link  # type: ignore[no-redef]
-            except ImportError:  # not built: the Python way
-                pass
-    return _link or None
+    """:func:`._chain.link` (a whole run's bodies), or None where :func:`_native` is."""
+    native = _native()
+    return native.link if native is not None else None
 
 
 def _stream_of(event: Event) -> Optional[str]:

@@ -216,12 +216,13 @@ class _Writer:
             return [f[0] for f in finished], [f[1] for f in finished]
         done: List[Event] = []
         bodies: List[Optional[bytes]] = []
+        on_writer, prepare = self._on_writer, chain.preparer()
         with self._finishing:
             for event in events:
-                event = _run_processors(self._on_writer, event)
+                event = _run_processors(on_writer, event)
                 if event is not None:
                     done.append(event)
-                    bodies.append(chain.prepare(event))
+                    bodies.append(prepare(event))
             try:
                 return done, chain.link(done, bodies)
             except Exception:  # a bug in linking must not lose the events: each the Python way
