@@ -318,7 +318,9 @@ chain_link_run(PyObject *module, PyObject *args)
     PyObject *stream = guard ? PyDict_GetItemWithError(guard, S_stream) : NULL;
     if (PyErr_Occurred())
         return NULL;
+    Py_XINCREF(stream);  /* held: a comparison may run code that changes the event */
     Py_ssize_t end = stream ? run_end(events, bodies, start, n, stream) : start;
+    Py_XDECREF(stream);
     if (end < 0)
         return NULL;
     /* tuples of their own: what the lists hold may change while the lock is released */
@@ -327,9 +329,14 @@ chain_link_run(PyObject *module, PyObject *args)
     if (run == NULL || chains == NULL)
         goto done;
     for (Py_ssize_t i = start; i < end; i++) {
+        /* what run_end found, unless a collection just now ran code that changed it */
         PyObject *chain = chain_of(PyList_GET_ITEM(events, i));
-        Py_INCREF(chain);
-        PyTuple_SET_ITEM(chains, i - start, chain);
+        if (chain == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "link_run: an event changed while its run was read");
+            goto done;
+        }
+        PyTuple_SET_ITEM(chains, i - start, Py_NewRef(chain));
     }
     if ((bodies_run = PyList_AsTuple(run)) == NULL)
         goto done;

@@ -278,39 +278,6 @@ def test_line_separators_inside_values_are_escaped() -> None:
     assert len(line.splitlines()) == 1 and json.loads(line)["kernel_guard"]["code"] == code
 
 
-def test_event_ids_are_unique_across_threads_and_forks() -> None:
-    """Ids come from per-thread blocks of random bytes: a forked child must not reuse
-    its parent's block, nor two threads one another's."""
-    import threading
-    import uuid
-
-    from kernel_guard.events.schema import new_event_id
-
-    new_event_id()  # the parent's block is read before the fork
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.write(write_end, "".join(new_event_id() for _ in range(10)).encode())
-        os._exit(0)
-    os.waitpid(pid, 0)
-    child = os.read(read_end, 4096).decode()
-    os.close(read_end)
-    os.close(write_end)
-    parent = "".join(new_event_id() for _ in range(10))
-    assert len(child) == len(parent) == 360
-    assert not {child[i:i + 36] for i in range(0, 360, 36)} & {parent[i:i + 36] for i in range(0, 360, 36)}
-    found: list = []
-    threads = [threading.Thread(target=lambda: found.extend(new_event_id() for _ in range(5000))) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(set(found)) == 20_000
-    # each is what str(uuid.uuid4()) would write: canonical text, version 4, RFC 4122 variant
-    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122
-               for i in found)
-
-
 def test_a_forked_childs_events_name_its_own_pid() -> None:
     from kernel_guard.events.processors import AddContext
     from kernel_guard.events.schema import KernelContext
