@@ -235,9 +235,11 @@ def _native():  # noqa: ANN202 - the _chain module or None
         _native_module = False
         if orjson is not None and not digest.builtin_preferred():
             try:
-                from . import _chain as _native_module  # type: ignore[no-redef]
+                from . import _chain
             except ImportError:  # not built: the Python way
                 pass
+            else:  # a build older than this code (not rebuilt since): the Python way too
+                _native_module = hasattr(_chain, "Preparer") and hasattr(_chain, "link_run") and _chain
     return _native_module or None
 
 

@@ -262,3 +262,26 @@ def test_runs_end_where_the_stream_changes() -> None:
         stream = event["kernel_guard"]["stream"]
         assert link["prev"] == last.get(stream, GENESIS) and streams.hash_matches(event)
         last[stream] = link["hash"]
+
+
+def test_a_chain_module_older_than_the_code_is_not_used(monkeypatch) -> None:
+    """A build not redone since the code changed (no Preparer, no link_run): the Python
+    way, rather than a writer thread that dies on the first batch."""
+    import sys
+    import types
+
+    import kernel_guard.events
+
+    stale = types.ModuleType("kernel_guard.events._chain")
+    stale.link = streams._native().link
+    monkeypatch.setitem(sys.modules, "kernel_guard.events._chain", stale)
+    monkeypatch.setattr(kernel_guard.events, "_chain", stale)
+    monkeypatch.setattr(streams, "_native_module", None)
+    assert streams._native() is None
+    chain = StreamChain()
+    events = [make_event("exec-denied", outcome="failure", layer="audit", reason=f"r{i}", stream="s" * 24)
+              for i in range(3)]
+    bodies = [chain.prepare(e) for e in events]
+    assert bodies == [None] * 3
+    lines = chain.link(events, bodies)
+    assert len(lines) == 3 and all(streams.hash_matches(e) for e in events)
