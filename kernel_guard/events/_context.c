@@ -6,11 +6,11 @@
  * it is a few attribute reads and dictionary stores.
  *
  * ContextStamp: the base type of processors.AddContext, whose call it makes.
- *     ContextStamp.__init__(self, context, pid_cell)
- *         context   the KernelContext whose attributes are read at each call
- *                   (they change as cells run)
+ *     ContextStamp.__init__(self, pid_cell)
  *         pid_cell  a one-item list holding this process's pid (processors._pid,
  *                   which a fork handler keeps right)
+ *     self.context  the KernelContext whose attributes are read at each call (they
+ *                   change as cells run): AddContext's own attribute, held here
  *     self(event) adds what AddContext's Python code adds, in the same order.
  *     Any event of another shape (not a dict, or its process or kernel_guard
  *     something else than a dict or None) goes to self._add(event), the Python
@@ -20,6 +20,8 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
+#include <structmember.h>
 
 typedef struct {
     PyObject_HEAD
@@ -144,8 +146,8 @@ ContextStamp_call(ContextStampObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs))
         return PyErr_Format(PyExc_TypeError, "AddContext takes no keyword arguments");
-    if (self->context == NULL)
-        return PyErr_Format(PyExc_RuntimeError, "AddContext: ContextStamp.__init__ was not called");
+    if (self->context == NULL || self->pid_cell == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "AddContext: ContextStamp.__init__ was not called, or no context set");
     if (!PyDict_CheckExact(event) || !plain_or_absent(event, S_process) || !plain_or_absent(event, S_kernel_guard)) {
         if (PyErr_Occurred())
             return NULL;
@@ -169,15 +171,14 @@ ContextStamp_call(ContextStampObject *self, PyObject *args, PyObject *kwargs)
 static int
 ContextStamp_init(ContextStampObject *self, PyObject *args, PyObject *kwargs)
 {
-    PyObject *context, *pid_cell;
-    static char *names[] = {"context", "pid_cell", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:ContextStamp", names, &context, &PyList_Type, &pid_cell))
+    PyObject *pid_cell;
+    static char *names[] = {"pid_cell", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!:ContextStamp", names, &PyList_Type, &pid_cell))
         return -1;
     if (PyList_GET_SIZE(pid_cell) != 1) {
         PyErr_SetString(PyExc_ValueError, "ContextStamp: pid_cell holds one pid");
         return -1;
     }
-    Py_XSETREF(self->context, Py_NewRef(context));
     Py_XSETREF(self->pid_cell, Py_NewRef(pid_cell));
     Py_CLEAR(self->user_value);
     Py_CLEAR(self->user_shared);
@@ -220,6 +221,12 @@ ContextStamp_dealloc(ContextStampObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyMemberDef ContextStamp_members[] = {
+    {"context", T_OBJECT_EX, offsetof(ContextStampObject, context), 0,
+     "the KernelContext whose attributes each call reads"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject ContextStampType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kernel_guard.events._context.ContextStamp",
@@ -232,6 +239,7 @@ static PyTypeObject ContextStampType = {
     .tp_clear = (inquiry)ContextStamp_clear,
     .tp_dealloc = (destructor)ContextStamp_dealloc,
     .tp_call = (ternaryfunc)ContextStamp_call,
+    .tp_members = ContextStamp_members,
 };
 
 static int

@@ -172,42 +172,28 @@ named_index(PyObject *name)
     return -1;
 }
 
-/* Sort the keyword arguments: 1 when a name is given twice, or the action by name (the
- * fallback takes those calls, and says what is wrong with them). */
+/* Sort the keyword arguments: the named ones into `named`, the others into `guard` in
+ * the order they came.  0; 1 when a name is given twice, or the action by name (the
+ * fallback takes those calls, and says what is wrong with them); -1 on an error. */
 static int
-sort_keywords(PyObject *const *values, PyObject *kwnames, named_t *named)
+sort_keywords(PyObject *const *values, PyObject *kwnames, named_t *named, PyObject *guard)
 {
     PyObject **slots[] = {&named->outcome, &named->layer, &named->reason, &named->process, &named->file,
                           &named->kind};
     Py_ssize_t count = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < count; i++) {
-        int k = named_index(PyTuple_GET_ITEM(kwnames, i));
-        if (k < 0)
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        int k = named_index(name);
+        if (k < 0) {
+            if (PyDict_SetItem(guard, name, values[i]) < 0)
+                return -1;
             continue;
+        }
         if (k == ACTION_BY_NAME || *slots[k] != NULL)
             return 1;
         *slots[k] = values[i];
     }
     return 0;
-}
-
-/* {"layer": layer, **guard_fields}: a new reference, or NULL. */
-static PyObject *
-guard_fields(PyObject *layer, PyObject *const *values, PyObject *kwnames)
-{
-    PyObject *guard = PyDict_New();
-    if (guard == NULL || PyDict_SetItem(guard, S_layer, layer) < 0)
-        goto fail;
-    Py_ssize_t count = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (named_index(name) < 0 && PyDict_SetItem(guard, name, values[i]) < 0)
-            goto fail;
-    }
-    return guard;
-fail:
-    Py_XDECREF(guard);
-    return NULL;
 }
 
 /* event["event"]: a new reference, or NULL. */
@@ -251,12 +237,13 @@ set_if_true(PyObject *dict, PyObject *key, PyObject *value)
     return PyDict_SetItem(dict, key, value);
 }
 
+/* The event, around `guard` (its fields sorted in, "layer" first): a new reference, or NULL. */
 static PyObject *
-build(EventMakerObject *self, PyObject *action, named_t *named, PyObject *const *values, PyObject *kwnames)
+build(EventMakerObject *self, PyObject *action, named_t *named, PyObject *guard)
 {
-    PyObject *part = NULL, *guard = NULL, *stamp = NULL, *event = NULL;
+    PyObject *part = NULL, *stamp = NULL, *event = NULL;
     if ((part = event_part(self, action, named)) == NULL || (stamp = make_timestamp()) == NULL
-            || (guard = guard_fields(named->layer, values, kwnames)) == NULL || (event = PyDict_New()) == NULL)
+            || PyDict_SetItem(guard, S_layer, named->layer) < 0 || (event = PyDict_New()) == NULL)
         goto fail;
     if (PyDict_SetItem(event, S_timestamp, stamp) < 0 || PyDict_SetItem(event, S_ecs, self->ecs) < 0
             || PyDict_SetItem(event, S_event, part) < 0 || PyDict_SetItem(event, S_kernel_guard, guard) < 0
@@ -265,12 +252,10 @@ build(EventMakerObject *self, PyObject *action, named_t *named, PyObject *const 
         goto fail;
     Py_DECREF(part);
     Py_DECREF(stamp);
-    Py_DECREF(guard);
     return event;
 fail:
     Py_XDECREF(part);
     Py_XDECREF(stamp);
-    Py_XDECREF(guard);
     Py_XDECREF(event);
     return NULL;
 }
@@ -278,12 +263,23 @@ fail:
 static PyObject *
 EventMaker_make(EventMakerObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    named_t named = {NULL, NULL, NULL, NULL, NULL, NULL};
-    if (nargs == 1 && sort_keywords(args + 1, kwnames, &named) == 0 && named.outcome && named.layer) {
-        PyObject *event = build(self, args[0], &named, args + 1, kwnames);
-        if (event != NULL || !PyErr_ExceptionMatches(PyExc_OSError))
+    if (nargs == 1) {
+        named_t named = {NULL, NULL, NULL, NULL, NULL, NULL};
+        /* "layer" first, as make_event's {"layer": layer, **guard_fields}: its value set in build */
+        PyObject *guard = PyDict_New();
+        int sorted = guard == NULL || PyDict_SetItem(guard, S_layer, Py_None) < 0
+            ? -1 : sort_keywords(args + 1, kwnames, &named, guard);
+        PyObject *event = NULL;
+        if (sorted == 0 && named.outcome && named.layer)
+            event = build(self, args[0], &named, guard);
+        Py_XDECREF(guard);
+        if (sorted < 0 || event != NULL)
             return event;
-        PyErr_Clear();  /* no random bytes to be had here: the Python way (os.urandom) says why */
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError))
+                return NULL;
+            PyErr_Clear();  /* no random bytes to be had here: the Python way (os.urandom) says why */
+        }
     }
     return PyObject_Vectorcall(self->fallback, args, (size_t)nargs, kwnames);
 }

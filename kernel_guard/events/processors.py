@@ -72,8 +72,8 @@ class AddContext(_ContextBase):  # type: ignore[misc, valid-type]
 
     def __init__(self, context: KernelContext) -> None:
         if _ContextBase is not object:
-            super().__init__(context, _pid)
-        self.context = context
+            super().__init__(_pid)
+        self.context = context  # natively: the base's slot, which each call reads
         self._parts: dict[str, Shared] = {}  # user, host: made again when the context's value changes
 
     def _shared(self, part: str, field: str, value: object) -> Shared:

@@ -98,6 +98,17 @@ def hash_matches(event: Event) -> bool:
         return False
 
 
+def _prepared_body(event: Event) -> Optional[bytes]:
+    """:meth:`StreamChain.prepare` in Python (the native one's fallback)."""
+    if _stream_of(event) is None or _native() is None:
+        return None
+    event["kernel_guard"]["chain"] = {"prev": _PLACEHOLDER}
+    try:
+        return _canonical_fast(event)
+    except TypeError:
+        return None
+
+
 class StreamChain:
     """Writer-side processor: link each event of this process's streams to the one
     written before it.  Runs last (after redaction), on one thread, in write order.
@@ -112,7 +123,6 @@ class StreamChain:
 
     def __init__(self) -> None:
         self.heads: dict[str, tuple[int, str]] = {}  # stream -> (last sequence, last hash)
-        self._native_preparer: "Callable[[Event], Optional[bytes]] | None" = None
 
     def reset(self) -> None:
         """A forked child writes its own stream: its parent's heads are not its own."""
@@ -157,23 +167,9 @@ class StreamChain:
     def preparer(self) -> "Callable[[Event], Optional[bytes]]":
         """:meth:`prepare` as the writer calls it for each event of a batch: natively
         where :mod:`._chain` is built (its Python steps cost as much as the serialising)."""
-        native = _native()
-        if native is None:
-            return self._prepare
-        preparer = self._native_preparer
-        if preparer is None:
-            preparer = self._native_preparer = native.Preparer(
-                orjson.dumps, orjson.OPT_SORT_KEYS, repr, _PLACEHOLDER, self._prepare).prepare
-        return preparer
+        return _native_prepare if _native() is not None else _prepared_body
 
-    def _prepare(self, event: Event) -> Optional[bytes]:
-        if _stream_of(event) is None or _native() is None:
-            return None
-        event["kernel_guard"]["chain"] = {"prev": _PLACEHOLDER}
-        try:
-            return _canonical_fast(event)
-        except TypeError:
-            return None
+    _prepare = staticmethod(_prepared_body)
 
     def link(self, events: list, bodies: list) -> list:
         """The lines of ``events`` in order (``bodies`` from :meth:`prepare`): each run of
@@ -223,12 +219,13 @@ class StreamChain:
 #: what a prepared body holds in place of its prev until its run is linked
 _PLACEHOLDER = GENESIS
 _native_module: Any = None  # the native linker's module, looked up on first use: False when there is none
+_native_prepare: Any = None  # its Preparer's prepare (one a process: it holds nothing of a chain's)
 
 
 def _native():  # noqa: ANN202 - the _chain module or None
     """:mod:`._chain`, unless orjson or the module is missing or this process hashes
     with the interpreter's own SHA-256 (the supervisor: the module maps OpenSSL)."""
-    global _native_module
+    global _native_module, _native_prepare
     if _native_module is None:
         from . import digest
 
@@ -238,8 +235,11 @@ def _native():  # noqa: ANN202 - the _chain module or None
                 from . import _chain
             except ImportError:  # not built: the Python way
                 pass
-            else:  # a build older than this code (not rebuilt since): the Python way too
-                _native_module = hasattr(_chain, "Preparer") and hasattr(_chain, "link_run") and _chain
+            else:  # unless a build older than this code (not rebuilt since): the Python way then too
+                if hasattr(_chain, "Preparer") and hasattr(_chain, "link_run"):
+                    _native_module = _chain
+                    _native_prepare = _chain.Preparer(orjson.dumps, orjson.OPT_SORT_KEYS, repr, _PLACEHOLDER,
+                                                      _prepared_body).prepare
     return _native_module or None
 
 
