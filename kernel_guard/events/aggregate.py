@@ -93,12 +93,42 @@ def _key_maker() -> "Callable[[Event], Key]":
 _key_of = _key_maker()
 
 
-class Aggregate:
-    """Processor that counts repeats of an event instead of passing each one on."""
+def _step_base() -> type:
+    """The native base of :class:`Aggregate` (:mod:`._aggregate_key`'s ``Step``), whose
+    call answers natively what needs no slot (an action recorded one by one; a new key
+    when the table is full) and hands the rest to :meth:`Aggregate._count`; ``object``
+    where it is not built."""
+    try:
+        from ._aggregate_key import Step
+    except ImportError:
+        return object
+    return Step
+
+
+_StepBase = _step_base()
+
+
+def _part(event: Event, name: str) -> Dict[str, Any]:
+    """``event[name]`` as a dict to write into: a part of another kind (None, a number:
+    what a caller's bug can hand in) is replaced, or the summary would fail and its
+    count be lost."""
+    part = event.get(name)
+    if not isinstance(part, dict):
+        part = event[name] = {}
+    return part
+
+
+class Aggregate(_StepBase):  # type: ignore[misc, valid-type]
+    """Processor that counts repeats of an event instead of passing each one on.
+
+    Called natively where :mod:`._aggregate_key` is built: the same answers as
+    :meth:`_call`, which takes any event whose action it does not read exactly."""
 
     def __init__(self, interval: float = 5.0, max_keys: int = 4096,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
+        if _StepBase is not object:
+            super().__init__(NEVER_AGGREGATED, _key_of)
+        self.interval = interval  # natively: the base's slots, which each call reads
         self.max_keys = max_keys
         self.clock = clock
         self.aggregated = 0  # events counted rather than passed on, in total
@@ -108,11 +138,17 @@ class Aggregate:
         # a scan of thousands of keys under the lock each time held emit() up
         self._due = float("inf")
 
-    def __call__(self, event: Event) -> Optional[Event]:
+    def _call(self, event: Event) -> Optional[Event]:
         """The event itself, or None when it was counted into an aggregate."""
         if self.interval <= 0 or (event.get("event") or {}).get("action") in NEVER_AGGREGATED:
             return event
-        key = _key_of(event)
+        return self._count(event, _key_of(event))
+
+    if _StepBase is object:
+        __call__ = _call
+
+    def _count(self, event: Event, key: Key) -> Optional[Event]:
+        """Count ``event`` under ``key``, or start tracking the key and pass it on."""
         with self._lock:
             try:
                 slot = self._slots.get(key)  # hashes the key once (a hash() before it was a second time)
@@ -167,7 +203,7 @@ class Aggregate:
         the first of them, its action and time its own, the count and the first
         occurrence's id added (the key's fields are the same in all of them)."""
         event: Event = loads(to_json(slot.sample))  # a deep, JSON-clean copy
-        ev = event.setdefault("event", {})
+        ev = _part(event, "event")
         action = ev.get("action")
         seconds = round(now - slot.started, 3)
         ev.pop("sequence", None)
@@ -176,7 +212,7 @@ class Aggregate:
         ev["reason"] = (f"{slot.count} more identical {action} events in {seconds} s, "
                         f"not recorded one by one (first: event {slot.first_id})")
         event["@timestamp"] = timestamp()
-        event.setdefault("kernel_guard", {})["aggregated"] = {
+        _part(event, "kernel_guard")["aggregated"] = {
             "action": action, "count": slot.count, "first_event_id": slot.first_id,
             "first": slot.first_ts, "last": slot.last_ts, "interval_s": seconds,
             "original_reason": original_reason,
