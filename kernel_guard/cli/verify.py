@@ -121,8 +121,10 @@ def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, Stream
         if event is FILE_BOUNDARY:
             highest = {}
             continue
-        guard = event.get("kernel_guard") or {}
+        guard = _part(event, "kernel_guard")
         event_id = event["event"].get("id")
+        if not isinstance(event_id, str):
+            event_id = repr(event_id)  # a forged or damaged id is still one id, and hashable
         if event_id in seen:
             duplicates.append(event_id)
             continue
@@ -142,7 +144,7 @@ def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, Stream
             late.setdefault(stream, []).append(number)
         highest[stream] = max(number, highest.get(stream, 0))
         if event["event"].get("action") == "chain-checkpoint" and guard.get("recorded_by") == "custodian":
-            for name, head in (guard.get("heads") or {}).items():
+            for name, head in _part(guard, "heads").items():
                 if isinstance(head, dict) and isinstance(head.get("sequence"), int):
                     if head["sequence"] >= checkpoints.get(name, (0, ""))[0]:
                         checkpoints[name] = (head["sequence"], str(head.get("hash")))
@@ -157,8 +159,15 @@ def verify(events: Iterable[Optional[dict[str, Any]]]) -> tuple[dict[str, Stream
     return reports, duplicates, unnumbered
 
 
+def _part(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """``obj[name]`` when it is an object, else an empty one: a damaged or forged line
+    is judged (its hash does not match), it does not stop the report."""
+    part = obj.get(name)
+    return part if isinstance(part, dict) else {}
+
+
 def _custodian_end(event: dict[str, Any]) -> bool:
-    guard = event.get("kernel_guard") or {}
+    guard = _part(event, "kernel_guard")
     return event["event"].get("action") == "stream-ended" and guard.get("recorded_by") == "custodian"
 
 
@@ -180,15 +189,15 @@ def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional
     """Gaps, hashes, links, start, end and the checkpoint of one stream."""
     numbers = sorted(numbered)
     first_event = numbered[numbers[0]]
-    report = StreamReport(name, pid=(first_event.get("process") or {}).get("pid"),
-                          kernel_id=(first_event.get("kernel_guard") or {}).get("kernel_id"),
+    report = StreamReport(name, pid=_part(first_event, "process").get("pid"),
+                          kernel_id=_part(first_event, "kernel_guard").get("kernel_id"),
                           events=len(numbers), first=numbers[0], last=numbers[-1])
     expected, prev_hash = 1, GENESIS
     for number in numbers:
         if number > expected:
             report.gaps.append([expected, number - 1])
         event = numbered[number]
-        chain = (event.get("kernel_guard") or {}).get("chain") or {}
+        chain = _part(_part(event, "kernel_guard"), "chain")
         if not hash_matches(event):
             report.altered.append(number)
         if number == expected and chain.get("prev") != prev_hash:
@@ -198,18 +207,19 @@ def _check_stream(name: str, numbered: dict[int, dict[str, Any]], head: Optional
     last = numbered[numbers[-1]]
     report.ended = last["event"].get("action") == "stream-ended"
     if report.ended:
-        by_custodian = (last.get("kernel_guard") or {}).get("recorded_by") == "custodian"
+        by_custodian = _part(last, "kernel_guard").get("recorded_by") == "custodian"
         report.ended_by = "custodian" if by_custodian else "its own process"
         if by_custodian:
-            received = (last.get("kernel_guard") or {}).get("last_received")
+            received = _part(last, "kernel_guard").get("last_received")
             report.cut_short = received if isinstance(received, int) else numbers[-1] - 1
-    authors = {(e.get("kernel_guard") or {}).get("recorded_by") for e in numbered.values()} - {None, "custodian"}
-    if len(authors) == 1 and all((e.get("kernel_guard") or {}).get("recorded_by") for e in numbered.values()):
+    recorded = [_part(e, "kernel_guard").get("recorded_by") for e in numbered.values()]
+    authors = {r for r in recorded if isinstance(r, str)} - {"custodian"}
+    if len(authors) == 1 and all(isinstance(r, str) and r for r in recorded):
         report.author = authors.pop()
     if head is not None:
         number, digest = head
         got = numbered.get(number)
-        if got is None or (got.get("kernel_guard") or {}).get("chain", {}).get("hash") != digest:
+        if got is None or _part(_part(got, "kernel_guard"), "chain").get("hash") != digest:
             report.short_of_checkpoint = number
     return report
 

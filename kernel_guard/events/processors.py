@@ -308,6 +308,8 @@ class Sequence:
     def __call__(self, event: Event) -> Event:
         ev = event["event"]
         if "sequence" not in ev:  # a reserved number is kept
+            if type(ev) is not dict:  # checked first: a number taken for a part that cannot hold it is a gap
+                raise TypeError(f"the event part is a {type(ev).__name__}, not a dict")
             ev["sequence"] = next(self._counter)
         guard = event.get("kernel_guard")
         if guard is None:

@@ -86,7 +86,11 @@ def chain_hash(event: Event) -> str:
 
 def hash_matches(event: Event) -> bool:
     """Whether an event's ``chain.hash`` matches its content, in either canonical form."""
-    digest = ((event.get("kernel_guard") or {}).get("chain") or {}).get("hash")
+    guard = event.get("kernel_guard")
+    chain = guard.get("chain") if isinstance(guard, dict) else None
+    digest = chain.get("hash") if isinstance(chain, dict) else None
+    if not isinstance(digest, str):
+        return False  # no hash, or a part of another kind: nothing to match (and no crash on it)
     bare = _without_hash(event)
     if digest == sha256_hex(canonical(bare)):
         return True

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
 
 from .losses import LossReports
 from .processors import Processor
-from .schema import Event, make_event, to_json_line
+from .schema import Event, make_event, new_event_id, to_json_line
 from .sinks import Sink
 
 __all__: list[str] = []
@@ -83,8 +83,41 @@ def _run_processors(processors: List[Processor], event: Event) -> Optional[Event
             event = processor(event)
             if event is None:
                 return None
-    except Exception as exc:  # a processor bug must not lose the event
-        event.setdefault("kernel_guard", {})["processor_error"] = repr(exc)
+    except Exception as exc:  # a processor bug must not lose the event, nor make emit() raise
+        return _after_error(processors, processors.index(processor), event, exc)
+    return event
+
+
+#: the parts of an event the processors write into
+_WRITTEN_PARTS = ("event", "kernel_guard", "process")
+
+
+def _after_error(processors: List[Processor], failed: int, event: Any, exc: Exception) -> Optional[Event]:
+    """The processors from the one that raised on, over the event made writable: a part
+    the processors write into that is no dict (what a caller's bug hands in) is
+    replaced, and the error and what was replaced noted, so the event is still
+    numbered, chained and written."""
+    if not isinstance(event, dict):
+        event = make_event("guard-error", outcome="failure", layer="pipeline",
+                           reason=f"an event that is no mapping was emitted: {type(event).__name__}")
+    replaced = []
+    for name in _WRITTEN_PARTS:
+        part = event.get(name)
+        if type(part) is not dict:
+            if part is not None and not isinstance(part, dict):
+                replaced.append(f"{name} ({type(part).__name__})")
+            event[name] = dict(part) if isinstance(part, dict) else {}  # a shared one: a copy to write into
+    note = repr(exc) + (f"; replaced, being no dict: {', '.join(replaced)}" if replaced else "")
+    event["kernel_guard"].setdefault("processor_error", note)
+    event["event"].setdefault("id", new_event_id())  # a replaced part's event is still one of its own
+    for processor in processors[failed:]:  # the one that raised again too: each only adds what is missing
+        try:
+            event = processor(event)
+        except Exception as again:
+            event["kernel_guard"].setdefault("processor_error", repr(again))
+            continue
+        if event is None:
+            return None
     return event
 
 

@@ -111,6 +111,65 @@ def test_collector_prefixes_and_standard_input_are_read(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout
 
 
+#: what a caller's bug can put where the processors write: no dict
+ODD_PARTS = [None, 0, "", "text", 2.5, True, ["a"], (1,)]
+
+
+def test_an_event_with_parts_of_another_kind_is_written_chained_and_noted(tmp_path: Path) -> None:
+    """emit() never raises: an event whose event, kernel_guard or process part is no dict
+    is still numbered, chained and written, with what was replaced noted on it."""
+    import random
+
+    rng = random.Random(27)
+    path = tmp_path / "e.jsonl"
+    pipe = _pipeline(path)
+    sent = 0
+    for i in range(600):
+        event = make_event("exec-denied", outcome="failure", layer="audit", reason=f"refused {i}",
+                           process={"args": ["sh", "-c", str(i)]})
+        for part in ("event", "kernel_guard", "process"):
+            if rng.random() < 0.3:
+                event[part] = rng.choice(ODD_PARTS)
+        pipe.emit(event)  # raises nothing
+        sent += 1
+    pipe.emit(["not", "an", "event"])  # type: ignore[arg-type]
+    pipe.close()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    noted = [e for e in events if "processor_error" in e["kernel_guard"]]
+    assert 100 < len(noted) < sent
+    assert all(isinstance(e[part], dict) for e in events for part in ("event", "kernel_guard"))
+    assert any("replaced, being no dict: event (" in e["kernel_guard"]["processor_error"] for e in noted)
+    assert any("no mapping was emitted: list" in e["event"].get("reason", "") for e in noted)
+    counted = sum(e["kernel_guard"].get("aggregated", {}).get("count", 0) for e in events)
+    assert len(events) - 2 + counted == sent + 1  # each one written or counted (and the stream's two ends)
+    out = _verify(str(path))
+    assert out.returncode == 0 and "the record is whole" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("field,value", [("kernel_guard", 7), ("kernel_guard", ["x"]), ("chain", "x"),
+                                         ("chain", {"hash": []}), ("id", ["x"]), ("recorded_by", {"a": 1}),
+                                         ("heads", ["x"]), ("process", "x")])
+def test_a_damaged_line_is_reported_not_a_crash(tmp_path: Path, field: str, value: object) -> None:
+    """A line whose parts are of another kind (damaged, or forged by hand): verify names the
+    damage and exits 1, or judges the rest whole; it never stops with a traceback."""
+    path = tmp_path / "e.jsonl"
+    lines = _record(path)
+    event = json.loads(lines[2])
+    if field in ("kernel_guard", "process"):
+        event[field] = value
+    elif field == "id":
+        event["event"]["id"] = value
+    elif field == "chain":
+        event["kernel_guard"]["chain"] = value
+    else:
+        event["kernel_guard"][field] = value
+    lines[2] = json.dumps(event)
+    path.write_text("\n".join(lines) + "\n")
+    out = _verify(str(path))
+    assert out.returncode == 1 and "NOT whole" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_an_unreadable_file_is_named_with_status_2(tmp_path: Path) -> None:
     out = _verify(str(tmp_path / "missing.jsonl"))
     assert out.returncode == 2 and "missing.jsonl" in out.stderr
