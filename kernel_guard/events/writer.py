@@ -97,9 +97,10 @@ def _after_error(processors: List[Processor], failed: int, event: Any, exc: Exce
     the processors write into that is no dict (what a caller's bug hands in) is
     replaced, and the error and what was replaced noted, so the event is still
     numbered, chained and written."""
-    if not isinstance(event, dict):
-        event = make_event("guard-error", outcome="failure", layer="pipeline",
-                           reason=f"an event that is no mapping was emitted: {type(event).__name__}")
+    if type(event) is not dict:
+        event = dict(event) if isinstance(event, dict) else make_event(
+            "guard-error", outcome="failure", layer="pipeline",
+            reason=f"an event that is no mapping was emitted: {type(event).__name__}")
     replaced = []
     for name in _WRITTEN_PARTS:
         part = event.get(name)

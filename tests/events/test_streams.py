@@ -19,7 +19,7 @@ import pytest
 from kernel_guard.events.aggregate import Aggregate
 from kernel_guard.events.pipeline import EventPipeline
 from kernel_guard.events.processors import Redact, Sequence
-from kernel_guard.events.schema import make_event
+from kernel_guard.events.schema import Shared, make_event
 from kernel_guard.events.sinks.file import FileSink
 from kernel_guard.events.streams import StreamChain
 
@@ -133,6 +133,7 @@ def test_an_event_with_parts_of_another_kind_is_written_chained_and_noted(tmp_pa
         pipe.emit(event)  # raises nothing
         sent += 1
     pipe.emit(["not", "an", "event"])  # type: ignore[arg-type]
+    pipe.emit(Shared(event=Shared(action="shared"), kernel_guard=None))  # nothing in it can be written to
     pipe.close()
     events = [json.loads(line) for line in path.read_text().splitlines()]
     noted = [e for e in events if "processor_error" in e["kernel_guard"]]
@@ -141,7 +142,8 @@ def test_an_event_with_parts_of_another_kind_is_written_chained_and_noted(tmp_pa
     assert any("replaced, being no dict: event (" in e["kernel_guard"]["processor_error"] for e in noted)
     assert any("no mapping was emitted: list" in e["event"].get("reason", "") for e in noted)
     counted = sum(e["kernel_guard"].get("aggregated", {}).get("count", 0) for e in events)
-    assert len(events) - 2 + counted == sent + 1  # each one written or counted (and the stream's two ends)
+    assert any(e["event"].get("action") == "shared" for e in noted)
+    assert len(events) - 2 + counted == sent + 2  # each one written or counted (and the stream's two ends)
     out = _verify(str(path))
     assert out.returncode == 0 and "the record is whole" in out.stdout, out.stdout + out.stderr
 
