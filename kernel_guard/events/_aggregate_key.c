@@ -273,23 +273,33 @@ Step_call(StepObject *self, PyObject *args, PyObject *kwargs)
         if (never)
             return Py_NewRef(event);
     }
-    PyObject *key = Py_TYPE(self->key_of) == &KeyMakerType ? make_key((KeyMakerObject *)self->key_of, event)
-                                                          : PyObject_CallOneArg(self->key_of, event);
+    /* held, not borrowed: the key's Python fallback, or a key's __eq__, may run code that
+     * sets them anew */
+    PyObject *key_of = Py_NewRef(self->key_of);
+    PyObject *key = Py_TYPE(key_of) == &KeyMakerType ? make_key((KeyMakerObject *)key_of, event)
+                                                    : PyObject_CallOneArg(key_of, event);
+    Py_DECREF(key_of);
     if (key == NULL)
         return NULL;
-    /* Read without the lock: a read leaves the table as it is, so expire() may walk it
-     * meanwhile, and a race only ever passes an event on in full. */
-    int tracked = PyDict_Contains(self->slots, key);
-    if (tracked < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
-            Py_DECREF(key);
-            return NULL;
+    PyObject *slots = self->slots;
+    if (slots != NULL && PyDict_CheckExact(slots)) {
+        /* Read without the lock: a read leaves the table as it is, so expire() may walk
+         * it meanwhile, and a race only ever passes an event on in full. */
+        Py_INCREF(slots);
+        int tracked = PyDict_Contains(slots, key);
+        int full = PyDict_GET_SIZE(slots) >= self->max_keys;
+        Py_DECREF(slots);
+        if (tracked < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                Py_DECREF(key);
+                return NULL;
+            }
+            PyErr_Clear();  /* unhashable: _count passes it on, as the Python code does */
         }
-        PyErr_Clear();  /* unhashable: _count passes it on, as the Python code does */
-    }
-    else if (!tracked && PyDict_GET_SIZE(self->slots) >= self->max_keys) {
-        Py_DECREF(key);
-        return Py_NewRef(event);  /* no room for another key: recorded in full */
+        else if (!tracked && full) {
+            Py_DECREF(key);
+            return Py_NewRef(event);  /* no room for another key: recorded in full */
+        }
     }
     PyObject *call[3] = {(PyObject *)self, event, key};
     PyObject *result = PyObject_VectorcallMethod(S__count, call, 3, NULL);

@@ -250,3 +250,21 @@ def test_repeats_of_an_event_with_an_odd_part_are_still_summarised(part: object)
     summaries = agg.expire(force=True)
     assert [s["kernel_guard"]["aggregated"]["count"] for s in summaries] == [2, 2]
     assert all(s["event"]["action"] == "events-aggregated" for s in summaries)
+
+
+def test_a_key_that_resets_the_aggregator_while_it_is_compared_does_no_harm() -> None:
+    """A field whose comparison runs code (here: the aggregator's reset, which replaces its
+    table) while the native call reads the table: the call holds what it reads."""
+    agg = _native_call()(60)
+
+    class Resetting:
+        def __hash__(self) -> int:
+            return 7
+
+        def __eq__(self, other: object) -> bool:
+            agg.reset()
+            return False
+
+    events = [{"event": {"action": "exec-denied", "reason": Resetting()}} for _ in range(3)]
+    assert [agg(event) is event for event in events] == [True, True, True]
+    assert agg.aggregated == 0
