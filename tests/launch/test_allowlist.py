@@ -69,7 +69,12 @@ def test_an_allowed_toolchain_compiles_by_name_and_its_output_does_not_run(compi
             return {os.path.basename(e["process"]["executable"]) for e in evs
                     if e["event"]["action"] == "exec-allowed" and e["kernel_guard"].get("image_confirmed")}
 
-        events = kernel.new_events(until=lambda evs: {"cc1", "collect2"} <= started_in(evs), timeout=30)
+        def refused(evs: list) -> bool:  # the cell's last step: its record may still be on its way
+            return any(e["event"]["outcome"] == "failure" and e["event"]["action"].startswith("exec")
+                       and os.path.basename(e["process"].get("executable", "")) == "hello" for e in evs)
+
+        events = kernel.new_events(until=lambda evs: {"cc1", "collect2"} <= started_in(evs) and refused(evs),
+                                   timeout=30)
         started = started_in(events)
         assert any(name.startswith("x86_64-linux-gnu-gcc") or name == "gcc" for name in started), started
         assert "cc1" in started and "collect2" in started
