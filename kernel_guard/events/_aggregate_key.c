@@ -264,7 +264,7 @@ Step_call(StepObject *self, PyObject *args, PyObject *kwargs)
     int readable = action_of(event, &action);
     if (readable < 0)
         return NULL;
-    if (!readable || !PyDict_CheckExact(self->slots))
+    if (!readable)
         return PyObject_CallMethodOneArg((PyObject *)self, S__call, event);
     if (action != NULL && action != Py_None) {
         int never = PySet_Contains(self->never, action);  /* an exact str: no Python code runs */

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
     from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .json_codec import loads
-from .schema import Event, Shared, new_event_id, timestamp, to_json
+from .schema import Event, Shared, new_event_id, timestamp, to_json, writable_part
 
 __all__ = ["NEVER_AGGREGATED", "Aggregate"]
 
@@ -106,16 +106,6 @@ def _step_base() -> type:
 
 
 _StepBase = _step_base()
-
-
-def _part(event: Event, name: str) -> Dict[str, Any]:
-    """``event[name]`` as a dict to write into: a part of another kind (None, a number:
-    what a caller's bug can hand in) is replaced, or the summary would fail and its
-    count be lost."""
-    part = event.get(name)
-    if not isinstance(part, dict):
-        part = event[name] = {}
-    return part
 
 
 class Aggregate(_StepBase):  # type: ignore[misc, valid-type]
@@ -203,7 +193,7 @@ class Aggregate(_StepBase):  # type: ignore[misc, valid-type]
         the first of them, its action and time its own, the count and the first
         occurrence's id added (the key's fields are the same in all of them)."""
         event: Event = loads(to_json(slot.sample))  # a deep, JSON-clean copy
-        ev = _part(event, "event")
+        ev = writable_part(event, "event")  # a part of another kind would fail the summary, its count lost
         action = ev.get("action")
         seconds = round(now - slot.started, 3)
         ev.pop("sequence", None)
@@ -212,7 +202,7 @@ class Aggregate(_StepBase):  # type: ignore[misc, valid-type]
         ev["reason"] = (f"{slot.count} more identical {action} events in {seconds} s, "
                         f"not recorded one by one (first: event {slot.first_id})")
         event["@timestamp"] = timestamp()
-        _part(event, "kernel_guard")["aggregated"] = {
+        writable_part(event, "kernel_guard")["aggregated"] = {
             "action": action, "count": slot.count, "first_event_id": slot.first_id,
             "first": slot.first_ts, "last": slot.last_ts, "interval_s": seconds,
             "original_reason": original_reason,

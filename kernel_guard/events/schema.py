@@ -36,6 +36,7 @@ __all__ = [
     "escape_line_breaks",
     "to_json_line",
     "validate_event",
+    "writable_part",
 ]
 
 #: An event: a JSON-serialisable dict in the ECS layout described in the README.
@@ -282,6 +283,16 @@ def _native_event_parts() -> None:
 
 _python_make_event, _python_timestamp, _python_new_event_id = make_event, timestamp, new_event_id
 _native_event_parts()
+
+
+def writable_part(event: Event, name: str) -> Dict[str, Any]:
+    """``event[name]`` as a plain dict to write into, put in its place: a shared (or other)
+    mapping is copied; anything else (None, a number, a list: a caller's bug) gives way
+    to an empty one."""
+    part = event.get(name)
+    if type(part) is not dict:
+        part = event[name] = dict(part) if isinstance(part, dict) else {}
+    return part
 
 
 def to_json(event: Event) -> str:

@@ -173,8 +173,6 @@ class StreamChain:
         where :mod:`._chain` is built (its Python steps cost as much as the serialising)."""
         return _native_prepare if _native() is not None else _prepared_body
 
-    _prepare = staticmethod(_prepared_body)
-
     def link(self, events: list, bodies: list) -> list:
         """The lines of ``events`` in order (``bodies`` from :meth:`prepare`): each run of
         one stream's prepared events is linked natively, the interpreter's lock released
@@ -245,12 +243,6 @@ def _native():  # noqa: ANN202 - the _chain module or None
                     _native_prepare = _chain.Preparer(orjson.dumps, orjson.OPT_SORT_KEYS, repr, _PLACEHOLDER,
                                                       _prepared_body).prepare
     return _native_module or None
-
-
-def _native_link():  # noqa: ANN202 - _chain.link or None
-    """:func:`._chain.link` (a whole run's bodies), or None where :func:`_native` is."""
-    native = _native()
-    return native.link if native is not None else None
 
 
 def _stream_of(event: Event) -> Optional[str]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
 
 from .losses import LossReports
 from .processors import Processor
-from .schema import Event, make_event, new_event_id, to_json_line
+from .schema import Event, make_event, new_event_id, to_json_line, writable_part
 from .sinks import Sink
 
 __all__: list[str] = []
@@ -101,13 +101,10 @@ def _after_error(processors: List[Processor], failed: int, event: Any, exc: Exce
         event = dict(event) if isinstance(event, dict) else make_event(
             "guard-error", outcome="failure", layer="pipeline",
             reason=f"an event that is no mapping was emitted: {type(event).__name__}")
-    replaced = []
+    replaced = [f"{name} ({type(event[name]).__name__})" for name in _WRITTEN_PARTS
+                if event.get(name) is not None and not isinstance(event[name], dict)]
     for name in _WRITTEN_PARTS:
-        part = event.get(name)
-        if type(part) is not dict:
-            if part is not None and not isinstance(part, dict):
-                replaced.append(f"{name} ({type(part).__name__})")
-            event[name] = dict(part) if isinstance(part, dict) else {}  # a shared one: a copy to write into
+        writable_part(event, name)
     note = repr(exc) + (f"; replaced, being no dict: {', '.join(replaced)}" if replaced else "")
     event["kernel_guard"].setdefault("processor_error", note)
     event["event"].setdefault("id", new_event_id())  # a replaced part's event is still one of its own

@@ -42,7 +42,7 @@ def _native_lines(events: list[dict]) -> tuple[list[bytes], StreamChain]:
 
 def test_the_native_chain_is_built() -> None:
     # the README's set-up builds it; without it the writer hashes each event holding the lock
-    assert streams._native_link() is not None
+    assert streams._native() is not None
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -76,7 +76,7 @@ def test_each_event_dict_names_its_own_link() -> None:
 
 
 def test_bad_input_is_refused_where_it_enters() -> None:
-    link = streams._native_link()
+    link = streams._native().link
     with pytest.raises(ValueError, match="64 characters"):
         link([b"{}"], "abc", GENESIS)
     with pytest.raises(TypeError, match="body 1 is str"):
@@ -87,7 +87,7 @@ def test_bad_input_is_refused_where_it_enters() -> None:
 def test_the_hashing_lets_other_threads_run() -> None:
     """A large run is hashed without the interpreter's lock: a thread counting meanwhile
     gets turns (holding the lock, it would get none until the call returned)."""
-    link = streams._native_link()
+    link = streams._native().link
     body = b'{"kernel_guard":{"chain":{"prev":"' + GENESIS.encode() + b'"},"pad":"' + b"x" * (1 << 20) + b'"}}'
     bodies = [body] * 300  # about 300 MB to hash: a few tenths of a second
     counted, running, stop = [0], threading.Event(), threading.Event()
