@@ -43,14 +43,20 @@ def kernel_command(config: str) -> Tuple[List[str], Dict[str, str]]:
 
 
 class Workspace:
-    """A temporary root with a home, a sink file and a spool for every kernel of a run."""
+    """A temporary root with a home, a temporary folder, a sink file and a spool for
+    every kernel of a run."""
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="kernel-guard-bench-")
         self.root = self._tmp.name
         self.home = os.path.join(self.root, "home")
         self.sink = os.path.join(self.root, "events.jsonl")
+        # the kernels' temporary files (the workload's, loky's, the private IPython
+        # folder of a launcher kernel stopped by a kill) go with the workspace: beneath
+        # /tmp, as before, so on the same file system and inside the launcher's domain
+        self.tmp = os.path.join(self.root, "tmp")
         os.makedirs(self.home)
+        os.makedirs(self.tmp)
         self.specs = os.path.join(self.root, "kernels")
         for config in CONFIGS:
             argv, _ = kernel_command(config)
@@ -68,6 +74,7 @@ class Workspace:
             "JUPYTER_CONFIG_DIR": os.path.join(self.home, ".jupyter"),
             "JUPYTER_DATA_DIR": os.path.join(self.home, ".local", "share", "jupyter"),
             "XDG_STATE_HOME": os.path.join(self.root, "state"),
+            "TMPDIR": self.tmp,
             "KERNEL_GUARD_SINKS": f"file://{self.sink}",
             "KERNEL_GUARD_MODE": "enforce",
             "PYTHONWARNINGS": "ignore",

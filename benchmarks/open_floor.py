@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,16 +62,15 @@ def _load(variant: str, folder: str) -> None:
         os.close(loaded.listener_fd)  # nothing here execs or truncates: nobody waits on it
 
 
-def child(variant: str, n: int) -> Dict[str, float]:
-    """µs per open before and after ``variant``'s layers (one process)."""
-    folder = tempfile.mkdtemp(prefix="bench-open-")
+def child(variant: str, n: int, folder: str) -> Dict[str, float]:
+    """µs per open of a file in ``folder`` before and after ``variant``'s layers (one
+    process).  The parent removes the folder: the domain grants no removal of it."""
     path = os.path.join(folder, "f")
     with open(path, "wb") as fh:
         fh.write(b"x" * 1024)
     before = _time_open(path, n)
     _load(variant, folder)
     after = _time_open(path, n)
-    shutil.rmtree(folder, ignore_errors=True)
     return {"before": before, "after": after}
 
 
@@ -81,15 +79,16 @@ def floor(repetitions: int, n: int) -> Dict[str, float]:
     added: Dict[str, list] = {v: [] for v in LAYERS}
     for index in range(repetitions):
         for variant in interleaved(LAYERS, index):
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant, str(n)],
-                                 capture_output=True, text=True, check=True, timeout=300)
+            with tempfile.TemporaryDirectory(prefix="bench-open-") as folder:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant, str(n), folder],
+                                     capture_output=True, text=True, check=True, timeout=300)
             timed = json.loads(out.stdout)
             added[variant].append(timed["after"] - timed["before"])
     return {v: median(values) for v, values in added.items()}
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     else:
-        sys.exit("usage: open_floor.py --child minimal|nested|launcher N (run benchmarks/run.py instead)")
+        sys.exit("usage: open_floor.py --child minimal|nested|launcher N FOLDER (run benchmarks/run.py instead)")

@@ -6,7 +6,11 @@ JSON shape (``SCHEMA_VERSION`` changes only when a key changes meaning)::
       "schema": 1,
       "version": "<kernel_guard version>",
       "machine": {"cpus", "python", "implementation", "platform", "kernel", "machine",
-                  "ipykernel", "jupyter_client", "numpy", "pandas"},
+                  "ipykernel", "jupyter_client", "numpy", "pandas",
+                  "steadiness": {"readings": [{"before", "getppid_ns", "python_step_ns"}],
+                                 "yardstick_spread", "plain_spread", "plain_spread_allowed",
+                                 "worst_plain_spread": {"metric", "spread", "allowed"},
+                                 "max_spread", "steady"}},
       "date": "<UTC, ISO 8601>",
       "quick": false,
       "seconds": <wall time of the run>,
@@ -69,13 +73,14 @@ def machine() -> Dict[str, Any]:
     }
 
 
-def document(scenarios: Dict[str, Any], quick: bool, seconds: float) -> Dict[str, Any]:
+def document(scenarios: Dict[str, Any], quick: bool, seconds: float,
+             steadiness: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from kernel_guard import __version__
 
     return {
         "schema": SCHEMA_VERSION,
         "version": __version__,
-        "machine": machine(),
+        "machine": {**machine(), **({"steadiness": steadiness} if steadiness is not None else {})},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "quick": quick,
         "seconds": round(seconds, 1),
@@ -145,3 +150,7 @@ def print_table(doc: Dict[str, Any], markdown: bool = False, file: Any = None) -
     print(table(doc, markdown), file=out)
     print(file=out)
     print(summary_line(doc), file=out)
+    if "steadiness" in doc["machine"]:
+        from .steadiness import summary
+
+        print(summary(doc["machine"]["steadiness"]), file=out)

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (  # noqa: E402
-    audit_hook, cell_latency, kernels, landlock, memory, refusal, report, sinks, startup, syscalls, workload,
+    audit_hook, cell_latency, kernels, landlock, memory, refusal, report, sinks, startup, steadiness, syscalls,
+    workload,
 )
 
 
@@ -39,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _guarded(results: Dict[str, Any], name: str, fn: Callable[[], Dict[str, Any]]) -> None:
-    """Run one scenario; a failure is reported in its place, the others still run."""
+def _guarded(results: Dict[str, Any], name: str, fn: Callable[[], Dict[str, Any]],
+             gauge: steadiness.Gauge) -> None:
+    """Run one scenario, the yardstick read first; a failure is reported in its place,
+    the others still run."""
+    gauge.take(name)
     started = time.perf_counter()
     print(f"[{name}] running ...", file=sys.stderr, flush=True)
     try:
@@ -72,39 +76,45 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     cells = args.cells or (100 if quick else 1000)
     wanted = set(args.only or report.SCENARIOS)
     results: Dict[str, Any] = {}
+    gauge = steadiness.Gauge()
+
+    def step(name: str, fn: Callable[[], Dict[str, Any]]) -> None:
+        _guarded(results, name, fn, gauge)
+
     started = time.perf_counter()
     if "audit_hook" in wanted:
-        _guarded(results, "audit_hook", lambda: audit_hook.run(quick, reps))
+        step("audit_hook", lambda: audit_hook.run(quick, reps))
     workspace = kernels.Workspace()
     try:
         if "cell_latency" in wanted:
             blocks = 2 if quick else 12  # 12: each configuration starts in each of the 4 places 3 times
-            _guarded(results, "cell_latency", lambda: cell_latency.run(workspace, cells, blocks))
+            step("cell_latency", lambda: cell_latency.run(workspace, cells, blocks))
         if "workload" in wanted:
-            _guarded(results, "workload", lambda: workload.run(workspace, reps, quick))
+            step("workload", lambda: workload.run(workspace, reps, quick))
         if "syscalls" in wanted:
-            _guarded(results, "syscalls", lambda: syscalls.run(workspace, reps, quick))
+            step("syscalls", lambda: syscalls.run(workspace, reps, quick))
         if "landlock" in wanted:
-            _guarded(results, "landlock", lambda: landlock.run(workspace, reps, quick))
+            step("landlock", lambda: landlock.run(workspace, reps, quick))
         if wanted & {"refusal", "sinks", "memory"}:
             running = kernels.start_all(workspace)
             try:
                 if "refusal" in wanted:
-                    _guarded(results, "refusal", lambda: refusal.run(running, reps, quick))
+                    step("refusal", lambda: refusal.run(running, reps, quick))
                 if "memory" in wanted:  # after the refusals: the supervisor in steady state
-                    _guarded(results, "memory", lambda: memory.run(running, reps))
+                    step("memory", lambda: memory.run(running, reps))
                 if "sinks" in wanted:  # last: the flood leaves its mark on the kernel
                     sink_runs = 1 if quick else min(reps, 3)
-                    _guarded(results, "sinks", lambda: sinks.run(sink_runs, quick, running["extension"],
-                                                                     running.get("launcher")))
+                    step("sinks", lambda: sinks.run(sink_runs, quick, running["extension"],
+                                                    running.get("launcher")))
             finally:
                 kernels.stop_all(running)
         if "kernel_start" in wanted:
-            _guarded(results, "kernel_start", lambda: startup.run(workspace, reps))
+            step("kernel_start", lambda: startup.run(workspace, reps))
     finally:
         workspace.cleanup()
+    gauge.take("end")
     ordered = {name: results[name] for name in report.SCENARIOS if name in results}
-    return report.document(ordered, quick, time.perf_counter() - started)
+    return report.document(ordered, quick, time.perf_counter() - started, gauge.report(ordered))
 
 
 def main(argv: Any = None) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,14 @@ def _bench_flood(n):
 def child(total: int, burst: int) -> Dict[str, Any]:
     """Emit ``total`` distinct events in bursts through the guard's pipeline; measure."""
     root = tempfile.mkdtemp(prefix="kg-bench-sink-")
+    try:
+        return _measure(root, total, burst)
+    finally:  # its files are hundreds of MB: a run that failed half way must not leave them
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _measure(root: str, total: int, burst: int) -> Dict[str, Any]:
+    """:func:`child`'s work, its files in ``root``."""
     path = os.path.join(root, "events.jsonl")
     os.environ["KERNEL_GUARD_SINKS"] = f"file://{path}"
     os.environ["XDG_STATE_HOME"] = os.path.join(root, "state")

@@ -119,7 +119,8 @@ def instructions(scale: float) -> Optional[Dict[str, float]]:
     counts: Dict[str, Dict[str, int]] = {"none": {}, "guard": {}}
     with tempfile.TemporaryDirectory(prefix="kg-bench-callgrind-") as root:
         env = {**os.environ, **ONE_BLAS_THREAD, "PYTHONHASHSEED": "0",
-               "KERNEL_GUARD_SINKS": f"file://{root}/events.jsonl", "XDG_STATE_HOME": root, "HOME": root}
+               "KERNEL_GUARD_SINKS": f"file://{root}/events.jsonl", "XDG_STATE_HOME": root, "HOME": root,
+               "TMPDIR": root}  # the cell's folder goes with the rest
         for variant in counts:
             for work in ("0", "1"):
                 done = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",

@@ -19,16 +19,25 @@ ROW_KEYS = {"metric", "config", "plain", "guarded", "ratio", "target", "met"}
 def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(tmp_path):
     """`run.py --quick` with one repetition and few cells prints a table and writes every scenario's keys."""
     out = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"  # the run's temporary folder: it must leave nothing there
+    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--repetitions", "1",
          "--cells", "5", "--json", str(out)],
-        capture_output=True, text=True, timeout=280, cwd=str(tmp_path))
+        capture_output=True, text=True, timeout=280, cwd=str(tmp_path), env={**os.environ, "TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scenario" in proc.stdout and "met?" in proc.stdout
+    assert "machine steady" in proc.stdout or "machine NOT steady" in proc.stdout
+    assert sorted(os.listdir(scratch)) == []
     doc = json.loads(out.read_text())
     assert {"schema", "version", "machine", "date", "quick", "seconds", "scenarios"} <= set(doc)
     assert doc["quick"] is True and doc["schema"] == 1
-    assert {"cpus", "python", "kernel"} <= set(doc["machine"])
+    assert {"cpus", "python", "kernel", "steadiness"} <= set(doc["machine"])
+    steadiness = doc["machine"]["steadiness"]
+    # the yardstick before each of the nine scenarios and at the end
+    assert [r["before"] for r in steadiness["readings"]][-1] == "end" and len(steadiness["readings"]) == 10
+    assert all(r["getppid_ns"] > 0 and r["python_step_ns"] > 0 for r in steadiness["readings"])
+    assert isinstance(steadiness["steady"], bool)
     assert set(doc["scenarios"]) == SCENARIOS
     for name, scenario in doc["scenarios"].items():
         assert "error" not in scenario, f"{name}: {scenario.get('error')}"
@@ -139,3 +148,41 @@ def test_each_repetition_gets_new_kernels_each_with_its_own_hash_seed():
     (first_pid, first_hash), (second_pid, second_hash) = seen
     assert first_pid != second_pid
     assert first_hash != second_hash
+
+
+def _scenario_with_plain(samples) -> dict:
+    return {"rows": [], "met": True, "samples": {"plain": samples, "launcher": samples}}
+
+
+def test_a_run_is_steady_only_when_the_yardstick_and_every_plain_spread_leave_its_target_room():
+    """The verdict: the yardstick within 5% over the run, and each scenario's plain samples
+    (interquartile range over median) within the room their target leaves (3% for the
+    workload's 1.03x, 20% for the parallel calls' 1.2x); launcher samples do not count."""
+    from benchmarks import steadiness
+
+    gauge = steadiness.Gauge()
+    gauge.readings = [{"before": "a", "getppid_ns": 100.0, "python_step_ns": 20.0},
+                      {"before": "end", "getppid_ns": 103.0, "python_step_ns": 20.2}]
+    quiet = {"workload": _scenario_with_plain([100, 101, 99, 102, 100, 98, 101]),
+             "landlock": _scenario_with_plain({"open_read": [2.5, 2.52, 2.49, 2.51, 2.5], "write": [150] * 5,
+                                               "pool_round_trip": [15, 17, 16, 18, 15.5]}),
+             "refusal": {"rows": [], "met": True}}
+    report = gauge.report(quiet)
+    assert report["steady"] is True, report
+    assert report["plain_spread"]["workload"] == 0.015 and report["plain_spread"]["landlock write"] == 0.0
+    assert report["plain_spread_allowed"]["workload"] == 0.03
+    assert report["plain_spread"]["landlock pool_round_trip"] == 0.094  # over 5%, but its 1.2x leaves 20%
+    assert "machine steady" in steadiness.summary(report)
+
+    loud = {**quiet, "workload": _scenario_with_plain([100, 104, 97, 103, 100, 96, 101])}  # 4.5%: over 3%
+    assert gauge.report(loud)["steady"] is False
+
+    noisy = {**quiet, "syscalls": _scenario_with_plain({"getppid": [200, 240, 210, 260, 205, 230, 250]})}
+    report = gauge.report(noisy)
+    assert report["steady"] is False and report["worst_plain_spread"]["metric"] == "syscalls getppid"
+    line = steadiness.summary(report)
+    assert "NOT steady" in line and "(syscalls getppid; its target leaves 5%)" in line, line
+
+    gauge.readings.append({"before": "end", "getppid_ns": 190.0, "python_step_ns": 20.1})  # the machine slowed
+    report = gauge.report(quiet)
+    assert report["steady"] is False and report["yardstick_spread"]["getppid_ns"] > 0.05
