@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -177,9 +177,19 @@ def test_an_unreadable_file_is_named_with_status_2(tmp_path: Path) -> None:
     assert out.returncode == 2 and "missing.jsonl" in out.stderr
 
 
+_both_workers: Any = None
+
+
+def _hold_both_workers(barrier: Any) -> None:
+    global _both_workers
+    _both_workers = barrier
+
+
 def _refuse_many(n: int) -> int:
     from kernel_guard.events import pipeline
 
+    if _both_workers is not None:  # a task waits for the other worker's: neither takes every task
+        _both_workers.wait(timeout=60)
     for _ in range(n):
         pipeline.emit(make_event("exec-denied", outcome="failure", layer="audit", reason="the same refusal"))
     return n
@@ -204,8 +214,10 @@ def test_fork_children_are_streams_of_their_own_and_flush_their_counts(tmp_path:
     """Refusals in Pool(2) workers: each worker's stream names its parent's, ends, and counts every repeat."""
     path = tmp_path / "e.jsonl"
     with _as_process_pipeline(path, interval=60):  # repeats are only counted, summaries at exit
-        with multiprocessing.get_context("fork").Pool(2) as pool:
-            assert sum(pool.map(_refuse_many, [500] * 4)) == 2000
+        fork = multiprocessing.get_context("fork")
+        # a worker that started late took no task under load, and wrote no stream
+        with fork.Pool(2, initializer=_hold_both_workers, initargs=(fork.Barrier(2),)) as pool:
+            assert sum(pool.map(_refuse_many, [500] * 4, chunksize=1)) == 2000
             pool.close()
             pool.join()
     events = [json.loads(line) for line in path.read_text().splitlines()]
