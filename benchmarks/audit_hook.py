@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Dict
 
 if __package__:
-    from .stats import interleaved, median, rounded
+    from .stats import balanced, median, rounded
 
 HOOKS = ("noop", "guard")
 TARGET = 1.15
@@ -158,7 +158,7 @@ def run(quick: bool, rounds: int) -> Dict[str, Any]:
     samples: Dict[str, Dict[str, Dict[str, list]]] = {
         v: {"before": {k: [] for k in LOOPS}, "after": {k: [] for k in LOOPS}} for v in HOOKS}
     for index in range(rounds):
-        for variant in interleaved(HOOKS, index):
+        for variant in balanced(HOOKS, index):
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant,
                                   str(scale), str(inner)], capture_output=True, text=True, check=True,
                                  timeout=300)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from .kernels import CONFIGS, GUARDED, BenchKernel, Workspace, stop_all
-from .stats import all_met, interleaved, median, percentile, rotated, rounded
+from .stats import all_met, balanced, median, percentile, rotated, rounded
 
 TARGET_MEDIAN_MS = 0.2
 TARGET_P99_MS = 1.0
@@ -43,7 +43,7 @@ def _block(workspace: Workspace, cells: int, samples: Dict[str, list], index: in
                 kernel.execute("pass")
         block: Dict[str, list] = {c: [] for c in names}
         for turn in range(cells):
-            for config in interleaved(names, turn):
+            for config in balanced(names, turn):
                 block[config].append(kernels[config].execute("pass")[0] * 1e3)
     finally:
         stop_all(kernels)

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import zmq
 
-from .stats import interleaved
+from .stats import balanced
 
 CONFIGS = ("plain", "extension", "launcher")
 GUARDED = ("extension", "launcher")
@@ -268,12 +268,12 @@ def stop_all(kernels: Dict[str, BenchKernel]) -> None:
 @contextlib.contextmanager
 def fresh(workspace: Workspace, index: int, extra_env: Optional[Dict[str, str]] = None,
           configs: Tuple[str, ...] = CONFIGS) -> Iterator[Dict[str, BenchKernel]]:
-    """New kernels for repetition ``index``, started in its turn order (ABC, CBA ...)
+    """New kernels for repetition ``index``, started in its turn order (``stats.balanced``)
     and stopped when the block ends.  Two identical kernels differ in speed by
     several percent for their whole life (their memory layout), so a scenario that
     timed one kernel per configuration would measure that draw, not the guard: the
     median over fresh kernels averages it out."""
-    kernels = start_all(workspace, tuple(interleaved(configs, index)), extra_env)
+    kernels = start_all(workspace, tuple(balanced(configs, index)), extra_env)
     try:
         yield kernels
     finally:

@@ -19,7 +19,7 @@ from typing import Any, Dict
 if __package__:
     from . import open_floor
     from .kernels import CONFIGS, GUARDED, Workspace, fresh
-    from .stats import all_met, interleaved, median, ratio, rounded
+    from .stats import all_met, balanced, median, ratio, rounded
 
 #: the extension alone refuses every exec, loky's and the pool's spawn included
 PARALLEL_CONFIGS = ("plain", "launcher")
@@ -91,7 +91,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
                 kernel.value("", f"_bench_files({n // 10})")  # warm-up
                 if config in PARALLEL_CONFIGS:
                     kernel.value("", "_bench_parallel()")
-            for config in interleaved(CONFIGS, index):
+            for config in balanced(CONFIGS, index):
                 timed = kernels[config].value("", f"_bench_files({n})")
                 if config in PARALLEL_CONFIGS:
                     timed.update(kernels[config].value("", "_bench_parallel()", timeout=300))

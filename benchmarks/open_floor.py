@@ -25,7 +25,7 @@ import time
 from typing import Dict
 
 if __package__:
-    from .stats import interleaved, median
+    from .stats import balanced, median
 
 LAYERS = ("minimal", "nested", "launcher")
 
@@ -78,7 +78,7 @@ def floor(repetitions: int, n: int) -> Dict[str, float]:
     """Median µs each variant's layers add to an open for reading, children alternating."""
     added: Dict[str, list] = {v: [] for v in LAYERS}
     for index in range(repetitions):
-        for variant in interleaved(LAYERS, index):
+        for variant in balanced(LAYERS, index):
             with tempfile.TemporaryDirectory(prefix="bench-open-") as folder:
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant, str(n), folder],
                                      capture_output=True, text=True, check=True, timeout=300)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from .kernels import CONFIGS, GUARDED, BenchKernel
-from .stats import all_met, interleaved, median, rounded
+from .stats import all_met, balanced, median, rounded
 
 TARGET_MS = 1.0
 
@@ -76,7 +76,7 @@ def run(kernels: Dict[str, BenchKernel], repetitions: int, quick: bool) -> Dict[
     samples: Dict[str, Dict[str, list]] = {c: {"subprocess": [], "execve": []} for c in CONFIGS}
     outcomes: Dict[str, Dict[str, str]] = {c: {} for c in CONFIGS}
     for index in range(repetitions):
-        for config in interleaved(CONFIGS, index):
+        for config in balanced(CONFIGS, index):
             ms, outcome = kernels[config].value("", f"_bench_refusals({n})")
             samples[config]["subprocess"].append(ms)
             outcomes[config]["subprocess"] = outcome

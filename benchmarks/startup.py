@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from .kernels import CONFIGS, GUARDED, BenchKernel, Workspace
-from .stats import all_met, interleaved, median, ratio, rounded
+from .stats import all_met, balanced, median, ratio, rounded
 
 TARGET = 1.05
 
@@ -28,7 +28,7 @@ def run(workspace: Workspace, repetitions: int) -> Dict[str, Any]:
         _start_once(config, workspace)  # warm-up
     samples: Dict[str, list] = {c: [] for c in CONFIGS}
     for index in range(repetitions):
-        for config in interleaved(CONFIGS, index):
+        for config in balanced(CONFIGS, index):
             samples[config].append(_start_once(config, workspace) * 1e3)
     results = {c: median(samples[c]) for c in CONFIGS}
     ratios = {c: ratio(results[c], results["plain"]) for c in GUARDED}

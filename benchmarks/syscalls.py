@@ -26,7 +26,7 @@ from typing import Any, Dict
 
 if __package__:
     from .kernels import CONFIGS, GUARDED, Workspace, fresh
-    from .stats import all_met, interleaved, median, ratio, rounded
+    from .stats import all_met, balanced, median, ratio, rounded
 
 FILTERS = ("minimal", "guard")
 
@@ -87,7 +87,7 @@ def floor(repetitions: int, n: int) -> Dict[str, Dict[str, float]]:
     """Median ns added per call by each filter, children alternating."""
     added: Dict[str, Dict[str, list]] = {v: {"getppid": [], "stat": []} for v in FILTERS}
     for index in range(repetitions):
-        for variant in interleaved(FILTERS, index):
+        for variant in balanced(FILTERS, index):
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant, str(n)],
                                  capture_output=True, text=True, check=True, timeout=300)
             timed = json.loads(out.stdout)
@@ -104,7 +104,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
             for kernel in kernels.values():
                 kernel.execute(CODE)
                 kernel.value("", f"_bench_syscalls({n // 10})")  # warm-up
-            for config in interleaved(CONFIGS, index):
+            for config in balanced(CONFIGS, index):
                 ppid, stat = kernels[config].value("", f"_bench_syscalls({n})")
                 samples[config]["getppid"].append(ppid)
                 samples[config]["stat"].append(stat)

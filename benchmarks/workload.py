@@ -27,7 +27,7 @@ import tempfile
 from typing import Any, Dict, Optional
 
 from .kernels import CONFIGS, GUARDED, Workspace, fresh
-from .stats import all_met, interleaved, median, ratio, rounded
+from .stats import all_met, balanced, median, ratio, rounded
 
 TARGET = 1.03
 
@@ -144,7 +144,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
                 kernel.execute(cell)  # warm-up: first imports, caches
             runs: Dict[str, list] = {c: [] for c in CONFIGS}
             for turn in range(1 if quick else RUNS_PER_KERNEL):
-                for config in interleaved(CONFIGS, index + turn):
+                for config in balanced(CONFIGS, index + turn):
                     runs[config].append(kernels[config].value(cell, "_bench_elapsed"))
             for config, values in runs.items():
                 samples[config].append(median(values))

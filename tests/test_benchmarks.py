@@ -113,6 +113,31 @@ def test_cell_latency_with_every_target_met_is_met():
     assert result["met"] is True, result["rows"]
 
 
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 6])
+def test_the_turn_order_gives_every_configuration_every_place_and_never_two_turns_in_a_row(count):
+    """Over whole cycles of rounds, no configuration runs right after itself (across rounds
+    too) and, from three on, each runs in each place, and right after each other one,
+    equally often (two simply alternate): a kernel asked again after its own cell answers
+    faster, so the order ABC, CBA (ends back to back, the middle never) charged the middle
+    with its place."""
+    from collections import Counter
+
+    from benchmarks.stats import balanced
+
+    items = [chr(ord("A") + i) for i in range(count)]
+    cycle = 1 if count == 2 else count * (1 + count % 2)
+    rounds = [balanced(items, index) for index in range(3 * cycle)]
+    assert all(sorted(row) == items for row in rounds)
+    stream = [item for row in rounds for item in row]
+    assert all(a != b for a, b in zip(stream, stream[1:])), rounds
+    if count >= 3:
+        places = Counter((place, item) for row in rounds for place, item in enumerate(row))
+        assert len(places) == count * count and set(places.values()) == {3 * cycle // count}
+        pairs = Counter((a, b) for row in rounds for a, b in zip(row, row[1:]))
+        assert len(pairs) == count * (count - 1) and len(set(pairs.values())) == 1, pairs
+    assert balanced(items, 3 * cycle) == rounds[0]
+
+
 def test_the_workload_kernels_run_one_blas_thread():
     """What the workload scenario adds to its kernels' environment reaches the kernel."""
     from benchmarks import kernels, workload
