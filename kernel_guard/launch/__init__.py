@@ -9,7 +9,8 @@ builds from a Docker/OCI profile (:mod:`.seccomp_filter`, :mod:`.profiles`),
 which hands every ``execve``/``execveat`` to the supervisor to refuse and
 record, puts the kernel in a Landlock domain (:mod:`.landlock`: writes only
 beneath the writable roots, only its own interpreter may be started, no
-signal reaches the supervisor), gives it a private IPython folder and runs
+signal reaches the supervisor), gives it a private IPython folder (removed by
+the supervisor if the kernel is killed, :mod:`.leftovers`) and runs
 no ``.pth`` code from the writable user site (:mod:`.start_folders`), and then
 runs ipykernel with the IPython layer and the audit hook on its command line
 (:mod:`.launcher` runs these steps in order).  Code in the kernel cannot undo the filter or the domain;

@@ -308,7 +308,9 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     dropped_path = _drop_cwd_from_path()
     args, extra = build_parser().parse_known_args(argv)
     with audit.launcher_setup() as programs:
-        rt, profile, scrubbed, pending, scope = _prepare(args, extra)
+        rt, profile, scrubbed, pending, scope = _prepare(args, extra, folders.held)
+    if folders.held is not None:
+        folders.held.close()  # the supervisor has its own copies; the kernel needs none
     _record_setup(programs)
     allowed = scope.programs if scope.enforces_exec else ()
     handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed,
@@ -347,10 +349,12 @@ def _record_setup(programs: list[dict[str, Any]]) -> None:
                             lookups=[p for p in programs if "executable" not in p and "file" not in p]))
 
 
-def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list[str], dict[str, str], Any, Any]:
+def _prepare(args: argparse.Namespace, extra: list[str],
+             private: Any = None) -> tuple[Any, Any, list[str], dict[str, str], Any, Any]:
     """Step 1: runtime and sinks (threads not yet started), the profile, credential
-    scrubbing, the supervisor's process (spawned, see :func:`_spawn_supervisor`),
-    what needs exec, the Landlock domain, then the pipeline's threads."""
+    scrubbing, the supervisor's process (spawned, see :func:`_spawn_supervisor`; it
+    removes the ``private`` IPython folder if the kernel is killed), what needs exec,
+    the Landlock domain, then the pipeline's threads."""
     from .. import runtime
     from ..events.schema import KernelContext, make_event
     from ..exceptions import ProfileError
@@ -377,7 +381,7 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> tuple[Any, Any, list
     rt = runtime.start(config, kernel_id=kernel_id, threads=False, sinks=False)
     if profile is not None and profile.uses_notify:
         # the supervisor starts outside the kernel's domain, and keeps the record there
-        pending = _spawn_supervisor(rt.guard, kernel_id, profile, scoped=_outer_domain())
+        pending = _spawn_supervisor(rt.guard, kernel_id, profile, scoped=_outer_domain(), private=private)
     custodian = _hand_record_to_custodian(rt, pending)
     if profile is not None:
         # what needs exec runs before the domain allows only the interpreter

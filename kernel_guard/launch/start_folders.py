@@ -6,7 +6,8 @@ into the user site's ``.pth`` files would run at every later start, with no
 record of what it was.  Under the launcher:
 
 * the kernel gets a private IPython folder, new at each start and removed at
-  exit: the user's profile is not read (shared settings belong in
+  exit (by the kernel, or by its supervisor when the kernel was killed:
+  :mod:`.leftovers`): the user's profile is not read (shared settings belong in
   ``/etc/ipython``, which every kernel reads); only its history file is kept,
   which is data, not code;
 * the user site stays on ``sys.path`` (modules there run only when imported),
@@ -25,7 +26,9 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
+
+from .leftovers import PrivateFolder
 
 __all__ = ["StartFolders", "add_user_site", "keep_history", "private_ipython_dir"]
 
@@ -41,6 +44,8 @@ class StartFolders:
     ipython_dir: str = ""
     user_ipython_dir: str = ""
     history_file: str = ""
+    #: the private folder and its parent, open for the supervisor to remove it after a kill
+    held: Optional[PrivateFolder] = None
     #: user files the kernel no longer reads (config, start-up scripts, .pth files with code)
     not_read: list[str] = field(default_factory=list)
 
@@ -73,6 +78,10 @@ def private_ipython_dir(folders: StartFolders) -> None:
     folders.user_ipython_dir = _user_ipython_dir()
     folders.ipython_dir = tempfile.mkdtemp(prefix="kernel-guard-ipython-")
     atexit.register(_remover(), folders.ipython_dir)
+    try:
+        folders.held = PrivateFolder.hold(folders.ipython_dir)  # no notebook code has run yet
+    except OSError:
+        folders.held = None  # the kernel still removes it at a clean exit
     os.environ["IPYTHONDIR"] = folders.ipython_dir
     os.environ.pop("IPYTHON_DIR", None)
 

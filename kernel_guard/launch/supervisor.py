@@ -80,13 +80,23 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     if custodian is not None:
         custodian.stop()
+    left = {}
+    if args.private_folder is not None:
+        # only once no process of the kernel remains: one still running may be using it
+        left["private_ipython_dir"] = (args.private_folder.remove() if sup.filter_unused(_UNUSED_WAIT)
+                                       else "left: processes of the kernel remain")
     rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
                        reason=f"exec supervisor stopped: {why}",
                        counts={**sup.all_counts(), **(custodian.counts if custodian else {})},
                        supervisor_pid=os.getpid(), kernel_pid=args.kernel_pid,
-                       process={"pid": os.getpid()}))
+                       process={"pid": os.getpid()}, **left))
     rt.pipeline.close(timeout=3.0)
     return 0
+
+
+#: seconds to wait, once the loop has ended, for the last process of the kernel to be reaped
+#: (after SIGTERM, where no signal scope keeps the kernel's death signal from reaching us)
+_UNUSED_WAIT = 2.0
 
 
 def start_runtime(args: SimpleNamespace, handed: dict[str, Any], author: str) -> Any:
@@ -178,7 +188,7 @@ def _leave_kernel_session() -> None:
 #: The one flag, --scoped: started inside the launcher's outer signal-scoped domain.
 _OPTIONS: dict[str, Callable[[str], Any]] = {
     "--fd": int, "--kernel-pid": int, "--mode": str, "--kernel-id": str, "--profile": str,
-    "--events-fd": int, "--spool-dir": str,
+    "--events-fd": int, "--spool-dir": str, "--private-folder": str,
 }
 
 
@@ -187,10 +197,19 @@ def _parse(argv: list[str]) -> SimpleNamespace:
     from .witness import read_options
 
     args = SimpleNamespace(fd=None, kernel_pid=None, mode=None, kernel_id=None, profile="", events_fd=None,
-                           spool_dir=None, scoped=False)
+                           spool_dir=None, scoped=False, private_folder=None)
     read_options(argv, _OPTIONS, args, flags=("--scoped",))
     if args.fd is None or args.kernel_pid is None or args.mode not in ("enforce", "audit"):
         raise ValueError("--fd, --kernel-pid and --mode (enforce or audit) are required")
+    if args.private_folder is not None:
+        from .leftovers import parse
+
+        args.private_folder = parse(args.private_folder)
+        try:
+            for fd in (args.private_folder.parent_fd, args.private_folder.folder_fd):
+                os.set_inheritable(fd, False)  # the witness program has no use for them
+        except OSError as exc:
+            raise ValueError(f"--private-folder: descriptor not open ({exc.strerror})") from None
     return args
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["SupervisorHandle", "current", "spawn", "start", "supervisor_argv", "wait_ready"]
 
@@ -203,12 +203,15 @@ def supervisor_argv(fd: int, kernel_pid: int, mode: str, kernel_id: Optional[str
 
 
 def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str],
-          spool_dir: Optional[str] = None, scoped: bool = False) -> SupervisorHandle:
+          spool_dir: Optional[str] = None, scoped: bool = False, private: Any = None) -> SupervisorHandle:
     """Start the supervisor process (fork + exec, while exec still works); do not wait for it.
 
     ``env`` is the kernel's scrubbed environment plus the sinks
     (``KERNEL_GUARD_SINKS``); it is not on the command line, where a sink URL
-    with a token would be visible to ``ps``.  :func:`wait_ready` completes the start.
+    with a token would be visible to ``ps``.  ``private``: the kernel's private
+    IPython folder (a :class:`.leftovers.PrivateFolder`), its descriptors handed
+    over for the supervisor to remove it if the kernel is killed.
+    :func:`wait_ready` completes the start.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     events, events_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -220,10 +223,13 @@ def spawn(mode: str, kernel_id: Optional[str], profile: str, env: dict[str, str]
     argv += ["--events-fd", str(events_theirs.fileno())]
     if spool_dir is not None:
         argv += ["--spool-dir", spool_dir]
+    fds = [theirs.fileno(), events_theirs.fileno()]
+    if private is not None:
+        argv += ["--private-folder", private.option()]
+        fds += [private.parent_fd, private.folder_fd]
     # cwd "/" and safe path: nothing from the notebook directory is imported
     try:
-        proc = subprocess.Popen(argv, pass_fds=[theirs.fileno(), events_theirs.fileno()], env=env, cwd="/",
-                                stdin=subprocess.DEVNULL, close_fds=True)
+        proc = subprocess.Popen(argv, pass_fds=fds, env=env, cwd="/", stdin=subprocess.DEVNULL, close_fds=True)
     finally:
         theirs.close()
         events_theirs.close()

@@ -176,6 +176,17 @@ class Supervisor:
             self._record(self.execs.expire())
             self._look_for_survivors()
 
+    def filter_unused(self, wait: float) -> bool:
+        """True once no process uses the kernel's filter (its listener hangs up), within ``wait`` seconds."""
+        poller = select.poll()
+        poller.register(self.listener, 0)  # hang-ups are reported whatever the mask
+        deadline = time.monotonic() + wait
+        while True:
+            if any(ev & select.POLLHUP for _, ev in poller.poll(max(0.0, deadline - time.monotonic()) * 1000)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
     def _serve_one(self) -> None:
         try:
             self.handle_one()

@@ -32,7 +32,8 @@ def _outer_domain() -> bool:
         return False
 
 
-def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, scoped: bool = False) -> Any:
+def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, scoped: bool = False,
+                      private: Any = None) -> Any:
     """Start the supervisor's process in step 1, once the environment is scrubbed and
     before the kernel's domain and the guard's threads exist: its interpreter starts
     while the warm-up runs; step 2 waits until it is ready.
@@ -50,7 +51,7 @@ def _spawn_supervisor(guard: Any, kernel_id: Optional[str], profile: Any, scoped
     env[handover.ENV] = handover.hand_over(guard)
     try:
         return supervisor_handle.spawn(profile.mode, kernel_id, profile.name, env, _supervisor_spool(guard, profile),
-                                       scoped)
+                                       scoped, private)
     except Exception as exc:
         return exc
 

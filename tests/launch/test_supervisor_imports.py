@@ -33,7 +33,7 @@ rt = supervisor.start_runtime(SimpleNamespace(spool_dir=None, kernel_id="k"), {"
 #: the supervisor's set-up and record path as they run there: a custodian's check of a
 #: kernel's line, an event of its own chained and written, the exec decider loaded
 SCRIPT = LEAN_START + r"""
-from kernel_guard.launch import custodian, exec_decision, refusals, supervisor_loop, memfd, survivors
+from kernel_guard.launch import custodian, exec_decision, leftovers, refusals, supervisor_loop, memfd, survivors
 from kernel_guard.launch.record_protocol import check_lines
 line = b'{"event":{"sequence":1,"action":"cell-executed"},"kernel_guard":{"stream":"00000000000000000000000a"}}\n'
 claims = check_lines([line], None)

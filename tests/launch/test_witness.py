@@ -134,6 +134,26 @@ def test_the_supervisor_reads_the_command_line_the_launcher_writes() -> None:
             supervisor._parse(bad)
 
 
+def test_the_private_folder_option_takes_open_descriptors_and_keeps_them_from_the_witness(tmp_path) -> None:
+    """--private-folder parses back to descriptors no exec inherits; a closed one or a bad name is an error."""
+    from kernel_guard.launch.leftovers import PrivateFolder
+
+    argv = supervisor_handle.supervisor_argv(5, 42, "enforce", "kid", "default")
+    argv = argv[argv.index("--fd"):]
+    held = PrivateFolder.hold(str(tmp_path))
+    try:
+        for fd in (held.parent_fd, held.folder_fd):
+            os.set_inheritable(fd, True)  # as Popen's pass_fds leaves them in the supervisor
+        args = supervisor._parse([*argv, "--private-folder", held.option()])
+        assert args.private_folder.name == tmp_path.name
+        assert not any(os.get_inheritable(fd) for fd in (held.parent_fd, held.folder_fd))
+    finally:
+        held.close()
+    for bad in ("100000,100001,kernel-guard-ipython-x", "3,4,../x", "3,4"):
+        with pytest.raises(ValueError, match="--private-folder"):
+            supervisor._parse([*argv, "--private-folder", bad])
+
+
 def test_the_supervisors_first_imports_leave_out_traitlets_and_libseccomp() -> None:
     """What the supervisor imports before its witness is forked: no traitlets, no libseccomp bindings,
     no typing (all of it would be copied into the witness)."""
