@@ -2,7 +2,9 @@
 
 Each cell (``pass``, sent as a notebook sends it) is timed from the execute
 request to the reply *and* the kernel's idle status: what a front end waits
-for.  The configurations take turns cell by cell, so drift affects all alike.
+for.  The configurations take turns cell by cell, in a balanced order
+(``stats.balanced``: no kernel twice in a row, each in each place), so drift and
+place affect all alike.
 Added latency is the guarded median (or 99th percentile) minus the plain one.
 A second plain kernel (``control``) takes its turns too: its difference from
 the first is the noise floor between two identical kernels on this machine.
