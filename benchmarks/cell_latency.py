@@ -11,8 +11,9 @@ the first is the noise floor between two identical kernels on this machine.
 The cells are run in blocks, each with fresh kernels, so that one kernel's
 lasting speed (memory layout, and its place in the order the kernels were
 started, which rotates from block to block) does not pass for the guard's
-cost: two identical kernels differ by up to 0.5 ms per trivial cell for
-their whole life, more than the guard adds.  The added median is therefore the median,
+cost: two identical kernels differed by up to 0.5 ms per trivial cell for
+their whole life, more than the guard adds (measured in the old turn order, in
+which a kernel's place, too, lasted its whole life).  The added median is therefore the median,
 over blocks, of each block's guarded-minus-plain median (a paired
 difference); the p99 is taken over all cells.
 """
