@@ -55,14 +55,7 @@ def balanced(items: Sequence[T], round_index: int) -> list[T]:
     if n <= 2:
         return list(items)
     # Williams' design: 0, 1, n-1, 2, n-2 ..., shifted by one per row
-    first = [0]
-    low, high = 1, n - 1
-    while len(first) < n:
-        first.append(low)
-        low += 1
-        if len(first) < n:
-            first.append(high)
-            high -= 1
+    first = [0, *[x for pair in zip(range(1, n), range(n - 1, 0, -1)) for x in pair][:n - 1]]
     rows = [[(x + shift) % n for x in first] for shift in range(n)]
     if n % 2:
         # an odd count needs the reversed rows too; taken 0, n-1 ... 1, so that
@@ -70,18 +63,6 @@ def balanced(items: Sequence[T], round_index: int) -> list[T]:
         backward = [row[::-1] for row in rows]
         rows += [backward[0], *reversed(backward[1:])]
     return [items[i] for i in rows[round_index % len(rows)]]
-
-
-def rotated(items: Sequence[T], round_index: int) -> list[T]:
-    """``items`` rotated by ``round_index``: ABCD, BCDA, CDAB, DABC, ABCD ...
-
-    For start order: a kernel's speed depends on its place in the order the
-    kernels were started (up to 0.4 ms per trivial cell between the first and
-    the last on a 2-core VM), so every configuration takes every place equally
-    often over len(items) rounds.
-    """
-    shift = round_index % len(items) if items else 0
-    return list(items[shift:]) + list(items[:shift])
 
 
 def rounded(value: Optional[float], digits: int = 4) -> Optional[float]:

@@ -80,16 +80,16 @@ def _serve(args: SimpleNamespace, handed: dict[str, Any], syscalls: dict[tuple[i
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     if custodian is not None:
         custodian.stop()
-    left = {}
+    folder = {}
     if args.private_folder is not None:
         # only once no process of the kernel remains: one still running may be using it
-        left["private_ipython_dir"] = (args.private_folder.remove() if sup.filter_unused(_UNUSED_WAIT)
+        folder["private_ipython_dir"] = (args.private_folder.remove() if sup.filter_unused(_UNUSED_WAIT)
                                        else "left: processes of the kernel remain")
     rt.emit(make_event("supervisor-stopped", outcome="success", layer="supervisor",
                        reason=f"exec supervisor stopped: {why}",
                        counts={**sup.all_counts(), **(custodian.counts if custodian else {})},
                        supervisor_pid=os.getpid(), kernel_pid=args.kernel_pid,
-                       process={"pid": os.getpid()}, **left))
+                       process={"pid": os.getpid()}, **folder))
     rt.pipeline.close(timeout=3.0)
     return 0
 
