@@ -52,8 +52,9 @@ def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(t
     assert doc["scenarios"]["refusal"]["outcomes"]["extension"]["subprocess"] == "refused"
     assert set(doc["scenarios"]["syscalls"]["floor"]) == {"minimal", "guard"}
     assert set(doc["scenarios"]["syscalls"]["floor"]["guard"]) == {"getppid", "stat"}
-    assert {"write", "open_read", "stat", "joblib_first", "pool_round_trip"} <= set(
+    assert {"write", "open_read", "stat", "remove", "joblib_first", "pool_round_trip"} <= set(
         doc["scenarios"]["landlock"]["ratios"]["launcher"])
+    assert doc["scenarios"]["landlock"]["files_on"] in ("/dev/shm", "home")
     assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "nested", "launcher"}
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
     assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum",

@@ -10,9 +10,9 @@
  * The policy stays in Python: for an interesting event this hook calls the
  * Python callback it was given, with an interned name and the event's argument
  * tuple; an exception from the callback aborts the audited operation, as it
- * does from a Python hook.  Two decisions are taken here, both the answer
- * persistence.py's _check_open gives, and both only ever "allowed, nothing to
- * record" (anything else goes to the policy):
+ * does from a Python hook.  Three decisions are taken here, each the answer
+ * persistence.py's _check_open, _check_change or _check_move gives, and each only
+ * ever "allowed, nothing to record" (anything else goes to the policy):
  *
  * - reading a file: a str path not named like a process's environ or mem,
  *   opened without write flags;
@@ -23,7 +23,14 @@
  *   and whose components hold no symbolic link, so the path the kernel resolves is
  *   the one judged.  One
  *   openat2(RESOLVE_NO_SYMLINKS) answers that where the system call is allowed,
- *   else an lstat of each component does, as realpath(3) would (see no_links).
+ *   else an lstat of each component does, as realpath(3) would (see no_links);
+ * - removing, renaming, linking, copying or changing the mode of ordinary places
+ *   (the events and argument indexes the policy gives as ``ends``): each end a str
+ *   path, relative to the working folder or a folder descriptor (named by the
+ *   kernel, /proc/self/fd), that is no persistence path, no folder holding one (a
+ *   search of the same sorted starts) and holds no symbolic link.  In Python these
+ *   take two realpath calls and five pattern matches: 13 us added to an 8 us
+ *   unlink on tmpfs, against 3 us here.
  *
  * A filter added as record-only (the launcher's first hook) passes only the
  * events it names for that case once an enforcing filter is added after it:
@@ -39,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -74,6 +82,10 @@ typedef struct {
     int record_only;             /* quieted once an enforcing filter is added after it */
     int quiet;
     char kept[MAX_NAMES];        /* the names that still pass once quiet */
+    /* by name: the ends a change event touches, (argument index of the path, of its
+     * dir_fd or -1), settled here when every one is ordinary; nends 0: the policy's */
+    signed char ends[MAX_NAMES][2][2];
+    unsigned char nends[MAX_NAMES];
 } filter_t;
 
 /* every filter added, for the record-only ones an enforcing filter quiets */
@@ -314,9 +326,10 @@ may_be_persistence(const writes_t *w, const char *a, size_t len)
 }
 
 /* Without openat2, or where a seccomp filter refuses it: an lstat of each leading
- * part of path, the test realpath(3) makes. */
+ * part of path (relative to the folder dirfd when relative), the test realpath(3)
+ * makes. */
 static int
-no_links_walk(const char *path, size_t len)
+no_links_walk(int dirfd, const char *path, size_t len)
 {
     char part[PATH_MAX];
     memcpy(part, path, len + 1);
@@ -327,7 +340,7 @@ no_links_walk(const char *path, size_t len)
         struct stat st;
         char kept = part[i];
         part[i] = '\0';
-        int failed = lstat(part, &st);
+        int failed = fstatat(dirfd, part, &st, AT_SYMLINK_NOFOLLOW);
         part[i] = kept;
         if (failed) {
             return errno == ENOENT;  /* the rest is missing: realpath keeps it as written */
@@ -347,18 +360,18 @@ struct open_how_v0 {
 };
 #define RESOLVE_NO_SYMLINKS_FLAG 0x04
 
-/* Whether no component of path (absolute, or relative to the working folder, whose
- * getcwd(2) name holds no link) is a symbolic link; components after a missing
- * one count as plain, as realpath keeps them.  One system call: the kernel's own
- * path walk, told to fail on any link (the last component's included); for a
- * single component an lstat is that call, and cheaper. */
+/* Whether no component of path (absolute, or relative to the folder dirfd, the
+ * working folder for AT_FDCWD, whose kernel name holds no link) is a symbolic link;
+ * components after a missing one count as plain, as realpath keeps them.  One
+ * system call: the kernel's own path walk, told to fail on any link (the last
+ * component's included); for a single component an lstat is that call, and cheaper. */
 static int
-no_links(const char *path, size_t len)
+no_links(int dirfd, const char *path, size_t len)
 {
 #ifdef SYS_openat2
     if (openat2_usable && strchr(path + 1, '/') != NULL) {
         struct open_how_v0 how = {O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS_FLAG};
-        long fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+        long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
         if (fd >= 0) {
             close((int)fd);
             return 1;
@@ -372,19 +385,76 @@ no_links(const char *path, size_t len)
         openat2_usable = 0;  /* the launcher's filter: openat2 hides flags it must see */
     }
 #endif
-    return no_links_walk(path, len);
+    return no_links_walk(dirfd, path, len);
 }
 
-/* Whether an open event writes an ordinary file: not a persistence path, however
- * the kernel resolves it, and not named like a process's environ or mem. */
-static int
-ordinary_write(const filter_t *f, PyObject *args)
+/* The absolute path of p relative to the folder descriptor dirfd (>= 0), as the
+ * policy's dirfd.resolve_at makes it: the kernel's own name for the folder
+ * (/proc/self/fd/N, no link in it), "/", then p; NULL (the policy decides) for a
+ * descriptor that names no folder path, a deleted one, or a result not in normal
+ * form.  An absolute p, or AT_FDCWD, is absolute_bytes's. */
+static const char *
+absolute_at(int dirfd, const char *p, size_t len, char *joined, size_t *outlen)
 {
-    PyObject *path = PyTuple_GET_ITEM(args, 0);
-    int relative_ok = 0;
-    if (f->writes.dirs == NULL || !PyUnicode_CheckExact(path)
-            || !opens_for_writing(PyTuple_GET_ITEM(args, 1), PyTuple_GET_ITEM(args, 2), &relative_ok)
-            || may_be_credential(path)) {
+    if (p[0] == '/' || dirfd == AT_FDCWD) {
+        return absolute_bytes(p, len, joined, outlen);
+    }
+    char link[32];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);
+    ssize_t n = readlink(link, joined, PATH_MAX - 1);
+    static const char deleted[] = " (deleted)";
+    size_t dl = sizeof deleted - 1;
+    if (n <= 0 || joined[0] != '/' || ((size_t)n >= dl && memcmp(joined + n - dl, deleted, dl) == 0)) {
+        return NULL;  /* a pipe, a socket, an unlinked folder, or no descriptor at all */
+    }
+    size_t folder = (n == 1) ? 0 : (size_t)n;  /* "/" joins as "" */
+    if (folder + 1 + len >= PATH_MAX) {
+        return NULL;
+    }
+    joined[folder] = '/';
+    memcpy(joined + folder + 1, p, len + 1);
+    *outlen = folder + 1 + len;
+    return normal_form(joined, *outlen) ? joined : NULL;
+}
+
+/* Whether the absolute path a (file-system bytes) may be a folder that holds a
+ * persistence path, as replaces_persistence asks of a rename, a removal or a mode
+ * change: some text a persistence path starts with begins with a + "/" (a
+ * protected folder, a file or the IPython folder's globs beneath it).  With
+ * may_be_persistence's "no", a certain "no": a glob's match beneath a starts with
+ * its text, which either a starts with or which starts with a + "/". */
+static int
+may_hold_persistence(const writes_t *w, const char *a, size_t len)
+{
+    char key[PATH_MAX + 1];
+    if (w->nstarts < 0 || len + 1 >= sizeof key) {
+        return 1;
+    }
+    memcpy(key, a, len);
+    key[len] = '/';
+    key[len + 1] = '\0';
+    /* the texts that start with key follow one another from the first not below it */
+    Py_ssize_t lo = 0, hi = w->nstarts;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (strcmp(w->starts[mid], key) < 0) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return lo < w->nstarts && strncmp(w->starts[lo], key, len + 1) == 0;
+}
+
+/* Whether the str path, relative to the folder dirfd (AT_FDCWD: the working
+ * folder; relative paths only when relative_ok), names an ordinary place: not a
+ * persistence path (nor, with holders, a folder holding one), and with no symbolic
+ * link in any component, so that the path the kernel resolves is the one judged. */
+static int
+ordinary_path(const writes_t *w, PyObject *path, int dirfd, int relative_ok, int holders)
+{
+    if (w->dirs == NULL || !PyUnicode_CheckExact(path)) {
         return 0;
     }
     /* an ASCII str is its own file-system bytes (UTF-8, kept in the object): no copy */
@@ -408,24 +478,79 @@ ordinary_write(const filter_t *f, PyObject *args)
     char joined[PATH_MAX];
     const char *a = NULL;
     if (len > 0 && len < PATH_MAX && strlen(p) == len && (p[0] == '/' || relative_ok)) {
-        a = absolute_bytes(p, len, joined, &alen);
+        a = absolute_at(dirfd, p, len, joined, &alen);
     }
     if (a != NULL) {
-        int persistent = may_be_persistence(&f->writes, a, alen);
-        if (persistent) {
+        int persistent = may_be_persistence(w, a, alen);
+        if (persistent && !holders) {
             PyObject *absolute = a == p ? Py_NewRef(path) : PyUnicode_DecodeFSDefaultAndSize(a, (Py_ssize_t)alen);
             if (absolute == NULL) {
                 PyErr_Clear();  /* persistent stays set: the policy decides */
             }
             else {
-                persistent = persistence_name(&f->writes, absolute);
+                persistent = persistence_name(w, absolute);
                 Py_DECREF(absolute);
             }
         }
-        ordinary = !persistent && no_links(p, len);
+        persistent = persistent || (holders && may_hold_persistence(w, a, alen));
+        ordinary = !persistent && no_links(dirfd, p, len);
     }
     Py_XDECREF(encoded);
     return ordinary;
+}
+
+/* Whether an open event writes an ordinary file: not a persistence path, however
+ * the kernel resolves it, and not named like a process's environ or mem. */
+static int
+ordinary_write(const filter_t *f, PyObject *args)
+{
+    PyObject *path = PyTuple_GET_ITEM(args, 0);
+    int relative_ok = 0;
+    return PyUnicode_CheckExact(path)
+        && opens_for_writing(PyTuple_GET_ITEM(args, 1), PyTuple_GET_ITEM(args, 2), &relative_ok)
+        && !may_be_credential(path)
+        && ordinary_path(&f->writes, path, AT_FDCWD, relative_ok, 0);
+}
+
+/* Whether a change event (a removal, a rename, a mode change ...) touches only
+ * ordinary places: every end the policy judges (f->ends for event index i: the
+ * argument index of its path, and of its dir_fd or -1) is a str path that is no
+ * persistence path and no folder holding one, with no link in it.  A dir_fd that
+ * is not an int (None) or is negative means the working folder, as resolve_at
+ * takes it. */
+static int
+ends_need_no_policy(const filter_t *f, int i, PyObject *args)
+{
+    if (args == NULL || !PyTuple_CheckExact(args)) {
+        return 0;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    for (int e = 0; e < f->nends[i]; e++) {
+        int at = f->ends[i][e][0], fd_at = f->ends[i][e][1];
+        if (at >= n || fd_at >= n) {
+            return 0;
+        }
+        int dirfd = AT_FDCWD;
+        PyObject *fd = fd_at >= 0 ? PyTuple_GET_ITEM(args, fd_at) : Py_None;
+        if (PyLong_CheckExact(fd)) {
+            long v = PyLong_AsLong(fd);
+            if (v == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return 0;
+            }
+            if (v > INT_MAX) {
+                return 0;
+            }
+            dirfd = v >= 0 ? (int)v : AT_FDCWD;
+        }
+        else if (fd != Py_None) {
+            return 0;  /* a bool or another type: the policy says what it means */
+        }
+        if (!ordinary_path(&f->writes, PyTuple_GET_ITEM(args, at), dirfd, 1, 1)) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* Whether the policy would let this open event pass and record nothing. */
@@ -495,6 +620,9 @@ filter_hook(const char *event, PyObject *args, void *data)
     if (strcmp(event, "open") == 0 && open_needs_no_policy(f, args)) {
         return 0;
     }
+    if (f->nends[i] > 0 && ends_need_no_policy(f, i, args)) {
+        return 0;
+    }
     /* as CPython does for Python hooks: no tracer or profiler runs inside the
      * policy (a trace function could otherwise rewrite its local variables) */
     PyThreadState_EnterTracing(tstate);
@@ -509,7 +637,7 @@ filter_hook(const char *event, PyObject *args, void *data)
 }
 
 PyDoc_STRVAR(add_hook_doc,
-"add_hook(names, callback, writes=None, record_only=None, /)\n--\n\n"
+"add_hook(names, callback, writes=None, record_only=None, ends=None, /)\n--\n\n"
 "Add a runtime audit hook that calls ``callback(event, args)`` for the events in\n"
 "``names`` (an iterable of str) and ignores all others, except an ``open`` event\n"
 "that only reads a str path not named like a process's environ or mem, and, when\n"
@@ -519,6 +647,10 @@ PyDoc_STRVAR(add_hook_doc,
 "up to its first wildcard), which spares most writes the whole comparison; a str\n"
 "path whose absolute form none of them names and whose components hold no symbolic\n"
 "link passes without a call.\n"
+"``ends``: with ``writes`` and its starts, a dict of event name -> the (path index,\n"
+"dir_fd index or -1) of each end a change event touches (a removal, a rename, a\n"
+"mode change): the event passes without a call when every end is a str path that\n"
+"is no persistence path, no folder holding one, and holds no symbolic link.\n"
 "``record_only``: None for a filter whose callback enforces; adding one narrows\n"
 "every record-only filter added before it (in this interpreter) to the names its\n"
 "``record_only`` iterable keeps.\n"
@@ -698,6 +830,54 @@ set_record_only(filter_t *f, PyObject *obj)
     return 0;
 }
 
+/* Keep, for each of f's names that obj (a dict, or None) maps to a tuple of one or two
+ * (path index, dir_fd index or -1) pairs, the ends its events are settled by here.
+ * Only with the persistence starts: the folder test searches them. */
+static int
+set_ends(filter_t *f, PyObject *obj)
+{
+    if (obj == Py_None) {
+        return 0;
+    }
+    if (!PyDict_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "add_hook: ends must be a dict of event name -> ((path, dir_fd), ...)");
+        return -1;
+    }
+    if (f->writes.nstarts < 0) {
+        PyErr_SetString(PyExc_ValueError, "add_hook: ends need writes with what every persistence path starts with");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < f->count; i++) {
+        PyObject *pairs = PyDict_GetItemWithError(obj, f->interned[i]);
+        if (pairs == NULL) {
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+            continue;
+        }
+        Py_ssize_t n = PyTuple_Check(pairs) ? PyTuple_GET_SIZE(pairs) : 0;
+        if (n < 1 || n > 2) {
+            PyErr_Format(PyExc_ValueError, "add_hook: ends[%R] must be one or two (path, dir_fd) pairs", f->interned[i]);
+            return -1;
+        }
+        for (Py_ssize_t e = 0; e < n; e++) {
+            int at, fd_at;
+            PyObject *pair = PyTuple_GET_ITEM(pairs, e);
+            if (!PyTuple_Check(pair) || !PyArg_ParseTuple(pair, "ii", &at, &fd_at)
+                    || at < 0 || at > 15 || fd_at < -1 || fd_at > 15) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "add_hook: ends[%R] pairs must be argument indexes, "
+                             "0-15 and -1-15 (no dir_fd)", f->interned[i]);
+                return -1;
+            }
+            f->ends[i][e][0] = (signed char)at;
+            f->ends[i][e][1] = (signed char)fd_at;
+        }
+        f->nends[i] = (unsigned char)n;
+    }
+    return 0;
+}
+
 /* An enforcing filter records every event from now on: the record-only filters
  * added before it in this interpreter pass only the names they keep. */
 static void
@@ -717,8 +897,8 @@ static PyObject *
 add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs < 2 || nargs > 4) {
-        PyErr_SetString(PyExc_TypeError, "add_hook(names, callback, writes=None, record_only=None)");
+    if (nargs < 2 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "add_hook(names, callback, writes=None, record_only=None, ends=None)");
         return NULL;
     }
     if (!PyCallable_Check(args[1])) {
@@ -731,7 +911,8 @@ add_hook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_NoMemory();
     }
     if (set_names(f, args[0]) < 0 || set_writes(f, nargs > 2 ? args[2] : Py_None) < 0
-            || set_record_only(f, nargs > 3 ? args[3] : Py_None) < 0) {
+            || set_record_only(f, nargs > 3 ? args[3] : Py_None) < 0
+            || set_ends(f, nargs > 4 ? args[4] : Py_None) < 0) {
         goto fail;
     }
     f->callback = Py_NewRef(args[1]);

@@ -15,10 +15,11 @@ the launcher exists for those.
 Speed: the hook is added through the native filter (``_filter.c``, imported
 here as ``_audit_filter``) when it is built, a runtime hook that calls the
 Python policy only for the events in ``INTERESTING_EVENTS`` (and not for
-plain file reads, nor for writes of ordinary files: a path that is no
-persistence path as written and holds no symbolic link, which the filter
-asks the kernel), so the rest of the interpreter's events cost a few string
-compares instead of a Python call.
+plain file reads, nor for writes, removals, renames or mode changes of
+ordinary places: a path that is no persistence path as written, for a removal
+or rename no folder holding one either, and holds no symbolic link, which the
+filter asks the kernel), so the rest of the interpreter's events cost a few
+string compares instead of a Python call.
 Without it (no compiler at install time) the same policy runs as a Python
 hook; ``filter_kind()`` says which.
 
@@ -52,7 +53,7 @@ from ..exceptions import (
 from . import dirfd, libc_symbols, probes, processes
 from .persistence import (_CHANGE_EVENTS, _MOVE_EVENTS, _check_change, _check_move, _check_open, _is_proc_secret,
                           _move_ends, _refuse_path, _resolve, default_persistence, glob_pattern, is_persistence_path,
-                          persistence_starts, replaces_persistence)
+                          persistence_starts, replaces_persistence, settled_ends)
 from .processes import (_EXEC_EVENTS, EXEC_SYMBOLS, SIGNAL_SYMBOLS, _allowed, _check_dlopen, _guard_fork_exec,
                         _process_fields, refuse_exec)
 from .recording import _record, _refuse_or_record, _State, launcher_setup
@@ -244,12 +245,15 @@ def _add_hook(hook: Callable[[str, tuple], None], policy: Policy) -> None:
     """Add ``hook`` behind the native filter when it is built, else as a Python hook.
 
     The filter gets the persistence paths and what each starts with, to let an
-    ordinary write pass in C as ``_check_open`` would; a record-only filter is told
+    ordinary write pass in C as ``_check_open`` would, and a removal, rename or mode
+    change of ordinary places as ``_check_change`` and ``_check_move`` would (the
+    ends of each, :func:`.persistence.settled_ends`); a record-only filter is told
     what it keeps once an enforcing one records everything (as
     ``_State.quiet_record_hook`` does here)."""
     if _audit_filter is not None:
         record_only = None if policy[0] else sorted(_SELF_PROTECTION)
-        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook, (*policy[1:4], policy[10]), record_only)
+        _audit_filter.add_hook(sorted(INTERESTING_EVENTS), hook, (*policy[1:4], policy[10]), record_only,
+                               settled_ends())
         _State.kind = "native"
     else:
         sys.addaudithook(hook)

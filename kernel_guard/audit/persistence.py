@@ -29,7 +29,7 @@ except ImportError:  # built without a C compiler
     _audit_filter = None
 
 __all__ = ["default_persistence", "glob_pattern", "is_persistence_path", "persistence_starts",
-           "replaces_persistence"]
+           "replaces_persistence", "settled_ends"]
 
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -261,6 +261,18 @@ def _move_ends(event: str, args: tuple) -> list[tuple[Any, Any, str]]:
     if event == "os.symlink":  # (target, link, dir_fd): the target is text, only the link is made
         return [(args[1], args[2], "writing")]
     return [(args[1], None, "writing")]  # shutil.copyfile / copytree (src, dst)
+
+
+def settled_ends() -> dict[str, tuple[tuple[int, int], ...]]:
+    """For the native filter: each change event whose ends ``_check_change`` and
+    ``_check_move`` judge by their paths alone, and the (path, dir_fd or -1)
+    argument indexes of those ends, read off the same tables.  ``os.symlink`` is
+    left out: its target's text is judged too."""
+    ends = {event: ((path, -1 if fd is None else fd),) for event, (path, fd, _) in _CHANGE_EVENTS.items()}
+    for event in _MOVE_EVENTS - {"os.symlink"}:
+        # _move_ends names each end by its arguments: given their indexes, it returns them
+        ends[event] = tuple((path, -1 if fd is None else fd) for path, fd, _ in _move_ends(event, tuple(range(4))))
+    return ends
 
 
 def _check_move(event: str, args: tuple, enforce: bool, dirs: tuple, globs: re.Pattern, files: frozenset) -> None:

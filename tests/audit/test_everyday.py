@@ -2,7 +2,8 @@
 break the cell nor fill the record with failures, and each refusal names its fix, last.
 
 A quiet session of everyday cells (GitPython's import, a dulwich commit, joblib's physical core
-count, platform, ctypes.util) must record no failure the user did not cause; a program a library
+count, platform, ctypes.util, temporary files and folders made, moved, copied and removed) must
+record no failure the user did not cause; a program a library
 starts for real is refused with that library's fix, repeated after the library's own error."""
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ QUIET = {
         import platform
         print("OK", isinstance(platform.processor(), str))
     """, "OK True"),
+    "files and folders that come and go": ("""
+        import os, shutil, tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            os.makedirs(os.path.join(tmp, "a", "b"))
+            with open(os.path.join(tmp, "a", "b", "x.csv"), "w") as fh:
+                fh.write("1,2")
+            os.replace(os.path.join(tmp, "a", "b", "x.csv"), os.path.join(tmp, "a", "y.csv"))
+            shutil.copy2(os.path.join(tmp, "a", "y.csv"), os.path.join(tmp, "z.csv"))
+            os.chmod(os.path.join(tmp, "z.csv"), 0o600)
+            os.link(os.path.join(tmp, "z.csv"), os.path.join(tmp, "w.csv"))
+            os.remove(os.path.join(tmp, "w.csv"))
+            shutil.rmtree(os.path.join(tmp, "a"))
+            os.makedirs("results", exist_ok=True)
+            shutil.copyfile(os.path.join(tmp, "z.csv"), "results/z.csv")
+            print("OK", sorted(os.listdir(tmp)), open("results/z.csv").read())
+        shutil.rmtree("results")
+    """, "OK ['z.csv'] 1,2"),
     "a program that is not installed": ("""
         import subprocess
         try:

@@ -1,7 +1,8 @@
 """The native filter's own decisions, in fresh interpreters (a runtime hook cannot be removed):
-an ordinary write passes without calling the policy, and everything the policy would judge
-otherwise (a persistence name, a link anywhere in the path, an odd spelling) still reaches it,
-with or without openat2; a record-only filter falls quiet once an enforcing one follows."""
+an ordinary write, removal, rename or mode change passes without calling the policy, and
+everything the policy would judge otherwise (a persistence name, a folder holding one, a link
+anywhere in the path, an odd spelling) still reaches it, with or without openat2; a record-only
+filter falls quiet once an enforcing one follows."""
 
 from __future__ import annotations
 
@@ -265,3 +266,129 @@ def test_starts_that_are_not_file_system_text_are_refused_when_the_hook_is_added
     """A start that is not str, holds a NUL, cannot be encoded, or a list: the hook is not added."""
     out = _run(BAD_STARTS, Path(".")).split()
     assert out == ["TypeError", "TypeError", "UnicodeEncodeError", "TypeError"], out
+
+
+# removals, renames, links, copies and mode changes over a home with an IPython folder,
+# a shell start-up file and links into both, relative to the working folder or to a
+# folder descriptor: the same generated operations, judged by the native filter in front
+# of the policy and by the Python hook alone
+CHANGES = """
+import json, os, random, shutil, sys
+root = os.path.realpath(sys.argv[1])
+home = os.path.join(root, "home")
+startup = os.path.join(home, ".ipython", "profile_default", "startup")
+for folder in (startup, os.path.join(home, "work", "sub"), os.path.join(home, ".ipython", "cache")):
+    os.makedirs(folder)
+os.environ["HOME"] = home
+os.environ["IPYTHONDIR"] = os.path.join(home, ".ipython")
+os.chdir(os.path.join(home, "work"))
+os.symlink(startup, "into-startup")
+os.symlink(os.path.join(home, ".ipython"), "sub/into-ipython")
+import kernel_guard.audit.hook as a
+if sys.argv[2] == "python":
+    a._audit_filter = None
+judged = []
+for name in ("_check_change", "_check_move"):  # counted: how often the policy was asked
+    def counting(*args, _real=getattr(a, name)):
+        judged.append(args[0])
+        return _real(*args)
+    setattr(a, name, counting)
+a.install("enforce")
+folders = {"work": os.open(".", os.O_RDONLY), "ipython": os.open(os.path.join(home, ".ipython"), os.O_RDONLY),
+           "home": os.open(home, os.O_RDONLY), "startup": os.open(startup, os.O_RDONLY)}
+places = ["data.csv", "sub/a.txt", "sub", "new", "sub/new", "new/n.txt", "results", "results/r.csv",
+          home + "/work/sub/a.txt", "into-startup/x.py", "into-startup",
+          "sub/into-ipython/profile_default", "sub/into-ipython/cache/c.bin", "../.bashrc", "../.profile.bak",
+          "../.ipython", "../.ipython/cache", "../.ipython/cache/c.bin", "../.ipython/ipython_config.py",
+          "x.pth", "./data.csv", "sub/../b.txt", "sub//a.txt", home + "/work/data.csv", home, startup + "/y.py",
+          "caf\\u00e9.txt", "\\udcff.bin", home + "/.ipython", home + "/.ipython/profile_default", ".ipython",
+          "profile_default", "profile_default/startup", ".bashrc", "startup"]
+rng = random.Random(int(sys.argv[3]))
+def place():
+    at = rng.choice([None, None, *folders])
+    return rng.choice(places), (folders[at] if at else None)
+def act(kind, path, fd, other, other_fd):
+    kw = {} if fd is None else {"dir_fd": fd}
+    if kind == "stock" and fd is None:
+        open(path, "w").close()
+    elif kind == "stock":
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    elif kind == "remove":
+        os.remove(path, **kw)
+    elif kind == "rmdir":
+        os.rmdir(path, **kw)
+    elif kind == "mkdir":
+        os.mkdir(path, **kw)
+    elif kind == "chmod":
+        os.chmod(path, 0o644, **kw)
+    elif kind == "utime":
+        os.utime(path, **kw)
+    elif kind == "truncate":
+        os.truncate(path, 0)
+    elif kind == "rename":
+        os.rename(path, other, src_dir_fd=fd, dst_dir_fd=other_fd)
+    elif kind == "link":
+        os.link(path, other, src_dir_fd=fd, dst_dir_fd=other_fd)
+    elif kind == "copy":
+        shutil.copyfile(path, other)
+out = []
+for step in range(int(sys.argv[4])):
+    kind = rng.choice(["stock", "stock", "remove", "rmdir", "mkdir", "chmod", "utime", "truncate", "rename",
+                       "link", "copy"])
+    (path, fd), (other, other_fd) = place(), place()
+    try:
+        act(kind, path, fd, other, other_fd)
+        outcome = "done"
+    except OSError as exc:
+        outcome = type(exc).__name__ + (f" {exc.errno}" if type(exc) is OSError else "")
+    out.append([kind, path.replace(root, "ROOT"), other.replace(root, "ROOT"), outcome])
+print(json.dumps({"steps": out, "judged": len(judged), "kind": a.filter_kind()}))
+"""
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "lstat-walk"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_removals_renames_and_mode_changes_end_alike_in_c_and_in_python(
+        tmp_path: Path, openat2: bool, seed: int) -> None:
+    """1,500 generated removals, renames, links, copies and mode changes (through links into
+    the IPython folder, of the folders that hold start-up files, of the shell's start-up file,
+    odd spellings, relative to folder descriptors): the native filter, which settles the
+    ordinary ones in C, refuses and allows exactly what the Python hook alone does, and asks
+    the policy about far fewer of them."""
+    setup = "" if openat2 else WITHOUT_OPENAT2
+    native = json.loads(_run(setup + CHANGES, tmp_path / "n", "native", str(seed), "1500"))
+    python = json.loads(_run(setup + CHANGES, tmp_path / "p", "python", str(seed), "1500"))
+    assert (native["kind"], python["kind"]) == ("native", "python")
+    assert native["steps"] == python["steps"]
+    outcomes = {step[3] for step in native["steps"]}
+    assert {"done", "PersistenceRefused"} <= outcomes, outcomes  # both kinds of ending were tried
+    refused = sum(step[3] == "PersistenceRefused" for step in native["steps"])
+    # the policy still judged every refusal, and was spared most of what it lets pass
+    # (what stays: links, "..", "//", the home folder that holds start-up files)
+    assert refused <= native["judged"], (refused, native["judged"])
+    assert native["judged"] - refused < (python["judged"] - refused) / 2, (refused, native["judged"], python["judged"])
+
+
+BAD_ENDS = """
+import re
+from kernel_guard.audit import _filter
+writes = ((), re.compile("x"), frozenset(), ("/x/",))
+for ends, given in ((["os.remove"], writes), ({"os.remove": ((0, 1),)}, None),
+                    ({"os.remove": ((0, 1),)}, writes[:3]), ({"os.remove": ()}, writes),
+                    ({"os.remove": ((0, 1), (1, 2), (2, 3))}, writes), ({"os.remove": ((16, 1),)}, writes),
+                    ({"os.remove": ((0, -2),)}, writes), ({"os.remove": (("0", 1),)}, writes),
+                    ({"os.remove": [(0, 1)]}, writes)):
+    try:
+        _filter.add_hook(["os.remove"], print, given, None, ends)
+        print("added")
+    except (TypeError, ValueError) as exc:
+        print(type(exc).__name__)
+"""
+
+
+def test_ends_that_do_not_name_argument_pairs_are_refused_when_the_hook_is_added() -> None:
+    """Not a dict, no persistence data or starts to judge by, no pair, three pairs, an index
+    out of range, not an int, a list: the hook is not added, and says which setting is wrong."""
+    out = _run(BAD_ENDS, Path(".")).split()
+    assert out == ["TypeError", "ValueError", "ValueError", "ValueError", "ValueError", "ValueError",
+                   "ValueError", "ValueError", "ValueError"], out
