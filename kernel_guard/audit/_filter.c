@@ -866,8 +866,8 @@ set_ends(filter_t *f, PyObject *obj)
             if (!PyTuple_Check(pair) || !PyArg_ParseTuple(pair, "ii", &at, &fd_at)
                     || at < 0 || at > 15 || fd_at < -1 || fd_at > 15) {
                 PyErr_Clear();
-                PyErr_Format(PyExc_ValueError, "add_hook: ends[%R] pairs must be argument indexes, "
-                             "0-15 and -1-15 (no dir_fd)", f->interned[i]);
+                PyErr_Format(PyExc_ValueError, "add_hook: ends[%R] pairs must be (path index 0 to 15, "
+                             "dir_fd index -1 for none or 0 to 15)", f->interned[i]);
                 return -1;
             }
             f->ends[i][e][0] = (signed char)at;
