@@ -102,14 +102,16 @@ def test_ordinary_writes_pass_in_c_and_the_rest_reaches_the_policy(tmp_path: Pat
 
 # the same attempts, judged by the native filter in front of the policy and by the
 # Python hook alone: every one ends the same way
-EQUIVALENCE = """
+#: a home with an IPython folder, links into it from the working folder, and the audit
+#: layer about to be installed: with its native filter, or (argv[2] "python") without
+HOME_SETUP = """
 import os, sys
 root = os.path.realpath(sys.argv[1])
 home = os.path.join(root, "home")
 startup = os.path.join(home, ".ipython", "profile_default", "startup")
-os.makedirs(startup, exist_ok=True)
-for folder in ("work", ".ipython/cache", ".local"):
-    os.makedirs(os.path.join(home, folder), exist_ok=True)
+os.makedirs(startup)
+for folder in ("work/sub", ".ipython/cache", ".local"):
+    os.makedirs(os.path.join(home, folder))
 os.environ["HOME"] = home
 os.environ["IPYTHONDIR"] = os.path.join(home, ".ipython")
 os.chdir(os.path.join(home, "work"))
@@ -118,6 +120,9 @@ os.symlink(os.path.join(home, ".ipython"), "into-ipython")
 import kernel_guard.audit.hook as a
 if sys.argv[2] == "python":
     a._audit_filter = None
+"""
+
+EQUIVALENCE = HOME_SETUP + """
 a.install("enforce")
 for path in ("data.csv", "into-startup/x.py", "into-ipython/profile_default/ipython_config.py",
              "into-ipython/cache/numba.nbi", "../.bashrc", os.path.join(home, "work", "plain.txt"),
@@ -272,21 +277,8 @@ def test_starts_that_are_not_file_system_text_are_refused_when_the_hook_is_added
 # a shell start-up file and links into both, relative to the working folder or to a
 # folder descriptor: the same generated operations, judged by the native filter in front
 # of the policy and by the Python hook alone
-CHANGES = """
-import json, os, random, shutil, sys
-root = os.path.realpath(sys.argv[1])
-home = os.path.join(root, "home")
-startup = os.path.join(home, ".ipython", "profile_default", "startup")
-for folder in (startup, os.path.join(home, "work", "sub"), os.path.join(home, ".ipython", "cache")):
-    os.makedirs(folder)
-os.environ["HOME"] = home
-os.environ["IPYTHONDIR"] = os.path.join(home, ".ipython")
-os.chdir(os.path.join(home, "work"))
-os.symlink(startup, "into-startup")
-os.symlink(os.path.join(home, ".ipython"), "sub/into-ipython")
-import kernel_guard.audit.hook as a
-if sys.argv[2] == "python":
-    a._audit_filter = None
+CHANGES = HOME_SETUP + """
+import json, random, shutil
 judged = []
 for name in ("_check_change", "_check_move"):  # counted: how often the policy was asked
     def counting(*args, _real=getattr(a, name)):
@@ -298,7 +290,7 @@ folders = {"work": os.open(".", os.O_RDONLY), "ipython": os.open(os.path.join(ho
            "home": os.open(home, os.O_RDONLY), "startup": os.open(startup, os.O_RDONLY)}
 places = ["data.csv", "sub/a.txt", "sub", "new", "sub/new", "new/n.txt", "results", "results/r.csv",
           home + "/work/sub/a.txt", "into-startup/x.py", "into-startup",
-          "sub/into-ipython/profile_default", "sub/into-ipython/cache/c.bin", "../.bashrc", "../.profile.bak",
+          "into-ipython/profile_default", "into-ipython/cache/c.bin", "../.bashrc", "../.profile.bak",
           "../.ipython", "../.ipython/cache", "../.ipython/cache/c.bin", "../.ipython/ipython_config.py",
           "x.pth", "./data.csv", "sub/../b.txt", "sub//a.txt", home + "/work/data.csv", home, startup + "/y.py",
           "caf\\u00e9.txt", "\\udcff.bin", home + "/.ipython", home + "/.ipython/profile_default", ".ipython",
