@@ -290,6 +290,25 @@ persistence_name(const writes_t *w, PyObject *a)
     return found;
 }
 
+/* How many of the sorted starts are below key (with or_equal: not above it): a
+ * binary search of one array. */
+static Py_ssize_t
+starts_below(const writes_t *w, const char *key, int or_equal)
+{
+    Py_ssize_t lo = 0, hi = w->nstarts;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(w->starts[mid], key);
+        if (c < 0 || (or_equal && c == 0)) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
 /* Whether the absolute path a (file-system bytes) may be a persistence path: its
  * name is a .pth, sitecustomize.* or usercustomize.* one, or it starts with one of
  * the texts every persistence path starts with.  A "no" is certain (a str that starts
@@ -312,16 +331,7 @@ may_be_persistence(const writes_t *w, const char *a, size_t len)
     }
     /* in a sorted set where no text starts another, the one a starts with, if any,
      * is the greatest text not above a */
-    Py_ssize_t lo = 0, hi = w->nstarts;
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (strcmp(w->starts[mid], a) <= 0) {
-            lo = mid + 1;
-        }
-        else {
-            hi = mid;
-        }
-    }
+    Py_ssize_t lo = starts_below(w, a, 1);
     return lo > 0 && strncmp(w->starts[lo - 1], a, strlen(w->starts[lo - 1])) == 0;
 }
 
@@ -434,16 +444,7 @@ may_hold_persistence(const writes_t *w, const char *a, size_t len)
     key[len] = '/';
     key[len + 1] = '\0';
     /* the texts that start with key follow one another from the first not below it */
-    Py_ssize_t lo = 0, hi = w->nstarts;
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (strcmp(w->starts[mid], key) < 0) {
-            lo = mid + 1;
-        }
-        else {
-            hi = mid;
-        }
-    }
+    Py_ssize_t lo = starts_below(w, key, 0);
     return lo < w->nstarts && strncmp(w->starts[lo], key, len + 1) == 0;
 }
 
