@@ -9,9 +9,10 @@ domain that handles writes only, with that folder writable), the least the
 launcher's design could have (``nested``: the same, nested in the signal-scope
 domain the launcher shares with its supervisor, as every launcher kernel's is:
 a second layer, checked at every open too), or what it has (``launcher``: that
-outer domain, the default profile with the launcher's truncation and image-gate
-rules, and its domain: writes beneath the folder, exec of the interpreter), and
-time it again.  No audit hook: the extension kernel shows that part.
+outer domain, the default profile with the launcher's image-gate rules, and its
+domain: writes and truncation beneath the folder, exec of the interpreter; below
+Landlock ABI 3 the filter's truncation rules instead), and time it again.  No
+audit hook: the extension kernel shows that part.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def _load(variant: str, folder: str) -> None:
     programs = (os.path.realpath(sys.executable),) if variant == "launcher" else ()
     if variant != "minimal":
         landlock.restrict_outer()
-    landlock.restrict(landlock.Domain((folder,), programs))
+    domain = landlock.restrict(landlock.Domain((folder,), programs))
     if variant != "launcher":
         filt = sc.SyscallFilter(sc.ALLOW)
         filt.add_rule(sc.ERRNO(1), "kexec_load")
         filt.load()
     else:
-        extra = seccomp_filter.truncation_rules() + seccomp_filter.image_gate_rules()
+        truncation = () if domain.confines_truncation else seccomp_filter.truncation_rules()
+        extra = truncation + seccomp_filter.image_gate_rules()
         loaded = seccomp_filter.load(profile, extra)
         os.close(loaded.listener_fd)  # nothing here execs or truncates: nobody waits on it
 

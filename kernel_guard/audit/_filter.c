@@ -392,7 +392,7 @@ no_links(int dirfd, const char *path, size_t len)
         if (errno != ENOSYS && errno != EPERM && errno != EINVAL && errno != E2BIG) {
             return 0;  /* ELOOP: a link; ENOTDIR, EACCES ...: the policy decides */
         }
-        openat2_usable = 0;  /* the launcher's filter: openat2 hides flags it must see */
+        openat2_usable = 0;  /* the launcher's filter below Landlock ABI 3: openat2 hides flags it must see */
     }
 #endif
     return no_links_walk(dirfd, path, len);

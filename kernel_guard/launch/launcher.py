@@ -216,7 +216,8 @@ def _load_filter(profile: Any, handle: Any, allowed: tuple[str, ...] = (), trunc
         extra += seccomp_filter.image_gate_rules()  # each new image is checked before it runs
         extra += seccomp_filter.memfd_rules()  # no program the domain does not check
     if truncation:
-        # Landlock confines writes, not truncation by path: the supervisor refuses and records it
+        # a domain below Landlock ABI 3 confines writes, not truncation by path:
+        # the supervisor refuses and records it
         extra += seccomp_filter.truncation_rules(notify=handle is not None)
     loaded = seccomp_filter.load(profile, extra)
     if loaded.listener_fd is not None:
@@ -314,7 +315,8 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     _record_setup(programs)
     allowed = scope.programs if scope.enforces_exec else ()
     handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed,
-                                         truncation=scope.applied and bool(scope.writable))  # steps 2-4
+                                         truncation=(scope.applied and bool(scope.writable)
+                                                     and not scope.confines_truncation))  # steps 2-4
     if loaded is None:
         allowed = ()  # no filter: the supervisor answers nothing, the audit hook lets nothing through
     _enforce(rt, handle, allowed)

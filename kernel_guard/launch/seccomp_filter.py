@@ -101,7 +101,8 @@ F_SETOWN = 8
 #: (measured: a cached call costs the same under a 1-rule and a 200-rule filter),
 #: so these are the calls the BPF program runs for.  libseccomp puts them first
 #: in it: measured, an ``openat`` then costs 55 ns in the filter, not 100 ns
-#: behind sixty other tests (its ``O_TRUNC`` rule: :func:`truncation_rules`)
+#: behind sixty other tests, where it has an ``O_TRUNC`` rule (below Landlock
+#: ABI 3 only: :func:`truncation_rules`)
 HOT_SYSCALLS = ("openat", "brk", "fcntl")
 #: pid_t is 32 bits: compare the low half only, so high garbage cannot dodge a rule
 _PID_MASK = 0xFFFFFFFF
@@ -219,15 +220,15 @@ O_TRUNC = 0o1000
 
 
 def truncation_rules(notify: bool = True) -> tuple[Rule, ...]:
-    """Truncation by path, refused: ``truncate(2)`` and an open with ``O_TRUNC`` but no
-    write access (Linux truncates then) go to the supervisor, which refuses (EPERM) and
-    records them (``notify``; else EPERM at once).  The Landlock domain confines the
-    files a kernel may open for writing and leaves truncation alone (it costs every
-    open a path walk, more than this rule: :func:`.landlock.write_rights`), so
-    truncating goes through a file opened for writing.  The ``openat`` rule keeps the
-    kernel's constant-action cache from answering for ``openat``: the program is
-    built to test it first (``HOT_SYSCALLS``).  ``openat2`` hides its flags in a struct
-    the filter cannot read: ENOSYS (glibc and Python use ``openat``)."""
+    """Truncation by path, refused, for a Landlock domain that cannot confine it
+    (ABI 1 and 2; from ABI 3 the domain does: :func:`.landlock.write_rights`):
+    ``truncate(2)`` and an open with ``O_TRUNC`` but no write access (Linux truncates
+    then) go to the supervisor, which refuses (EPERM) and records them (``notify``;
+    else EPERM at once), so truncating goes through a file opened for writing, which
+    the domain confines at open.  The ``openat`` rule keeps the kernel's
+    constant-action cache from answering for ``openat``: the program is built to test
+    it first (``HOT_SYSCALLS``).  ``openat2`` hides its flags in a struct the filter
+    cannot read: ENOSYS (glibc and Python use ``openat``)."""
     read_only_trunc = O_ACCMODE | O_TRUNC
     origin = "launcher (Landlock writes)"
     action = "SCMP_ACT_NOTIFY" if notify else "SCMP_ACT_ERRNO"
