@@ -122,6 +122,18 @@ def seccomp_denial(marker: str) -> Callable[[dict], bool]:
     return match
 
 
+def record_is_whole(kernel: LaunchedKernel) -> None:
+    """After a clean shutdown, every stream of the kernel's record verifies whole."""
+    from kernel_guard.cli.verify import verify
+
+    if kernel.session.is_alive():
+        kernel.shutdown()
+    kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs), timeout=20)
+    reports, duplicates, _ = verify(kernel.events())
+    problems = {name: r.problems() for name, r in reports.items() if r.problems()}
+    assert not duplicates and not problems, problems
+
+
 def wait_gone(pids: List[int], timeout: float = 15.0) -> List[int]:
     """Pids still alive (not zombies) after ``timeout``."""
     deadline = time.monotonic() + timeout

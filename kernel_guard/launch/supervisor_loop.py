@@ -38,6 +38,8 @@ __all__ = ["Supervisor"]
 
 #: seconds the kernel's processes get to end by themselves once the kernel has ended
 _GRACE = 1.5
+#: seconds those left get to end after SIGTERM before SIGKILL (survivors.py says why)
+_TERM_WITHIN = 2.0
 #: seconds to wait for ended survivors to release the filter before saying which remain
 _RELEASE_WITHIN = 5.0
 
@@ -70,6 +72,9 @@ class Supervisor:
         self.started = time.time()
         self.kernel_gone: Optional[float] = None
         self._survivors_said = 0
+        #: the survivors asked to end (SIGTERM), as described then, and when
+        self._asked: list[dict] = []
+        self._asked_at = 0.0
         self.image_gate, self.truncations = frozenset(IMAGE_GATE_SYSCALLS), frozenset(TRUNCATION_SYSCALLS)
         self.memfd_calls = frozenset(MEMFD_SYSCALLS)
         self.other_syscalls = other_syscalls
@@ -165,6 +170,8 @@ class Supervisor:
                         self._serve_one()
                     elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                         self._record(self.execs.expire(float("inf")))
+                        if self._survivors_said == 1:  # every one asked to end did: say which they were
+                            self._end_survivors(released=True)
                         return "no process uses the filter any more"
                 elif fd == kernel_fd:
                     poller.unregister(kernel_fd)
@@ -196,37 +203,54 @@ class Supervisor:
                 raise
 
     def _look_for_survivors(self) -> None:
-        """Once the kernel has ended and its processes had their grace, end those
-        still under its filter and record them; say which remain if any do."""
-        if self.kernel_gone is None:
+        """Once the kernel has ended and its processes had their grace, ask those
+        still under its filter to end, then end and record them; say which remain
+        if any do."""
+        if self.kernel_gone is None or self._survivors_said >= 3:
             return
-        waited = time.monotonic() - self.kernel_gone
-        if waited < _GRACE or self._survivors_said >= 2:
+        now = time.monotonic()
+        if now - self.kernel_gone < _GRACE:
             return
         if self._survivors_said == 0:
-            self._survivors_said = 1
-            self._end_survivors()
-        elif waited >= _GRACE + _RELEASE_WITHIN:
+            self._survivors_said = 1 if self._ask_survivors_to_end() else 2
+            self._asked_at = now
+        if self._survivors_said == 1 and (now - self._asked_at >= _TERM_WITHIN or not self._asked_still_running()):
             self._survivors_said = 2
+            self._end_survivors()
+        if self._survivors_said == 2 and now - self._asked_at >= _TERM_WITHIN + _RELEASE_WITHIN:
+            self._survivors_said = 3
             self._report_remaining()
 
-    def _end_survivors(self) -> None:
+    def _ask_survivors_to_end(self) -> bool:
+        """SIGTERM each process still under the kernel's filter; whether there were any."""
+        if not self.scoped:
+            return False
+        pids = survivors.find({os.getpid(), self.witness, self.kernel_pid})
+        self._asked = [survivors.describe(pid) for pid in pids]
+        survivors.end(pids, _signal.SIGTERM)
+        return bool(pids)
+
+    def _asked_still_running(self) -> bool:
+        return any(survivors.running(p["pid"]) for p in self._asked)
+
+    def _end_survivors(self, released: bool = False) -> None:
+        """SIGKILL what still runs of the kernel's processes and record them all;
+        none does once the filter is ``released`` (one may still be leaving)."""
         from ..events.schema import make_event
 
-        if not self.scoped:
-            return
-        pids = survivors.find({os.getpid(), self.witness, self.kernel_pid})
-        if not pids:
-            return
-        described = [survivors.describe(pid) for pid in pids]
+        pids = [] if released else survivors.find({os.getpid(), self.witness, self.kernel_pid})
+        asked = {p["pid"] for p in self._asked}
+        described = self._asked + [survivors.describe(pid) for pid in pids if pid not in asked]
         failed = survivors.end(pids)
-        self.counts["survivors_ended"] += len(pids) - len(failed)
+        self.counts["survivors_ended"] += len(described) - len(failed)
         names = ", ".join(f"{os.path.basename(p.get('executable', '?'))} (pid {p['pid']})" for p in described)
+        how = (f"SIGTERM, then SIGKILL for the {len(pids)} still running {_TERM_WITHIN:g} s later" if pids
+               else "SIGTERM")
         self.emit(make_event("kernel-survivors-ended", outcome="success", layer="supervisor",
-                             processes=described, supervisor_pid=os.getpid(), kernel_pid=self.kernel_pid,
-                             recorded_by="supervisor",
-                             reason=f"the kernel (pid {self.kernel_pid}) ended and left {len(pids)} processes "
-                                    f"running under its filter: {names}; ended (SIGKILL). A process that must "
+                             processes=described, killed=pids, supervisor_pid=os.getpid(),
+                             kernel_pid=self.kernel_pid, recorded_by="supervisor",
+                             reason=f"the kernel (pid {self.kernel_pid}) ended and left {len(described)} processes "
+                                    f"running under its filter: {names}; ended ({how}). A process that must "
                                     "outlive its notebook belongs in a service of its own, not in a kernel"))
 
     def _report_remaining(self) -> None:

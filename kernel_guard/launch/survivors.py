@@ -13,6 +13,12 @@ processes it started (whatever their session or parent) and the supervisor's
 own witness; another kernel of the same user is in a domain of its own and
 answers ``EPERM``.
 
+They are asked to end first (SIGTERM) and killed (SIGKILL) only if they have
+not within a few seconds: a resource tracker (loky's, as joblib uses it, or
+multiprocessing's) ignores SIGTERM and removes the semaphores and shared-memory
+folders its workers used once they have ended, as it would after a plain
+kernel's end; killed with them, it leaves those in ``/dev/shm``.
+
 Without the signal scope (Landlock ABI < 6) there is no such fact: the
 supervisor then says that processes remain, without naming them, and stays
 until they end.
@@ -29,27 +35,24 @@ if TYPE_CHECKING:  # typing for the type checker only: the supervisor imports th
 from .exec_decision import exe_of, recordable
 from .procfs import proc_stat
 
-__all__ = ["describe", "end", "find"]
+__all__ = ["describe", "end", "find", "running"]
 
 
 def find(exclude: set[int]) -> list[int]:
     """The live (not zombie) processes this process may signal, less ``exclude``.
     Meaningful only inside a signal-scoped Landlock domain (see the module's text)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid in exclude:
-            continue
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            continue
-        stat = proc_stat(pid)
-        if stat and stat[0] not in (b"Z", b"X"):
-            found.append(pid)
-    return found
+    return [int(name) for name in os.listdir("/proc")
+            if name.isdigit() and int(name) not in exclude and running(int(name))]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` lives (not a zombie) and this process may signal it."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    stat = proc_stat(pid)
+    return bool(stat) and stat[0] not in (b"Z", b"X")
 
 
 def describe(pid: int) -> dict[str, Any]:
@@ -74,12 +77,12 @@ def describe(pid: int) -> dict[str, Any]:
     return out
 
 
-def end(pids: list[int]) -> list[int]:
-    """SIGKILL each; return the pids that could not be signalled."""
+def end(pids: list[int], signum: int = _signal.SIGKILL) -> list[int]:
+    """Send ``signum`` to each; return the pids that could not be signalled."""
     failed = []
     for pid in pids:
         try:
-            os.kill(pid, _signal.SIGKILL)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
         except OSError:

@@ -20,9 +20,8 @@ from typing import Iterator
 
 import psutil
 import pytest
-from launcher_support import NOTEBOOK_USER, LaunchedKernel, wait_gone
+from launcher_support import NOTEBOOK_USER, LaunchedKernel, record_is_whole
 
-from kernel_guard.cli.verify import verify
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the static program is x86_64 code")
 
@@ -142,16 +141,6 @@ def _race(kernel: LaunchedKernel, route: str, tries: int = 400) -> tuple[int, ..
     return tuple(map(int, result.stdout.split()))
 
 
-def _whole(kernel: LaunchedKernel) -> None:
-    """After a clean shutdown, every stream of the record is whole."""
-    if kernel.session.is_alive():
-        kernel.shutdown()
-    kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs), timeout=20)
-    reports, duplicates, _ = verify(kernel.events())
-    problems = {name: r.problems() for name, r in reports.items() if r.problems()}
-    assert not duplicates and not problems, problems
-
-
 def _allowed(events: list[dict]) -> list[dict]:
     return [e for e in events if e["event"]["action"] == "exec-allowed"]
 
@@ -171,7 +160,7 @@ def test_a_flip_under_the_supervisor_never_runs_a_memfd_program(kernel: Launched
     assert len(confirmed) >= pys
     assert {os.path.realpath(e["process"]["executable"]) for e in confirmed} == {python}
     assert not any("memfd" in str(e["process"].get("executable")) for e in allowed)
-    _whole(kernel)
+    record_is_whole(kernel)
 
 
 def test_a_memfd_program_executed_directly_is_refused_and_named(kernel: LaunchedKernel) -> None:
@@ -181,7 +170,7 @@ def test_a_memfd_program_executed_directly_is_refused_and_named(kernel: Launched
     denied = kernel.wait_event(lambda e: e["event"]["action"] == "exec-denied"
                                and "memfd:program" in str(e["process"].get("executable")))
     assert denied["kernel_guard"]["syscall"] == "execveat" and denied["event"]["outcome"] == "failure"
-    _whole(kernel)
+    record_is_whole(kernel)
 
 
 HUGE = """
@@ -276,53 +265,6 @@ def test_the_supervisors_scheduling_is_out_of_reach(kernel: LaunchedKernel) -> N
     assert all(e["event"]["outcome"] == "failure" and e["kernel_guard"]["layer"] == "seccomp" for e in denied)
 
 
-ESCAPE = """
-import os, time
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        with open("survivor.pid", "w") as fh:
-            fh.write(str(os.getpid()))
-        time.sleep(600)
-    os._exit(0)
-time.sleep(0.5)
-print(open("survivor.pid").read())
-"""
-
-
-def test_a_process_left_running_is_ended_with_the_kernel(kernel: LaunchedKernel) -> None:
-    """A double-forked setsid child outlives the kernel's shutdown by at most a few seconds: the
-    supervisor ends it, records it by pid and program, and stops; the record verifies whole."""
-    sup = kernel.supervisor_pid()
-    result = kernel.execute(ESCAPE)
-    assert result.status == "ok", result.error_text
-    survivor = int(result.stdout)
-    assert psutil.Process(survivor).ppid() != kernel.pid  # outside the kernel's children
-    kernel.mark()
-    kernel.shutdown()
-    assert wait_gone([survivor], timeout=20) == [], "the survivor still runs after the kernel's end"
-    assert wait_gone([sup], timeout=20) == [], "the supervisor stays after the survivor ended"
-    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
-                               timeout=20)
-    ended = [e for e in events if e["event"]["action"] == "kernel-survivors-ended"]
-    assert len(ended) == 1 and [p["pid"] for p in ended[0]["kernel_guard"]["processes"]] == [survivor]
-    assert ended[0]["kernel_guard"]["processes"][0]["executable"] == os.path.realpath(
-        ended[0]["kernel_guard"]["processes"][0]["executable"])
-    assert not any(e["event"]["action"] == "kernel-survivors-remain" for e in events)
-    _whole(kernel)
-
-
-def test_a_clean_end_ends_nothing_and_says_nothing_of_survivors(kernel: LaunchedKernel) -> None:
-    """A kernel whose cells left nothing running stops without a survivors record (no false alarm)."""
-    result = kernel.execute("import multiprocessing as mp\nwith mp.Pool(2) as p: print(p.map(abs, [-1, -2]))")
-    assert result.status == "ok", result.error_text
-    kernel.mark()
-    kernel.shutdown()
-    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
-                               timeout=20)
-    assert not [e for e in events if e["event"]["action"].startswith("kernel-survivors")]
-
-
 def test_an_argument_that_is_not_utf8_is_recorded_and_still_verifies(kernel: LaunchedKernel) -> None:
     """Bytes that are not UTF-8 in a refused exec's path and argument are recorded as \\xNN, and the
     supervisor's event verifies (its hash covers what the line holds): no false "changed" alarm."""
@@ -336,4 +278,4 @@ def test_an_argument_that_is_not_utf8_is_recorded_and_still_verifies(kernel: Lau
                                and "marker-nonutf8" in " ".join(e["process"].get("args", [])))
     assert denied["process"]["args"][2] == "\\xff\\xfe marker-nonutf8"
     assert denied["process"]["executable"] == "/bin/sh\\xff"
-    _whole(kernel)
+    record_is_whole(kernel)
