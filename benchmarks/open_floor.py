@@ -58,7 +58,7 @@ def _load(variant: str, folder: str) -> None:
         filt.add_rule(sc.ERRNO(1), "kexec_load")
         filt.load()
     else:
-        truncation = () if domain.confines_truncation else seccomp_filter.truncation_rules()
+        truncation = seccomp_filter.truncation_rules() if domain.needs_truncation_rules else ()
         extra = truncation + seccomp_filter.image_gate_rules()
         loaded = seccomp_filter.load(profile, extra)
         os.close(loaded.listener_fd)  # nothing here execs or truncates: nobody waits on it

@@ -57,6 +57,11 @@ class LaunchedKernel(GuardedKernel):
         assert result.status == "ok", result.error_text
         return eval(result.stdout.strip())  # noqa: S307 (our own kernel's output)
 
+    def events_until_stopped(self, timeout: float = 20) -> list:
+        """Events since mark(), once the supervisor has recorded its stop (or ``timeout``)."""
+        return self.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
+                               timeout=timeout)
+
     @property
     def pid(self) -> int:
         return int(self.value("__import__('os').getpid()"))
@@ -128,7 +133,7 @@ def record_is_whole(kernel: LaunchedKernel) -> None:
 
     if kernel.session.is_alive():
         kernel.shutdown()
-    kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs), timeout=20)
+    kernel.events_until_stopped()
     reports, duplicates, _ = verify(kernel.events())
     problems = {name: r.problems() for name, r in reports.items() if r.problems()}
     assert not duplicates and not problems, problems

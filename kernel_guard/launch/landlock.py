@@ -105,6 +105,12 @@ class LandlockResult:
         (else the launcher's filter refuses truncation by path: ABI 1 and 2)."""
         return self.applied and self.abi >= TRUNCATE_ABI
 
+    @property
+    def needs_truncation_rules(self) -> bool:
+        """Whether the launcher's filter must refuse truncation by path: the domain
+        confines writes but not truncation (:func:`.seccomp_filter.truncation_rules`)."""
+        return self.applied and bool(self.writable) and not self.confines_truncation
+
     def describe(self) -> str:
         """One line for status and events."""
         if not self.applied:

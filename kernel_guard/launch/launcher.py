@@ -315,8 +315,7 @@ def launch(argv: Optional[list[str]] = None) -> NoReturn:
     _record_setup(programs)
     allowed = scope.programs if scope.enforces_exec else ()
     handle, loaded, proc_status = _guard(rt, profile, args.supervisor_timeout, pending, allowed,
-                                         truncation=(scope.applied and bool(scope.writable)
-                                                     and not scope.confines_truncation))  # steps 2-4
+                                         truncation=scope.needs_truncation_rules)  # steps 2-4
     if loaded is None:
         allowed = ()  # no filter: the supervisor answers nothing, the audit hook lets nothing through
     _enforce(rt, handle, allowed)

@@ -42,6 +42,8 @@ _GRACE = 1.5
 _TERM_WITHIN = 2.0
 #: seconds to wait for ended survivors to release the filter before saying which remain
 _RELEASE_WITHIN = 5.0
+#: how far the end of the kernel's remaining processes has gone
+_NOT_YET, _ASKED, _ENDED, _REPORTED = range(4)
 
 
 class Supervisor:
@@ -71,7 +73,7 @@ class Supervisor:
                        "listeners_denied": 0, "truncations_denied": 0, "survivors_ended": 0}
         self.started = time.time()
         self.kernel_gone: Optional[float] = None
-        self._survivors_said = 0
+        self._survivors = _NOT_YET
         #: the survivors asked to end (SIGTERM), as described then, and when
         self._asked: list[dict] = []
         self._asked_at = 0.0
@@ -170,7 +172,7 @@ class Supervisor:
                         self._serve_one()
                     elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                         self._record(self.execs.expire(float("inf")))
-                        if self._survivors_said == 1:  # every one asked to end did: say which they were
+                        if self._survivors == _ASKED:  # every one asked to end did: say which they were
                             self._end_survivors(released=True)
                         return "no process uses the filter any more"
                 elif fd == kernel_fd:
@@ -206,19 +208,19 @@ class Supervisor:
         """Once the kernel has ended and its processes had their grace, ask those
         still under its filter to end, then end and record them; say which remain
         if any do."""
-        if self.kernel_gone is None or self._survivors_said >= 3:
+        if self.kernel_gone is None or self._survivors == _REPORTED:
             return
         now = time.monotonic()
         if now - self.kernel_gone < _GRACE:
             return
-        if self._survivors_said == 0:
-            self._survivors_said = 1 if self._ask_survivors_to_end() else 2
+        if self._survivors == _NOT_YET:
+            self._survivors = _ASKED if self._ask_survivors_to_end() else _ENDED
             self._asked_at = now
-        if self._survivors_said == 1 and (now - self._asked_at >= _TERM_WITHIN or not self._asked_still_running()):
-            self._survivors_said = 2
+        if self._survivors == _ASKED and (now - self._asked_at >= _TERM_WITHIN or not self._asked_still_running()):
+            self._survivors = _ENDED
             self._end_survivors()
-        if self._survivors_said == 2 and now - self._asked_at >= _TERM_WITHIN + _RELEASE_WITHIN:
-            self._survivors_said = 3
+        if self._survivors == _ENDED and now - self._asked_at >= _TERM_WITHIN + _RELEASE_WITHIN:
+            self._survivors = _REPORTED
             self._report_remaining()
 
     def _ask_survivors_to_end(self) -> bool:

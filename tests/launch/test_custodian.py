@@ -91,8 +91,7 @@ def test_a_cell_cannot_erase_the_record_the_custodian_keeps(root: str, evidence:
             assert result.stdout.split() == ["NOT-HELD", "REFUSED", "REFUSED", "REFUSED"], result.error_text
         finally:
             kernel.shutdown()
-    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
-                               timeout=15)
+    events = kernel.events_until_stopped(timeout=15)
     assert any(e["event"]["action"] == "exec-denied" and e["kernel_guard"]["layer"] == "audit" for e in events)
     reports = _streams(kernel)
     problems = {name: r.problems() for name, r in reports.items()}

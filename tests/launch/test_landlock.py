@@ -239,6 +239,9 @@ def test_truncation_is_the_domains_from_abi_3_and_the_filters_below(abi: int) ->
     assert handled == (abi >= landlock.TRUNCATE_ABI) == landlock.LandlockResult(abi, True).confines_truncation
     assert landlock._FILE_RIGHTS & landlock.ACCESS_FS_TRUNCATE
     assert not landlock.LandlockResult(abi, False).confines_truncation
+    needs = landlock.LandlockResult(abi, True, writable=("/tmp",)).needs_truncation_rules
+    assert needs == (abi < landlock.TRUNCATE_ABI)
+    assert not landlock.LandlockResult(abi, True).needs_truncation_rules  # nothing writable: nothing to truncate
 
 
 # A parent whose seccomp filter makes Landlock's syscalls fail with ENOSYS, then execs

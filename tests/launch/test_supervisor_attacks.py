@@ -329,8 +329,7 @@ def test_a_clean_end_leaves_no_loss_record(spec: str, root: str) -> None:
     pids = _pids(kernel)
     kernel.mark()
     kernel.shutdown()
-    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
-                               timeout=15)
+    events = kernel.events_until_stopped(timeout=15)
     time.sleep(1.0)
     actions = [e["event"]["action"] for e in kernel.events()[kernel._mark:]]
     assert "supervisor-stopped" in actions and "supervisor-lost" not in actions, actions

@@ -42,8 +42,7 @@ print(open("survivor.pid").read())
 
 
 def _ended(kernel: LaunchedKernel) -> list[dict]:
-    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
-                               timeout=30)
+    events = kernel.events_until_stopped(timeout=30)
     assert not any(e["event"]["action"] == "kernel-survivors-remain" for e in events)
     return [e for e in events if e["event"]["action"] == "kernel-survivors-ended"]
 
@@ -76,8 +75,7 @@ def test_a_clean_end_ends_nothing_and_says_nothing_of_survivors(kernel: Launched
     assert result.status == "ok", result.error_text
     kernel.mark()
     kernel.shutdown()
-    events = kernel.new_events(until=lambda evs: any(e["event"]["action"] == "supervisor-stopped" for e in evs),
-                               timeout=20)
+    events = kernel.events_until_stopped(timeout=20)
     assert not [e for e in events if e["event"]["action"].startswith("kernel-survivors")]
 
 
