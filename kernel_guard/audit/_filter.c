@@ -353,7 +353,9 @@ no_links_walk(int dirfd, const char *path, size_t len)
         int failed = fstatat(dirfd, part, &st, AT_SYMLINK_NOFOLLOW);
         part[i] = kept;
         if (failed) {
-            return errno == ENOENT;  /* the rest is missing: realpath keeps it as written */
+            /* the rest is missing (realpath keeps it as written), or this part is a file
+             * the kernel's walk stops at: no later part is ever resolved */
+            return errno == ENOENT || errno == ENOTDIR;
         }
         if (S_ISLNK(st.st_mode)) {
             return 0;
@@ -372,25 +374,29 @@ struct open_how_v0 {
 
 /* Whether no component of path (absolute, or relative to the folder dirfd, the
  * working folder for AT_FDCWD, whose kernel name holds no link) is a symbolic link;
- * components after a missing one count as plain, as realpath keeps them.  One
- * system call: the kernel's own path walk, told to fail on any link (the last
- * component's included); for a single component an lstat is that call, and cheaper. */
+ * components after a missing one, or after a file, count as plain: realpath keeps
+ * them, and no system call resolves them.  One system call: the kernel's own path
+ * walk, told to fail on any link (the last component's included, which O_DIRECTORY
+ * makes it follow) and to want a folder at the end, so that for a file it fails
+ * (ENOTDIR) after the walk and before it makes a descriptor to close (a quarter of
+ * the test's cost, measured); for a single component an lstat is that call, and
+ * cheaper. */
 static int
 no_links(int dirfd, const char *path, size_t len)
 {
 #ifdef SYS_openat2
     if (openat2_usable && strchr(path + 1, '/') != NULL) {
-        struct open_how_v0 how = {O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS_FLAG};
+        struct open_how_v0 how = {O_PATH | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS_FLAG};
         long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
         if (fd >= 0) {
             close((int)fd);
             return 1;
         }
-        if (errno == ENOENT) {
-            return 1;
+        if (errno == ENOENT || errno == ENOTDIR) {
+            return 1;  /* a link met before the walk stopped would have been ELOOP */
         }
         if (errno != ENOSYS && errno != EPERM && errno != EINVAL && errno != E2BIG) {
-            return 0;  /* ELOOP: a link; ENOTDIR, EACCES ...: the policy decides */
+            return 0;  /* ELOOP: a link; EACCES ...: the policy decides */
         }
         openat2_usable = 0;  /* the launcher's filter below Landlock ABI 3: openat2 hides flags it must see */
     }

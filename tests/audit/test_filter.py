@@ -41,6 +41,8 @@ os.symlink(protected, os.path.join(root, "work", "to-protected"))
 os.symlink(startup, os.path.join(root, "work", "sub", "to-startup"))
 os.symlink(os.path.join(startup, "late.py"), os.path.join(root, "work", "dangling.txt"))
 open(os.path.join(root, "work", "existing.txt"), "w").close()
+os.symlink(os.path.join(root, "work", "existing.txt"), os.path.join(root, "work", "to-existing.txt"))
+os.symlink(os.path.join(root, "work", "sub"), os.path.join(root, "work", "to-sub"))
 pattern = re.compile(re.escape(root) + r"/ipython/[^/]*/startup/[^/]*\\Z")
 called = []
 _filter.add_hook(["open"], lambda event, args: called.append(args[0]),
@@ -51,11 +53,16 @@ os.chdir(os.path.join(root, "work"))
 #: path as the cell writes it -> whether the policy must see the write
 CASES = {
     "{root}/work/new.txt": False, "new.txt": False, "sub/new.txt": False, "existing.txt": False,
-    "{root}/work/missing/new.txt": False,
+    "{root}/work/missing/new.txt": False, "{root}/work/existing.txt": False,
+    # the kernel's walk stops at a file: nothing after it is resolved, and the open fails
+    "existing.txt/x": False, "{root}/work/existing.txt/x/y": False,
     "{root}/protected/x.py": True, "to-protected/x.py": True, "{root}/work/to-protected/x.py": True,
     "sub/to-startup/x.py": True, "dangling.txt": True, ".bashrc": True, "evil.pth": True,
     "sitecustomize.py": True, "{root}/ipython/profile_default/startup/s.py": True,
-    "{root}/work//new2.txt": True, "./new3.txt": True, "sub/../new4.txt": True, "existing.txt/x": True,
+    "{root}/work//new2.txt": True, "./new3.txt": True, "sub/../new4.txt": True,
+    # a link as the last component, to a file or a folder, and one after a plain folder
+    "to-existing.txt": True, "{root}/work/to-existing.txt": True, "{root}/work/to-sub/new.txt": True,
+    "sub/to-startup": True,
     "/proc/self/environ": True,
 }
 
