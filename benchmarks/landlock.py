@@ -43,19 +43,28 @@ METRICS = {
 
 CODE = r'''
 import os as _os, shutil as _shutil, time as _time, tempfile as _tempfile
-def _bench_files(n, where=None):
+def _bench_files(n, where=None, link_test=False):
     # where: a folder on tmpfs, one of the domain's writable roots; else the kernel's
     # home (the workspace's, temporary)
     bench_dir = _tempfile.mkdtemp(prefix="bench-files-", dir=where or _os.path.expanduser("~"))
     try:
-        return _bench_files_in(bench_dir, n)
+        return _bench_files_in(bench_dir, n, link_test)
     finally:
         _shutil.rmtree(bench_dir, ignore_errors=True)
-def _bench_files_in(_bench_dir, n):
+def _time_link_test(best, key, paths):
+    # the audit filter's link test alone, on the paths the next loop writes or removes
+    from kernel_guard.audit._filter import no_links
+    t = _time.perf_counter()
+    for p in paths:
+        no_links(p)
+    best[key] = min(best.get(key, float("inf")), (_time.perf_counter() - t) / len(paths) * 1e6)
+def _bench_files_in(_bench_dir, n, link_test=False):
     perf, join = _time.perf_counter, _os.path.join
     payload = b"x" * 1024
     best = {"write": float("inf"), "open_read": float("inf"), "stat": float("inf"), "remove": float("inf")}
     for rep in range(3):
+        if link_test:
+            _time_link_test(best, "link_write", [join(_bench_dir, f"f{rep}-{i}") for i in range(n)])
         t = perf()
         for i in range(n):
             with open(join(_bench_dir, f"f{rep}-{i}"), "wb") as fh:
@@ -70,6 +79,8 @@ def _bench_files_in(_bench_dir, n):
         for _ in range(n):
             _os.stat(path)
         best["stat"] = min(best["stat"], (perf() - t) / n * 1e6)
+        if link_test:
+            _time_link_test(best, "link_remove", [join(_bench_dir, f"f{rep}-{i}") for i in range(n)])
         t = perf()
         for i in range(n):
             _os.remove(join(_bench_dir, f"f{rep}-{i}"))
@@ -104,6 +115,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
     # the kernels run as this process's user, on this machine: one choice for all
     where = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else None
     samples: Dict[str, Dict[str, list]] = {c: {m: [] for m in METRICS} for c in CONFIGS}
+    link_samples: Dict[str, list] = {"link_write": [], "link_remove": []}  # the plain kernel's, info only
     for index in range(repetitions):
         with fresh(workspace, index) as kernels:
             for config, kernel in kernels.items():
@@ -112,11 +124,13 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
                 if config in PARALLEL_CONFIGS:
                     kernel.value("", "_bench_parallel()")
             for config in balanced(CONFIGS, index):
-                timed = kernels[config].value("", f"_bench_files({n}, {where!r})")
+                # the plain kernel also times the audit filter's link test alone (its module
+                # loads there without adding a hook)
+                timed = kernels[config].value("", f"_bench_files({n}, {where!r}, {config == 'plain'})")
                 if config in PARALLEL_CONFIGS:
                     timed.update(kernels[config].value("", "_bench_parallel()", timeout=300))
                 for metric, value in timed.items():
-                    samples[config][metric].append(value)
+                    (samples[config][metric] if metric in METRICS else link_samples[metric]).append(value)
     results = {c: {m: median(v) for m, v in s.items() if v} for c, s in samples.items()}
     rows = []
     ratios: Dict[str, Dict[str, Any]] = {}
@@ -130,6 +144,15 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
             rows.append({"metric": label, "config": config, "plain": rounded(results["plain"][metric], 2),
                          "guarded": rounded(results[config][metric], 2), "ratio": rounded(r, 3),
                          "target": f"<= {target}", "met": r is not None and r <= target})
+    # the least the write and removal rows can read while the audit layer tests paths for links
+    link_test = {m[len("link_"):]: median(v) for m, v in link_samples.items() if v}
+    for metric, link in link_test.items():
+        if metric in results["plain"]:
+            plain = results["plain"][metric]
+            rows.append({"metric": f"{METRICS[metric][0].split(',')[0]}: the audit layer's link test alone "
+                                   "(one openat2 of the path), us; ratio: plain + it vs plain",
+                         "config": "floor", "plain": rounded(plain, 2), "guarded": rounded(link, 3),
+                         "ratio": rounded(ratio(plain + link, plain), 3), "target": "info", "met": None})
     added = open_floor.floor(repetitions, n * 5)
     for least, what in (("minimal", "a one-rule filter and a write-only domain"),
                         ("nested", "the same nested in the launcher's signal-scope domain")):
@@ -139,6 +162,7 @@ def run(workspace: Workspace, repetitions: int, quick: bool) -> Dict[str, Any]:
     return {
         "title": "files and parallel work in the Landlock domain",
         "floor": {v: rounded(x, 3) for v, x in added.items()},
+        "link_test": {m: rounded(x, 3) for m, x in link_test.items()},
         "unit": "us per file operation, ms per parallel call",
         "repetitions": repetitions,
         "results": {c: {k: rounded(v, 3) for k, v in r.items()} for c, r in results.items()},

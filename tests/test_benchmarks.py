@@ -56,6 +56,8 @@ def test_quick_run_writes_json_with_all_nine_scenarios_and_the_documented_keys(t
         doc["scenarios"]["landlock"]["ratios"]["launcher"])
     assert doc["scenarios"]["landlock"]["files_on"] in ("/dev/shm", "home")
     assert set(doc["scenarios"]["landlock"]["floor"]) == {"minimal", "nested", "launcher"}
+    assert set(doc["scenarios"]["landlock"]["link_test"]) == {"write", "remove"}
+    assert all(us > 0 for us in doc["scenarios"]["landlock"]["link_test"].values())
     assert len(doc["scenarios"]["cell_latency"]["block_medians"]) == 2  # --quick: two blocks of fresh kernels
     assert set(doc["scenarios"]["memory"]["results"]["launcher"]["steady"]) == {"supervisor", "witness", "sum",
                                                                                 "private"}

@@ -391,3 +391,39 @@ def test_ends_that_do_not_name_argument_pairs_are_refused_when_the_hook_is_added
     out = _run(BAD_ENDS, Path(".")).split()
     assert out == ["TypeError", "ValueError", "ValueError", "ValueError", "ValueError", "ValueError",
                    "ValueError", "ValueError", "ValueError"], out
+
+
+#: the link test alone, over a tree with links at each place a walk can meet one
+LINK_TEST = """
+import json, os, sys
+from kernel_guard.audit import _filter
+root = os.path.realpath(sys.argv[1])
+os.makedirs(os.path.join(root, "d", "sub"))
+open(os.path.join(root, "d", "f"), "w").close()
+os.symlink(os.path.join(root, "d", "f"), os.path.join(root, "d", "to-f"))
+os.symlink(os.path.join(root, "d"), os.path.join(root, "to-d"))
+os.symlink(os.path.join(root, "none"), os.path.join(root, "dangling"))
+os.chdir(root)
+paths = ["d/f", "d/sub", "d/missing", "d/missing/x", "d/f/x", "d/f/x/y", "{root}/d/f", "f-here",
+         "d/to-f", "to-d/f", "to-d", "dangling", "{root}/to-d/sub/x", "d/to-f/x"]
+results = {p: _filter.no_links(p.replace("{root}", root)) for p in paths}
+errors = []
+for bad in ("", "a\\x00b", b"d/f", None):
+    try:
+        _filter.no_links(bad)
+    except (TypeError, ValueError) as exc:
+        errors.append(type(exc).__name__)
+print(json.dumps([results, errors]))
+"""
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "lstat-walk"])
+def test_the_link_test_alone_fails_on_a_link_anywhere_and_nowhere_else(tmp_path: Path, openat2: bool) -> None:
+    """A link as the last component (to a file, a folder, nothing) or before it fails the test;
+    files, folders, missing parts and walks that stop at a file pass it, with openat2 and without;
+    a path that is not text, empty or holding a NUL is refused."""
+    code = ("" if openat2 else WITHOUT_OPENAT2) + LINK_TEST
+    results, errors = json.loads(_run(code, tmp_path))
+    plain = {"d/f", "d/sub", "d/missing", "d/missing/x", "d/f/x", "d/f/x/y", "{root}/d/f", "f-here"}
+    assert results == {p: p in plain for p in results}
+    assert errors == ["ValueError", "ValueError", "TypeError", "TypeError"]
