@@ -961,15 +961,23 @@ PyDoc_STRVAR(resolve_doc,
 "calls this for every file opened for writing: the C library resolves a\n"
 "path several times faster than os.path.realpath.");
 
+/* The file-system bytes of the str path arg, given to the module function who;
+ * NULL with TypeError (or the codec's error) otherwise. */
+static PyObject *
+path_bytes(PyObject *arg, const char *who)
+{
+    if (!PyUnicode_CheckExact(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s: path must be str", who);
+        return NULL;
+    }
+    return PyUnicode_EncodeFSDefault(arg);
+}
+
 static PyObject *
 resolve(PyObject *module, PyObject *arg)
 {
     (void)module;
-    if (!PyUnicode_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "resolve: path must be str");
-        return NULL;
-    }
-    PyObject *encoded = PyUnicode_EncodeFSDefault(arg);
+    PyObject *encoded = path_bytes(arg, "resolve");
     if (encoded == NULL) {
         return NULL;
     }
@@ -1041,11 +1049,7 @@ static PyObject *
 no_links_of(PyObject *module, PyObject *arg)
 {
     (void)module;
-    if (!PyUnicode_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "no_links: path must be str");
-        return NULL;
-    }
-    PyObject *encoded = PyUnicode_EncodeFSDefault(arg);
+    PyObject *encoded = path_bytes(arg, "no_links");
     if (encoded == NULL) {
         return NULL;
     }
