@@ -51,20 +51,21 @@ def _bench_files(n, where=None, link_test=False):
         return _bench_files_in(bench_dir, n, link_test)
     finally:
         _shutil.rmtree(bench_dir, ignore_errors=True)
-def _time_link_test(best, key, paths):
+def _link_test_us(paths):
     # the audit filter's link test alone, on the paths the next loop writes or removes
     from kernel_guard.audit._filter import no_links
     t = _time.perf_counter()
     for p in paths:
         no_links(p)
-    best[key] = min(best.get(key, float("inf")), (_time.perf_counter() - t) / len(paths) * 1e6)
+    return (_time.perf_counter() - t) / len(paths) * 1e6
 def _bench_files_in(_bench_dir, n, link_test=False):
     perf, join = _time.perf_counter, _os.path.join
     payload = b"x" * 1024
     best = {"write": float("inf"), "open_read": float("inf"), "stat": float("inf"), "remove": float("inf")}
     for rep in range(3):
         if link_test:
-            _time_link_test(best, "link_write", [join(_bench_dir, f"f{rep}-{i}") for i in range(n)])
+            paths = [join(_bench_dir, f"f{rep}-{i}") for i in range(n)]
+            best["link_write"] = min(best.get("link_write", float("inf")), _link_test_us(paths))
         t = perf()
         for i in range(n):
             with open(join(_bench_dir, f"f{rep}-{i}"), "wb") as fh:
@@ -80,7 +81,7 @@ def _bench_files_in(_bench_dir, n, link_test=False):
             _os.stat(path)
         best["stat"] = min(best["stat"], (perf() - t) / n * 1e6)
         if link_test:
-            _time_link_test(best, "link_remove", [join(_bench_dir, f"f{rep}-{i}") for i in range(n)])
+            best["link_remove"] = min(best.get("link_remove", float("inf")), _link_test_us(paths))
         t = perf()
         for i in range(n):
             _os.remove(join(_bench_dir, f"f{rep}-{i}"))

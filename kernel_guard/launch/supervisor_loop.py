@@ -227,10 +227,15 @@ class Supervisor:
         """SIGTERM each process still under the kernel's filter; whether there were any."""
         if not self.scoped:
             return False
-        pids = survivors.find({os.getpid(), self.witness, self.kernel_pid})
+        pids = self._survivors_now()
         self._asked = [survivors.describe(pid) for pid in pids]
         survivors.end(pids, _signal.SIGTERM)
         return bool(pids)
+
+    def _survivors_now(self) -> list[int]:
+        """The processes still under the kernel's filter: all this supervisor may signal
+        but itself, its witness and the kernel (survivors.py says why)."""
+        return survivors.find({os.getpid(), self.witness, self.kernel_pid})
 
     def _asked_still_running(self) -> bool:
         return any(survivors.running(p["pid"]) for p in self._asked)
@@ -240,7 +245,7 @@ class Supervisor:
         none does once the filter is ``released`` (one may still be leaving)."""
         from ..events.schema import make_event
 
-        pids = [] if released else survivors.find({os.getpid(), self.witness, self.kernel_pid})
+        pids = [] if released else self._survivors_now()
         asked = {p["pid"] for p in self._asked}
         described = self._asked + [survivors.describe(pid) for pid in pids if pid not in asked]
         failed = survivors.end(pids)
@@ -258,7 +263,7 @@ class Supervisor:
     def _report_remaining(self) -> None:
         from ..events.schema import make_event
 
-        pids = survivors.find({os.getpid(), self.witness, self.kernel_pid}) if self.scoped else []
+        pids = self._survivors_now() if self.scoped else []
         which = (f"pids {', '.join(map(str, pids))}" if pids else
                  "which ones cannot be told on this system (Landlock ABI < 6: no signal scope)")
         self.emit(make_event("kernel-survivors-remain", outcome="failure", layer="supervisor",
